@@ -1,0 +1,172 @@
+"""The one AMI client of pbxhost: panoramisk's message model and action
+matching, driven by a connection loop of our own that panoramisk 1.4 lacks:
+login failures are reported and retried, a dead link is noticed by a Ping with
+a reply deadline, reconnects back off, a handler's exception never drops the
+session, and UTF-8 split across TCP segments is decoded intact."""
+
+from __future__ import annotations
+
+import asyncio
+import codecs
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+from panoramisk import actions
+from panoramisk.ami_protocol import AMIProtocol
+from panoramisk.message import Message
+
+log = logging.getLogger("pbxhost.ami")
+EOL = "\r\n"
+EventHandler = Callable[[Message], Awaitable[None] | None]
+
+
+class AmiError(Exception):
+    """The AMI refused something (login, an action) or the link died."""
+
+
+@dataclass(frozen=True)
+class AmiSettings:
+    host: str = "127.0.0.1"
+    port: int = 5038
+    username: str = ""
+    secret: str = ""
+    events: str = "on"          # the Events: filter sent at login ("on" = all we may read)
+    ping_interval: float = 10   # seconds between liveness pings
+    ping_timeout: float = 5     # no Pong within this → the link is dead
+    backoff_min: float = 1
+    backoff_max: float = 30
+
+
+def parse_messages(text: str) -> tuple[list[Message], str]:
+    """Split complete AMI messages off TEXT; returns them and the unfinished rest."""
+    *blocks, rest = text.split(EOL + EOL)
+    messages = [m for b in blocks if (m := Message.from_line(b.strip())) is not None]
+    return messages, rest
+
+
+class _Protocol(AMIProtocol):
+    """panoramisk's protocol with incremental decoding and our lifecycle."""
+
+    def __init__(self, client: AmiClient) -> None:
+        self.client = client
+        self.decoder = codecs.getincrementaldecoder("utf-8")("replace")
+        self.buffer = ""
+        self.lost: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._reset()
+
+    def _reset(self) -> None:
+        self.responses: dict[str, Any] = {}
+        self.version: str | None = None
+        self.closed = False
+        self.factory = self.client  # panoramisk's handle_message dispatches events to it
+        self.log = log
+        self.encoding = "utf-8"
+
+    def connection_made(self, transport: Any) -> None:
+        self.transport = transport
+        self._reset()
+
+    def data_received(self, data: bytes) -> None:
+        text = self.buffer + self.decoder.decode(data)
+        if self.version is None:
+            if EOL not in text:  # the banner line is not complete yet
+                self.buffer = text
+                return
+            banner, _, text = text.partition(EOL)
+            self.version = banner.partition("/")[2].strip()
+        messages, self.buffer = parse_messages(text)
+        for message in messages:
+            self.handle_message(message)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        for action in list(self.responses.values()):
+            if not action.future.done():
+                action.future.set_exception(AmiError("AMI connection lost"))
+        self.responses.clear()
+        if not self.lost.done():
+            self.lost.set_result(None)
+
+    def close(self) -> None:
+        if not self.closed:
+            self.closed = True
+            self.transport.close()
+
+
+class AmiClient:
+    """Keeps one AMI session alive and hands every event to `on_event`."""
+
+    def __init__(self, settings: AmiSettings, on_event: EventHandler,
+                 on_state: Callable[[str], None] | None = None) -> None:
+        self.settings = settings
+        self.on_event = on_event
+        self.on_state = on_state or (lambda state: None)
+        self.protocol: _Protocol | None = None
+        self.connected = asyncio.Event()
+
+    # Called by panoramisk's handle_message for every event.
+    def dispatch(self, event: Message) -> None:
+        try:
+            result = self.on_event(event)
+            if asyncio.iscoroutine(result):
+                task = asyncio.ensure_future(result)
+                task.add_done_callback(self._handler_done)
+        except Exception:
+            log.exception("AMI event handler failed on %s; session kept", event.get("Event"))
+
+    @staticmethod
+    def _handler_done(task: asyncio.Future[Any]) -> None:
+        if not task.cancelled() and task.exception() is not None:
+            log.error("AMI event handler failed; session kept", exc_info=task.exception())
+
+    async def action(self, fields: dict[str, Any], timeout: float = 10) -> Message:
+        """Send an action on the live session and await its response."""
+        if self.protocol is None or self.protocol.closed:
+            raise AmiError("AMI not connected")
+        action = (actions.Command if fields.get("Action") == "Command" else actions.Action)(fields)
+        try:
+            return await asyncio.wait_for(self.protocol.send(action), timeout)
+        except TimeoutError as exc:
+            raise AmiError(f"AMI: no reply to {fields.get('Action')} within {timeout}s") from exc
+
+    async def run(self) -> None:
+        """Connect, log in, serve; on any failure back off and do it again. Never returns."""
+        backoff = self.settings.backoff_min
+        while True:
+            try:
+                await self._session()
+                backoff = self.settings.backoff_min  # a session that lived resets the backoff
+            except AmiError as exc:
+                log.error("%s; retrying in %.0fs", exc, backoff)
+            except OSError as exc:
+                log.warning("AMI %s:%s unreachable (%s); retrying in %.0fs",
+                            self.settings.host, self.settings.port, exc.strerror or exc, backoff)
+            self.on_state("disconnected")
+            await asyncio.sleep(backoff)
+            backoff = min(backoff * 2, self.settings.backoff_max)
+
+    async def _session(self) -> None:
+        s = self.settings
+        loop = asyncio.get_running_loop()
+        _, protocol = await asyncio.wait_for(
+            loop.create_connection(lambda: _Protocol(self), s.host, s.port), s.ping_timeout)
+        self.protocol = protocol
+        try:
+            reply = await self.action({"Action": "Login", "Username": s.username,
+                                       "Secret": s.secret, "Events": s.events}, s.ping_timeout)
+            if not reply.success:
+                raise AmiError(f"AMI login as {s.username!r} refused: {reply.get('Message')}")
+            log.info("AMI connected to %s:%s as %s", s.host, s.port, s.username)
+            self.connected.set()
+            self.on_state("connected")
+            while not protocol.lost.done():
+                await asyncio.wait([protocol.lost], timeout=s.ping_interval)
+                if not protocol.lost.done():
+                    await self.action({"Action": "Ping"}, s.ping_timeout)
+            raise AmiError("AMI connection closed by Asterisk")
+        finally:
+            self.connected.clear()
+            protocol.close()
+            self.protocol = None

@@ -1,0 +1,107 @@
+"""What every pbxhost daemon shares: logging fit for journald (SYSLOG_LEVEL
+honoured, structured fields when systemd-python is present), sd_notify
+READY/STATUS/WATCHDOG, and SIGTERM/SIGINT as a clean stop."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import sys
+from collections.abc import Coroutine, Mapping
+from typing import Any
+
+NOTICE = 25  # syslog's "notice": between INFO and WARNING; what an admin wants to see
+logging.addLevelName(NOTICE, "NOTICE")
+DEFAULT_SYSLOG_LEVEL = 6  # notice and worse: bans and connections show in journalctl
+
+# SYSLOG_LEVEL as in the seed: 0 nothing, 1 emerg, 2 alert, 3 crit, 4 err,
+# 5 warning, 6 notice, 7 info, 8 debug (each "or worse").
+_LEVELS = {0: logging.CRITICAL + 10, 1: logging.CRITICAL, 2: logging.CRITICAL,
+           3: logging.CRITICAL, 4: logging.ERROR, 5: logging.WARNING, 6: NOTICE,
+           7: logging.INFO, 8: logging.DEBUG}
+
+
+def log_level(env: Mapping[str, str] = os.environ) -> int:
+    raw = env.get("SYSLOG_LEVEL", "").strip()
+    if raw.isdigit() and int(raw) in _LEVELS:
+        return _LEVELS[int(raw)]
+    return _LEVELS[DEFAULT_SYSLOG_LEVEL]
+
+
+class _SyslogPrefixFormatter(logging.Formatter):
+    """`<N>message`: journald reads the priority from the prefix on stderr."""
+
+    PRIORITIES = ((logging.CRITICAL, 2), (logging.ERROR, 3), (logging.WARNING, 4),
+                  (NOTICE, 5), (logging.INFO, 6))
+
+    def format(self, record: logging.LogRecord) -> str:
+        prio = next((p for lvl, p in self.PRIORITIES if record.levelno >= lvl), 7)
+        return f"<{prio}>{super().format(record)}"
+
+
+def setup_logging(name: str, env: Mapping[str, str] = os.environ) -> logging.Logger:
+    """Log to the journal natively when run by systemd, else to stderr."""
+    handler: logging.Handler
+    journal = None
+    if env.get("JOURNAL_STREAM"):
+        with contextlib.suppress(ImportError):
+            from systemd import journal  # type: ignore[no-redef]
+    if journal is not None:
+        handler = journal.JournalHandler(SYSLOG_IDENTIFIER=name)
+        handler.setFormatter(logging.Formatter("%(message)s"))
+    elif env.get("JOURNAL_STREAM"):
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(_SyslogPrefixFormatter("%(message)s"))
+    else:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(log_level(env))
+    return logging.getLogger(name)
+
+
+class Notifier:
+    """sd_notify, a no-op outside systemd."""
+
+    def __init__(self) -> None:
+        self._notifier = None
+        if os.environ.get("NOTIFY_SOCKET"):
+            import sdnotify
+            self._notifier = sdnotify.SystemdNotifier()
+
+    def notify(self, state: str) -> None:
+        if self._notifier is not None:
+            self._notifier.notify(state)
+
+    def ready(self, status: str = "") -> None:
+        self.notify("READY=1" + (f"\nSTATUS={status}" if status else ""))
+
+    def status(self, status: str) -> None:
+        self.notify(f"STATUS={status}")
+
+    async def watchdog(self) -> None:
+        """Ping the watchdog at half its interval while the event loop is alive."""
+        usec = os.environ.get("WATCHDOG_USEC", "")
+        if self._notifier is None or not usec.isdigit():
+            return
+        while True:
+            self.notify("WATCHDOG=1")
+            await asyncio.sleep(int(usec) / 2e6)
+
+
+def run(main: Coroutine[Any, Any, None]) -> int:
+    """Run MAIN until it ends or SIGTERM/SIGINT cancels it; exit status 0 on a stop."""
+    async def runner() -> None:
+        task = asyncio.ensure_future(main)
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, task.cancel)
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+    asyncio.run(runner())
+    return 0

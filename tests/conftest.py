@@ -1,0 +1,42 @@
+"""Suite-wide rules: under CI=true a skip is a failure, and every collected
+integration test must really run (a broken test bed cannot pass as skipped)."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))  # the testbed package
+IN_CI = os.environ.get("CI") == "true"
+_integration = {"declared": 0, "ran": 0}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    _integration["declared"] = sum(1 for i in items if i.get_closest_marker("integration"))
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]):
+    outcome = yield
+    report = outcome.get_result()
+    if item.get_closest_marker("integration") and report.when == "call":
+        _integration["ran"] += 1
+    if IN_CI and report.skipped and not hasattr(report, "wasxfail"):
+        reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else report.longrepr
+        report.outcome = "failed"
+        report.longrepr = f"skipped under CI=true, which allows no skips: {reason}"
+
+
+def pytest_terminal_summary(terminalreporter) -> None:
+    if _integration["declared"]:
+        terminalreporter.write_line(
+            f"integration tests: {_integration['declared']} declared, "
+            f"{_integration['ran']} ran")
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    if IN_CI and _integration["ran"] < _integration["declared"] and exitstatus == 0:
+        session.exitstatus = 1

@@ -1,0 +1,76 @@
+"""A cached Debian sid root file system with Asterisk 22, built by debootstrap
+when missing and shared read-only by every test (each Asterisk bind-mounts its
+own /srv over it in a private mount namespace)."""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+# Bump when the package list changes so old caches are rebuilt, not trusted.
+TREE_NAME = "sid-asterisk-v1"
+PACKAGES = ("asterisk", "asterisk-modules", "asterisk-core-sounds-en")
+DEFAULT_CACHE = "/var/cache/pbxhost-testbed"
+# Mount points the test bed binds over; they must exist in the tree.
+MOUNT_POINTS = ("srv/etc", "srv/var", "proc", "dev", "tmp", "run")
+
+
+class RootfsError(RuntimeError):
+    """The sid tree cannot be built or does not hold a usable Asterisk."""
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("PBXHOST_TESTBED_CACHE", DEFAULT_CACHE))
+
+
+def ensure_rootfs() -> Path:
+    """Return the cached tree, building it first when it is missing."""
+    cache = cache_dir()
+    cache.mkdir(parents=True, exist_ok=True)
+    tree = cache / TREE_NAME
+    with open(cache / f"{TREE_NAME}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # one builder; the others wait and reuse
+        if not (tree / ".pbxhost-complete").exists():
+            _build(tree)
+    check(tree)
+    return tree
+
+
+def _build(tree: Path) -> None:
+    if shutil.which("debootstrap") is None:
+        raise RootfsError("debootstrap is not installed")
+    tmp = tree.with_name(tree.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    shutil.rmtree(tree, ignore_errors=True)
+    cmd = ["debootstrap", "--variant=minbase", f"--include={','.join(PACKAGES)}", "sid", str(tmp)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
+    if proc.returncode != 0:
+        tail = (proc.stdout + proc.stderr).strip().splitlines()[-3:]
+        raise RootfsError(f"debootstrap failed ({proc.returncode}): {' | '.join(tail)}")
+    for mount_point in MOUNT_POINTS:
+        (tmp / mount_point).mkdir(parents=True, exist_ok=True)
+    (tmp / ".pbxhost-complete").touch()
+    tmp.rename(tree)  # atomic: a half-built tree is never mistaken for a cached one
+
+
+def versions(tree: Path) -> dict[str, str]:
+    """Installed versions of the packages the test bed relies on."""
+    proc = subprocess.run(
+        ["chroot", str(tree), "dpkg-query", "-W", "-f", "${Package} ${Version}\n", *PACKAGES],
+        capture_output=True, text=True,
+    )
+    found = dict(line.split(" ", 1) for line in proc.stdout.splitlines() if " " in line)
+    return {name: found.get(name, "not installed") for name in PACKAGES}
+
+
+def check(tree: Path) -> None:
+    version = versions(tree)["asterisk"]
+    # Debian versions look like 1:22.10.1+dfsg-1: the major follows the epoch.
+    major = version.split(":", 1)[-1].split(".", 1)[0]
+    if not major.isdigit() or int(major) < 22:
+        raise RootfsError(f"asterisk in {tree} is {version!r}, need 22 or later")
+    if not (tree / "usr/sbin/asterisk").exists():
+        raise RootfsError(f"{tree}/usr/sbin/asterisk is missing")
