@@ -1,0 +1,155 @@
+"""autoban.conf → typed settings; and the addresses that must never be jailed
+(loopback, this host's own, the ITSP trunk's, websms's webhook sources)."""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import logging
+import socket
+import subprocess
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from pbxhost import conf
+from pbxhost.ami import AmiSettings
+from pbxhost.autoban.policy import Settings
+
+log = logging.getLogger("pbxhost.autoban")
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+LOOPBACK = (ipaddress.ip_network("127.0.0.0/8"), ipaddress.ip_network("::1/128"))
+DEFAULT_STATEFILE = Path("/srv/var/lib/autoban/state.json")
+
+
+@dataclass(frozen=True)
+class AutobanConfig:
+    path: Path
+    enabled: bool = False
+    ami: AmiSettings = field(default_factory=AmiSettings)
+    policy: Settings = field(default_factory=Settings)
+    trusttime: int = 0                     # 0: no trust after a successful login
+    whitelist: tuple[str, ...] = ()        # as written: addresses, prefixes, ranges
+    blacklist: tuple[str, ...] = ()
+    statefile: Path = DEFAULT_STATEFILE
+    table: str = "autoban"
+
+
+def load(path: Path) -> AutobanConfig:
+    """A missing file means autoban is off; a broken one raises conf.ConfigError."""
+    if not path.exists():
+        return AutobanConfig(path=path, enabled=False)
+    cfg = conf.load(path)
+    man = cfg.section("asmanager")
+    ab = cfg.section("autoban")
+    if man is None:
+        raise conf.ConfigError("no [asmanager] section", str(path))
+    if ab is None:
+        raise conf.ConfigError("no [autoban] section", str(path))
+    ami = AmiSettings(host=man.get_str("server", "127.0.0.1") or "127.0.0.1",
+                      port=man.get_int("port", 5038) or 5038,
+                      username=man.get_str("username", "") or "",
+                      secret=man.get_str("secret", "") or "",
+                      events="security")
+    try:
+        policy = Settings(maxcount=ab.get_int("maxcount", 10) or 0,
+                          watchtime=ab.get_duration("watchtime", 1200) or 0,
+                          jailtime=ab.get_duration("jailtime", 1200) or 0,
+                          repeatmult=ab.get_float("repeatmult", 6.0) or 0)
+    except ValueError as exc:
+        line = ab.items[-1].line if ab.items else ab.line
+        raise conf.ConfigError(str(exc), str(path), line) from exc
+    for key in ("whitelist", "blacklist"):
+        ab.get_networks(key, [])  # validated here so a typo is reported with file:line
+    return AutobanConfig(
+        path=path,
+        enabled=bool(ab.get_bool("enabled", True)),
+        ami=ami,
+        policy=policy,
+        trusttime=ab.get_duration("trusttime", 0) or 0,
+        whitelist=_entries(ab.getall("whitelist")),
+        blacklist=_entries(ab.getall("blacklist")),
+        statefile=Path(ab.get_str("statefile", str(DEFAULT_STATEFILE)) or DEFAULT_STATEFILE),
+        table=ab.get_str("table", "autoban") or "autoban",
+    )
+
+
+def _entries(values: list[str]) -> tuple[str, ...]:
+    return tuple(e for v in values for e in v.replace(",", " ").split())
+
+
+def host_addresses() -> list[Network]:
+    """This host's own addresses (from `ip -j addr`), never to be jailed."""
+    try:
+        out = subprocess.run(["ip", "-j", "addr"], capture_output=True, text=True,
+                             check=True, timeout=5).stdout
+    except (OSError, subprocess.SubprocessError) as exc:
+        log.warning("cannot list this host's addresses: %s", exc)
+        return []
+    return [ipaddress.ip_network(a["local"]) for link in json.loads(out)
+            for a in link.get("addr_info", []) if "local" in a]
+
+
+def _host_part(entry: str) -> str:
+    """`[2001:db8::1]:5060` / `host:5060` / `2001:db8::1` / `192.0.2.0/24` → the host."""
+    entry = entry.strip()
+    if entry.startswith("["):
+        return entry[1:entry.find("]")]
+    return entry.split(":")[0] if entry.count(":") == 1 else entry
+
+
+def _resolve(entry: str) -> list[Network]:
+    host = _host_part(entry)
+    try:
+        return [ipaddress.ip_network(host, strict=False)]
+    except ValueError:
+        pass
+    try:
+        infos = socket.getaddrinfo(host, None)
+    except OSError as exc:
+        log.warning("cannot resolve trunk host %s: %s", host, exc)
+        return []
+    return [ipaddress.ip_network(info[4][0]) for info in infos]
+
+
+def trunk_addresses(confdir: Path) -> list[Network]:
+    """The ITSP's addresses: wizard `remote_hosts` and identify `match` in PJSIP config."""
+    nets: list[Network] = []
+    for name in ("pjsip.conf", "pjsip_wizard.conf"):
+        path = confdir / name
+        if not path.exists():
+            continue
+        try:
+            cfg = conf.load(path)
+        except conf.ConfigError as exc:
+            log.warning("trunk addresses not read: %s", exc)
+            continue
+        for section in cfg.sections:
+            hosts = section.getall("remote_hosts")
+            if section.get("type") == "identify":
+                hosts += section.getall("match")
+            for value in hosts:
+                nets += [n for entry in value.split(",") if entry.strip()
+                         for n in _resolve(entry)]
+    return nets
+
+
+def websms_sources(confdir: Path) -> list[Network]:
+    """websms's `remt_addr` (the ITSP's webhook sources), every interface."""
+    path = confdir / "websms.conf"
+    if not path.exists():
+        return []
+    try:
+        section = conf.load(path).section("websmsd")
+    except conf.ConfigError as exc:
+        log.warning("websms sources not read: %s", exc)
+        return []
+    if section is None:
+        return []
+    nets: list[Network] = []
+    for idx in [None, *section.indexes()]:
+        nets += section.get_networks("remt_addr", [], idx=idx) or []
+    return nets
+
+
+def exempt_networks(confdir: Path) -> list[Network]:
+    return [*LOOPBACK, *host_addresses(), *trunk_addresses(confdir), *websms_sources(confdir)]

@@ -1,0 +1,37 @@
+"""Which AMI security events prove an attack, and the offender's address."""
+
+from __future__ import annotations
+
+import ipaddress
+
+# Each of these is a request that failed authentication or authorisation:
+#   InvalidAccountID          unknown user (scanners probe extensions)
+#   InvalidPassword           wrong password (AMI, and PJSIP without digest)
+#   ChallengeResponseFailed   wrong digest answer (the usual SIP brute force)
+#   FailedACL                 refused by an ACL / permit-deny
+#   RequestBadFormat          a malformed request: no real phone sends one
+#   AuthMethodNotAllowed      an auth method the endpoint does not allow
+# Not counted: ChallengeSent (every legitimate REGISTER gets one), SuccessfulAuth.
+ATTACK_EVENTS = frozenset({
+    "InvalidAccountID", "InvalidPassword", "ChallengeResponseFailed", "FailedACL",
+    "RequestBadFormat", "AuthMethodNotAllowed",
+})
+Address = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+
+def parse_remote_address(value: str) -> Address:
+    """`IPV4/UDP/203.0.113.9/5060`, `IPV4/203.0.113.9/5060`, `IPV6/UDP/2001:db8::9/5060`
+    or with `[2001:db8::9]` → the address; IPv4-mapped IPv6 → IPv4 (what the
+    kernel sees). ValueError on anything else."""
+    parts = value.strip().split("/")
+    if len(parts) not in (3, 4) or parts[0] not in ("IPV4", "IPV6"):
+        raise ValueError(f"not an AMI address: {value!r}")
+    text = parts[-2]
+    if text.startswith("[") and text.endswith("]"):
+        text = text[1:-1]
+    addr = ipaddress.ip_address(text)
+    if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped:
+        return addr.ipv4_mapped
+    if (addr.version == 4) != (parts[0] == "IPV4"):
+        raise ValueError(f"address family does not match: {value!r}")
+    return addr

@@ -1,0 +1,62 @@
+"""autoban's state file: every element of the kernel sets with its absolute
+expiry time, written atomically, so a reboot (tables gone) loses nothing."""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import tempfile
+import time
+from pathlib import Path
+
+from pbxhost.autoban.firewall import Element, Put
+
+log = logging.getLogger("pbxhost.autoban")
+VERSION = 1
+
+
+def save(path: Path, elements: list[Element], now: float | None = None) -> None:
+    now = time.time() if now is None else now
+    rows = [{"set": e.set, "addr": e.addr, "comment": e.comment,
+             "expires_at": None if e.expires is None else round(now + e.expires, 3)}
+            for e in elements]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    data = json.dumps({"version": VERSION, "saved_at": round(now), "elements": rows}, indent=1)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".state-")
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o600)
+        os.replace(tmp, path)  # atomic: the file is the old or the new state, never half
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def load(path: Path, now: float | None = None) -> list[Put]:
+    """Elements still alive, with their remaining time; [] for a missing or broken file."""
+    now = time.time() if now is None else now
+    try:
+        data = json.loads(path.read_text())
+        rows = data["elements"]
+    except FileNotFoundError:
+        return []
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        log.error("state file %s unreadable, starting empty: %s", path, exc)
+        return []
+    puts = []
+    for row in rows:
+        try:
+            expires_at = row["expires_at"]
+            # up: the kernel reported whole seconds, rounded down
+            remaining = None if expires_at is None else math.ceil(expires_at - now)
+            if remaining is not None and remaining <= 0:
+                continue
+            puts.append(Put(str(row["set"]), str(row["addr"]), remaining, row.get("comment")))
+        except (KeyError, TypeError, ValueError) as exc:
+            log.warning("state file %s: bad element %r skipped: %s", path, row, exc)
+    return puts

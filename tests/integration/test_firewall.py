@@ -1,0 +1,446 @@
+"""pbxhost.autoban.firewall against the real kernel, each test in network
+namespaces of its own (the host's ruleset is never touched).
+
+How the tests enter a namespace: libnftables opens its netlink socket when the
+Nftables() context is created, and a socket stays in the network namespace of
+the thread that created it. So a Firewall is constructed in a short-lived
+thread that did setns(CLONE_NEWNET) first, and the test then uses it from its
+own thread: fast (no subprocess per call) and the test's thread never changes
+namespace. test_firewall_is_bound_to_the_namespace_it_was_built_in checks it."""
+
+from __future__ import annotations
+
+import ctypes
+import itertools
+import json
+import os
+import statistics
+import threading
+import time
+from collections.abc import Callable, Iterator
+from typing import TypeVar
+
+import pytest
+from testbed.netns import CLONE_NEWNET, PREFIX, sh
+
+from pbxhost.autoban.firewall import (
+    COMMENT_MAX,
+    LIST_SETS,
+    MAX_TIMEOUT,
+    SETS,
+    TIMED_SETS,
+    Delete,
+    Element,
+    Firewall,
+    FirewallError,
+    Put,
+    family,
+)
+
+pytestmark = pytest.mark.skipif(os.geteuid() != 0,
+                                reason="needs root for network namespaces and nftables")
+T = TypeVar("T")
+_counter = itertools.count(1)
+
+
+def in_netns(ns: str, fn: Callable[[], T]) -> T:
+    """FN's result, run in a fresh thread that entered network namespace NS."""
+    result: list[T] = []
+    failure: list[BaseException] = []
+
+    def enter_and_run() -> None:
+        try:
+            libc = ctypes.CDLL(None, use_errno=True)
+            with open(f"/run/netns/{ns}") as fd:
+                if libc.setns(fd.fileno(), CLONE_NEWNET) != 0:
+                    raise OSError(ctypes.get_errno(), f"setns {ns}")
+            # Never let a failed setns point a test at the host's ruleset.
+            if os.stat("/proc/thread-self/ns/net").st_ino != os.stat(f"/run/netns/{ns}").st_ino:
+                raise RuntimeError(f"setns {ns} did not take effect")
+            result.append(fn())
+        except BaseException as exc:  # handed to the caller's thread
+            failure.append(exc)
+
+    thread = threading.Thread(target=enter_and_run)
+    thread.start()
+    thread.join()
+    if failure:
+        raise failure[0]
+    return result[0]
+
+
+class Netns:
+    """One network namespace with lo up; deleted by the fixture."""
+
+    def __init__(self, role: str) -> None:
+        # PREFIX-PID-...: the test bed's sweep_stale() removes it if we crash.
+        self.name = f"{PREFIX}-{os.getpid()}-fw{next(_counter)}{role}"
+        sh("ip", "netns", "add", self.name)
+        try:
+            sh("ip", "-n", self.name, "link", "set", "lo", "up")
+        except BaseException:
+            self.delete()
+            raise
+
+    def run(self, *argv: str, check: bool = True) -> str:
+        return sh("ip", "netns", "exec", self.name, *argv, check=check).stdout
+
+    def firewall(self, table: str = "autoban") -> Firewall:
+        return in_netns(self.name, lambda: Firewall(table))
+
+    def ping(self, addr: str) -> bool:
+        """Whether one ping from this namespace to ADDR is answered."""
+        argv = ["ping", "-6" if ":" in addr else "-4", "-c1", "-W1", "-q", addr]
+        return sh("ip", "netns", "exec", self.name, *argv, check=False).returncode == 0
+
+    def delete(self) -> None:
+        sh("ip", "netns", "del", self.name, check=False)
+
+
+@pytest.fixture
+def make_netns() -> Iterator[Callable[[str], Netns]]:
+    made: list[Netns] = []
+
+    def make(role: str = "") -> Netns:
+        made.append(Netns(role))
+        return made[-1]
+
+    yield make
+    for ns in made:
+        ns.delete()
+
+
+@pytest.fixture
+def netns(make_netns: Callable[[str], Netns]) -> Netns:
+    return make_netns("")
+
+
+@pytest.fixture
+def fw(netns: Netns) -> Firewall:
+    firewall = netns.firewall()
+    assert firewall.ensure() is True
+    return firewall
+
+
+def ruleset(ns: Netns) -> list[dict]:
+    """What the real nft tool lists in NS (JSON), for an independent check."""
+    return json.loads(ns.run("nft", "-j", "list", "ruleset"))["nftables"]
+
+
+# ---- the table ---------------------------------------------------------------
+
+def test_ensure_creates_the_documented_table_once(netns):
+    fw = netns.firewall()
+    assert not fw.exists()
+    assert fw.ensure() is True
+    assert fw.ensure() is False
+    assert fw.exists()
+    items = ruleset(netns)
+    sets = {i["set"]["name"]: i["set"] for i in items if "set" in i}
+    assert set(sets) == {f"{base}{fam}" for base in SETS for fam in "46"}
+    for base in SETS:
+        for fam in "46":
+            s = sets[f"{base}{fam}"]
+            assert s["table"] == "autoban" and s["family"] == "inet"
+            assert s["type"] == f"ipv{fam}_addr"
+            assert s["flags"] == (["timeout"] if base in TIMED_SETS else ["interval"])
+    text = netns.run("nft", "list", "table", "inet", "autoban")
+    assert text.count("auto-merge") == 2 * len(LIST_SETS)
+    chain = next(i["chain"] for i in items if "chain" in i)
+    assert (chain["name"], chain["type"], chain["hook"], chain["prio"], chain["policy"]) == (
+        "input", "filter", "input", -10, "accept")
+    rules = [i["rule"] for i in items if "rule" in i]
+    summary = [(r["expr"][0]["match"]["left"]["payload"]["protocol"],
+                r["expr"][0]["match"]["right"], [next(iter(e)) for e in r["expr"][1:]])
+               for r in rules]
+    assert summary == [
+        ("ip", "@whitelist4", ["accept"]), ("ip6", "@whitelist6", ["accept"]),
+        ("ip", "@blacklist4", ["counter", "drop"]), ("ip6", "@blacklist6", ["counter", "drop"]),
+        ("ip", "@jail4", ["counter", "drop"]), ("ip6", "@jail6", ["counter", "drop"])]
+    assert all(r["comment"].startswith("autoban: ") for r in rules)
+
+
+def test_ensure_keeps_elements_and_rebuilds_an_incomplete_table(fw, netns):
+    fw.apply([Put("jail", "192.0.2.9", 600)])
+    assert fw.ensure() is False
+    assert "jail" in fw.lookup("192.0.2.9")
+    netns.run("nft", "delete", "set", "inet", "autoban", "trust6")
+    assert fw.ensure() is True
+    assert {i["set"]["name"] for i in ruleset(netns) if "set" in i} >= {"trust6"}
+    assert fw.ensure() is False
+
+
+def test_exists_and_remove(fw):
+    assert fw.exists()
+    fw.remove()
+    assert not fw.exists()
+    fw.remove()  # absent: fine
+    assert not fw.exists()
+
+
+def test_firewall_is_bound_to_the_namespace_it_was_built_in(make_netns):
+    a, b = make_netns("a"), make_netns("b")
+    fw_a = a.firewall()
+    fw_a.ensure()  # called from this thread, acts in namespace a
+    assert "table inet autoban" in a.run("nft", "list", "tables")
+    assert "autoban" not in b.run("nft", "list", "tables")
+    assert not b.firewall().exists()
+    assert fw_a.exists()
+
+
+def test_table_deleted_behind_our_back(fw, netns):
+    fw.apply([Put("jail", "192.0.2.9", 600)])
+    netns.run("nft", "delete", "table", "inet", "autoban")
+    for call in (lambda: fw.lookup("192.0.2.9"), lambda: fw.elements(),
+                 lambda: fw.apply([Put("jail", "192.0.2.10", 60)]),
+                 lambda: fw.apply([Put("whitelist", "192.0.2.0/24")])):
+        with pytest.raises(FirewallError, match="table inet autoban is missing"):
+            call()
+    assert fw.ensure() is True
+    assert fw.lookup("192.0.2.9") == {}
+    fw.apply([Put("jail", "192.0.2.9", 600)])
+    assert "jail" in fw.lookup("192.0.2.9")
+
+
+# ---- elements ------------------------------------------------------------------
+
+@pytest.mark.parametrize("addr", ["192.0.2.9", "2001:db8::9"])
+def test_put_lookup_elements_round_trip(fw, addr):
+    puts = [Put(base, addr, 600 + i, f"{base} data é {i}") for i, base in enumerate(TIMED_SETS)]
+    fw.apply(puts)
+    found = fw.lookup(addr)
+    assert set(found) == set(TIMED_SETS)
+    for i, base in enumerate(TIMED_SETS):
+        element = found[base]
+        assert (element.set, element.addr, element.timeout, element.comment) == (
+            base, addr, 600 + i, f"{base} data é {i}")
+        assert 600 + i - 2 <= element.expires <= 600 + i
+    listed = {(e.set, e.addr, e.timeout, e.comment) for e in fw.elements()}
+    assert listed == {(p.set, p.addr, p.timeout, p.comment) for p in puts}
+    assert all(600 + i - 2 <= e.expires <= 600 + i
+               for i, base in enumerate(TIMED_SETS) for e in fw.elements([base]))
+
+
+def test_lookup_of_an_absent_address_and_of_other_families(fw):
+    fw.apply([Put("jail", "192.0.2.9", 60), Put("jail", "2001:db8::9", 60)])
+    assert fw.lookup("192.0.2.10") == {}
+    assert fw.lookup("2001:db8::10") == {}
+    assert set(fw.lookup("2001:db8:0::9")) == {"jail"}  # any spelling of the address
+    # A v4 client seen on a dual-stack socket sends IPv4 packets: the v4 sets.
+    assert fw.lookup("::ffff:192.0.2.9")["jail"].addr == "192.0.2.9"
+
+
+def test_element_without_timeout_or_comment(fw):
+    fw.apply([Put("trust", "192.0.2.5")])
+    assert fw.lookup("192.0.2.5") == {
+        "trust": Element("trust", "192.0.2.5", None, None, None)}
+
+
+def test_put_on_an_existing_element_resets_timeout_and_comment(fw):
+    fw.apply([Put("jail", "192.0.2.9", 100, "first")])
+    time.sleep(1.2)
+    aged = fw.lookup("192.0.2.9")["jail"]
+    assert aged.expires <= 98
+    fw.apply([Put("jail", "192.0.2.9", 100, "second")])
+    fresh = fw.lookup("192.0.2.9")["jail"]
+    assert (fresh.timeout, fresh.comment) == (100, "second")
+    assert fresh.expires >= 99
+    fw.apply([Put("jail", "192.0.2.9", 50)])
+    assert fw.lookup("192.0.2.9")["jail"] == Element("jail", "192.0.2.9", 50, 50, None)
+
+
+def test_delete_removes_and_absent_delete_is_fine(fw):
+    fw.apply([Put("watch", "192.0.2.9", 60), Put("watch", "2001:db8::9", 60)])
+    fw.apply([Delete("watch", "192.0.2.9"), Delete("watch", "192.0.2.9"),
+              Delete("jail", "192.0.2.200"), Delete("parole", "2001:db8::77"),
+              Delete("whitelist", "203.0.113.0/24"), Delete("blacklist", "2001:db8::/32")])
+    assert fw.lookup("192.0.2.9") == {}
+    assert set(fw.lookup("2001:db8::9")) == {"watch"}
+
+
+def test_ops_apply_in_order(fw):
+    fw.apply([Put("jail", "192.0.2.1", 60), Delete("jail", "192.0.2.1"),
+              Delete("jail", "192.0.2.2"), Put("jail", "192.0.2.2", 60, "kept")])
+    assert fw.lookup("192.0.2.1") == {}
+    assert fw.lookup("192.0.2.2")["jail"].comment == "kept"
+
+
+@pytest.mark.parametrize("bad", [
+    Put("jail", "192.0.2.300", 60),
+    Put("jail", "example.com", 60),
+    Put("jail", "192.0.2.0/24", 60),          # prefixes only in whitelist/blacklist
+    Put("jail", "192.0.2.1-192.0.2.9", 60),
+    Put("jail", "fe80::1%eth0", 60),
+    Put("whitelist", "fe80::/64%eth0"),
+    Put("whitelist", "192.0.2.9-192.0.2.1"),
+    Put("whitelist", "192.0.2.1-2001:db8::1"),
+    Put("whitelist", "192.0.2.0/24", 60),     # permanent sets take no timeout
+    Put("jail", "192.0.2.9", 0),
+    Put("jail", "192.0.2.9", "60"),           # type: ignore[arg-type]
+    Put("jail", "192.0.2.9", 60, "x" * (COMMENT_MAX + 1)),
+    Put("jail", "192.0.2.9", 60, "é" * 65),   # 130 bytes of UTF-8
+    Put("jail", "192.0.2.9", 60, "two\nlines"),
+    Put("prison", "192.0.2.9", 60),
+    Delete("jail", "not an address"),
+])
+def test_one_invalid_op_fails_the_batch_before_anything_is_sent(fw, bad):
+    good = [Put("jail", "192.0.2.50", 60), Put("whitelist", "198.51.100.0/24")]
+    with pytest.raises(ValueError):
+        fw.apply([*good, bad])
+    assert fw.elements() == []
+
+
+def test_kernel_failure_is_all_or_nothing(fw, netns):
+    netns.run("nft", "delete", "set", "inet", "autoban", "trust6")
+    with pytest.raises(FirewallError, match="nft: "):
+        fw.apply([Put("jail", "192.0.2.9", 60), Put("trust", "2001:db8::9", 60)])
+    assert fw.lookup("192.0.2.9") == {}
+
+
+def test_comment_limit(fw):
+    longest = "x" * COMMENT_MAX
+    fw.apply([Put("jail", "192.0.2.9", 60, longest), Put("whitelist", "192.0.2.0/30", None,
+                                                          "é" * (COMMENT_MAX // 2))])
+    assert fw.lookup("192.0.2.9")["jail"].comment == longest
+    assert fw.lookup("192.0.2.1")["whitelist"].comment == "é" * (COMMENT_MAX // 2)
+    with pytest.raises(ValueError, match="longer than"):
+        fw.apply([Put("jail", "192.0.2.9", 60, longest + "x")])
+
+
+def test_max_timeout_is_accepted_and_larger_ones_clamped(fw):
+    assert Firewall.MAX_TIMEOUT == MAX_TIMEOUT
+    fw.apply([Put("jail", "192.0.2.1", MAX_TIMEOUT), Put("jail", "192.0.2.2", MAX_TIMEOUT + 1),
+              Put("jail", "2001:db8::3", 2**62)])  # 2**62 s would wrap to "no timeout"
+    for addr in ("192.0.2.1", "192.0.2.2", "2001:db8::3"):
+        element = fw.lookup(addr)["jail"]
+        assert element.timeout == MAX_TIMEOUT
+        assert MAX_TIMEOUT - 2 <= element.expires <= MAX_TIMEOUT
+
+
+# ---- whitelist and blacklist -----------------------------------------------------
+
+def test_prefixes_and_ranges_cover_addresses(fw):
+    fw.apply([Put("whitelist", "10.0.0.0/8", comment="lan"),
+              Put("blacklist", "198.51.100.10-198.51.100.20"),
+              Put("blacklist", "2001:db8:bad::/48", comment="bad net"),
+              Put("whitelist", "203.0.113.7")])
+    assert fw.lookup("10.200.3.4") == {
+        "whitelist": Element("whitelist", "10.0.0.0/8", None, None, "lan")}
+    assert fw.lookup("198.51.100.10")["blacklist"].addr == "198.51.100.10-198.51.100.20"
+    assert fw.lookup("198.51.100.20")["blacklist"].addr == "198.51.100.10-198.51.100.20"
+    assert fw.lookup("198.51.100.21") == {}
+    assert fw.lookup("198.51.100.9") == {}
+    assert fw.lookup("2001:db8:bad:1::1")["blacklist"].comment == "bad net"
+    assert fw.lookup("203.0.113.7")["whitelist"].addr == "203.0.113.7"
+    assert fw.lookup("203.0.113.8") == {}
+    assert sorted(e.addr for e in fw.elements(LIST_SETS)) == sorted(
+        ["10.0.0.0/8", "198.51.100.10-198.51.100.20", "2001:db8:bad::/48", "203.0.113.7"])
+
+
+def test_entries_as_pbxhost_conf_accepts_them(fw):
+    # Config entries arrive as written: brackets, host bits in a prefix.
+    fw.apply([Put("whitelist", "192.0.2.77/24"), Put("blacklist", "[2001:db8::1]"),
+              Put("blacklist", "[2001:db8:1::]/64"), Put("jail", "[2001:db8::9]", 60)])
+    assert sorted((e.set, e.addr) for e in fw.elements()) == [
+        ("blacklist", "2001:db8:1::/64"), ("blacklist", "2001:db8::1"),
+        ("jail", "2001:db8::9"), ("whitelist", "192.0.2.0/24")]
+
+
+def test_overlapping_puts_merge_and_deletes_punch_holes(fw):
+    fw.apply([Put("blacklist", "10.0.0.0/8", comment="ten"),
+              Put("blacklist", "10.1.0.0/16", comment="inside")])  # already covered
+    assert [(e.addr, e.comment) for e in fw.elements(["blacklist"])] == [("10.0.0.0/8", "ten")]
+    fw.apply([Put("blacklist", "11.0.0.0-11.0.0.255")])  # touches 10/8: one interval
+    assert [e.addr for e in fw.elements(["blacklist"])] == ["10.0.0.0-11.0.0.255"]
+    fw.apply([Delete("blacklist", "10.1.2.3")])
+    assert fw.lookup("10.1.2.3") == {}
+    assert fw.lookup("10.1.2.4")["blacklist"].addr == "10.1.2.4-11.0.0.255"
+    assert fw.lookup("10.1.2.2")["blacklist"].addr == "10.0.0.0-10.1.2.2"
+    fw.apply([Put("blacklist", "10.1.2.3", comment="whole again")])
+    assert [(e.addr, e.comment) for e in fw.elements(["blacklist"])] == [
+        ("10.0.0.0-11.0.0.255", "whole again")]
+    fw.apply([Delete("blacklist", "10.0.0.0-11.0.0.255")])
+    assert fw.elements(["blacklist"]) == []
+
+
+def test_interval_at_the_top_of_the_address_space(fw):
+    fw.apply([Put("blacklist", "255.255.255.0/24"), Put("whitelist", "::/0")])
+    assert fw.lookup("255.255.255.255")["blacklist"].addr == "255.255.255.0/24"
+    assert fw.lookup("ffff::1")["whitelist"].addr == "::/0"
+
+
+def test_family():
+    assert family("192.0.2.1") == "4"
+    assert family("2001:db8::/32") == "6"
+    assert family("192.0.2.1-192.0.2.9") == "4"
+    with pytest.raises(ValueError):
+        family("2001:db8::zz")
+
+
+# ---- packets -------------------------------------------------------------------
+
+def veth_pair(make_netns: Callable[[str], Netns]) -> tuple[Netns, Netns]:
+    """A protected host (192.0.2.1, 2001:db8:1::1) and a peer (.2, ::2) on a veth."""
+    host, peer = make_netns("host"), make_netns("peer")
+    sh("ip", "link", "add", "veth0", "netns", host.name, "type", "veth",
+       "peer", "name", "veth1", "netns", peer.name)
+    for ns, dev, last in ((host, "veth0", 1), (peer, "veth1", 2)):
+        sh("ip", "-n", ns.name, "addr", "add", f"192.0.2.{last}/24", "dev", dev)
+        sh("ip", "-n", ns.name, "addr", "add", f"2001:db8:1::{last}/64", "dev", dev, "nodad")
+        sh("ip", "-n", ns.name, "link", "set", dev, "up")
+    return host, peer
+
+
+@pytest.mark.parametrize("peer_addr, host_addr, rule", [
+    ("192.0.2.2", "192.0.2.1", "4"), ("2001:db8:1::2", "2001:db8:1::1", "6")])
+def test_jailed_and_blacklisted_sources_are_dropped_and_counted(make_netns, peer_addr,
+                                                                host_addr, rule):
+    host, peer = veth_pair(make_netns)
+    fw = host.firewall()
+    fw.ensure()
+    assert peer.ping(host_addr)
+    fw.apply([Put("jail", peer_addr, 600, "sentence")])
+    assert not peer.ping(host_addr)
+    counted = fw.counters()
+    assert counted[f"jail{rule}"] >= 1 and counted[f"blacklist{rule}"] == 0
+    fw.apply([Delete("jail", peer_addr)])
+    assert peer.ping(host_addr)
+
+    fw.apply([Put("blacklist", f"{peer_addr}-{peer_addr}")])
+    assert not peer.ping(host_addr)
+    assert fw.counters()[f"blacklist{rule}"] >= 1
+    fw.apply([Put("whitelist", peer_addr)])  # the whitelist wins over blacklist and jail
+    fw.apply([Put("jail", peer_addr, 600)])
+    assert peer.ping(host_addr)
+    assert set(fw.counters()) == {"blacklist4", "blacklist6", "jail4", "jail6"}
+
+
+# ---- cost ----------------------------------------------------------------------
+
+def median_ms(call: Callable[[int], object], rounds: int = 200) -> float:
+    times = []
+    for i in range(rounds):
+        start = time.perf_counter()
+        call(i)
+        times.append(time.perf_counter() - start)
+    return statistics.median(times) * 1000
+
+
+def test_lookup_and_apply_latency(fw, capsys):
+    # A busy day: thousands of watched and jailed addresses, a few whitelisted nets.
+    for base, third in (("watch", 0), ("jail", 1)):
+        fw.apply([Put(base, f"10.{i // 250}.{third}.{i % 250 + 1}", 3600, "events 1")
+                  for i in range(3000)])
+    fw.apply([Put("whitelist", f"172.16.{i}.0/24") for i in range(0, 100, 2)])
+    hit = median_ms(lambda i: fw.lookup(f"10.{i % 12}.1.{i % 250 + 1}"))
+    miss = median_ms(lambda i: fw.lookup(f"192.0.2.{i % 250 + 1}"))
+    jail = median_ms(lambda i: fw.apply([
+        Put("jail", f"198.51.100.{i % 250 + 1}", 600, "sentence 600"),
+        Put("parole", f"198.51.100.{i % 250 + 1}", 1200, "sentence 600"),
+        Delete("watch", f"198.51.100.{i % 250 + 1}")]))
+    listed = median_ms(lambda i: fw.apply([Put("blacklist", f"203.0.113.{i % 250 + 1}")]))
+    with capsys.disabled():
+        print(f"\nfirewall latency (median of 200, 6000 timed elements): lookup hit "
+              f"{hit:.3f} ms, lookup miss {miss:.3f} ms, apply jail+parole+unwatch "
+              f"{jail:.3f} ms, apply blacklist put {listed:.3f} ms")
+    assert max(hit, miss, jail, listed) < 20

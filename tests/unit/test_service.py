@@ -1,0 +1,35 @@
+"""service.py: SYSLOG_LEVEL mapping and journald-friendly stderr."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+
+from pbxhost import service
+
+
+@pytest.mark.parametrize(("raw", "level"), [
+    ("0", logging.CRITICAL + 10), ("1", logging.CRITICAL), ("3", logging.CRITICAL),
+    ("4", logging.ERROR), ("5", logging.WARNING), ("6", service.NOTICE), ("7", logging.INFO),
+    ("8", logging.DEBUG), ("", service.NOTICE), ("9", service.NOTICE), ("debug", service.NOTICE),
+])
+def test_syslog_level_mapping(raw, level):
+    assert service.log_level({"SYSLOG_LEVEL": raw}) == level
+
+
+def test_stderr_under_systemd_carries_syslog_priority_prefix(capsys, monkeypatch):
+    monkeypatch.setitem(__import__("sys").modules, "systemd", None)  # no systemd-python
+    log = service.setup_logging("autoban", {"JOURNAL_STREAM": "8:123", "SYSLOG_LEVEL": "8"})
+    log.error("e")
+    log.log(service.NOTICE, "n")
+    log.debug("d")
+    assert capsys.readouterr().err.splitlines() == ["<3>e", "<5>n", "<7>d"]
+
+
+def test_level_filters(capsys):
+    log = service.setup_logging("autoban", {"SYSLOG_LEVEL": "4"})
+    log.warning("hidden")
+    log.error("shown")
+    err = capsys.readouterr().err
+    assert "shown" in err and "hidden" not in err
