@@ -8,6 +8,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+
 from testbed import rootfs
 from testbed.asterisk import Asterisk
 from testbed.netns import Host, Network, sweep_stale

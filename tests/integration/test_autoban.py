@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 import pytest
+
 from testbed.netns import Host
 from testbed.sip import Baresip, sipp_register
 

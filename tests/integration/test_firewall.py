@@ -21,7 +21,6 @@ from collections.abc import Callable, Iterator
 from typing import TypeVar
 
 import pytest
-from testbed.netns import CLONE_NEWNET, PREFIX, sh
 
 from pbxhost.autoban.firewall import (
     COMMENT_MAX,
@@ -36,6 +35,7 @@ from pbxhost.autoban.firewall import (
     Put,
     family,
 )
+from testbed.netns import CLONE_NEWNET, PREFIX, sh
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0,
                                 reason="needs root for network namespaces and nftables")

@@ -7,6 +7,7 @@ import os
 from pathlib import Path
 
 import pytest
+
 from testbed.sip import sipp_register
 
 PASSWORD = "s3cret-Jane-42"

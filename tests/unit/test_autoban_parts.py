@@ -6,12 +6,12 @@ import ipaddress
 from pathlib import Path
 
 import pytest
-from pbxhost.autoban.firewall import Delete, Element, Put
 
 from pbxhost import conf
 from pbxhost.autoban import cli, config, policy
 from pbxhost.autoban.daemon import human, ops_for, standing_of
 from pbxhost.autoban.events import parse_remote_address
+from pbxhost.autoban.firewall import Delete, Element, Put
 
 
 @pytest.mark.parametrize(("raw", "addr"), [
