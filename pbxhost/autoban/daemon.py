@@ -18,7 +18,7 @@ from panoramisk.message import Message
 
 from pbxhost import cli, conf, service
 from pbxhost.ami import AmiClient
-from pbxhost.autoban import config, policy, state
+from pbxhost.autoban import config, legacy, policy, state
 from pbxhost.autoban.events import ATTACK_EVENTS, Address, parse_remote_address
 from pbxhost.autoban.firewall import Delete, Element, Firewall, FirewallError, Put
 
@@ -103,6 +103,17 @@ class Autoban:
 
     def add_config_lists(self) -> None:
         self._apply_each_valid(self._config_lists())
+
+    def import_legacy(self) -> None:
+        """Take over the seed's `table ip autoban`, if there is one, and remove it."""
+        elements = self.fw.legacy_elements()
+        if elements is None:
+            return
+        puts = legacy.convert(elements, self.settings, int(self.clock()))
+        applied = self._apply_each_valid(puts)
+        self.fw.remove("ip")
+        log.log(service.NOTICE, "imported %d elements from the seed's table ip %s and "
+                "removed it", applied, self.cfg.table)
 
     # -- events ---------------------------------------------------------------
     def handle(self, event: Message) -> None:
@@ -197,6 +208,7 @@ class Autoban:
     async def run(self, notifier: service.Notifier) -> None:
         if not self.ensure_table():
             self.add_config_lists()
+        self.import_legacy()
         self.save()
         client = AmiClient(self.cfg.ami, self.handle,
                            lambda s: notifier.status(f"AMI {s}; watching for attacks"))

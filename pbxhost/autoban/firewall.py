@@ -58,6 +58,7 @@ FAMILIES = ("4", "6")
 TIMED_SETS = ("watch", "jail", "parole", "trust")
 LIST_SETS = ("whitelist", "blacklist")
 SETS = TIMED_SETS + LIST_SETS
+LEGACY_SETS = ("watch", "jail", "parole", "whitelist", "blacklist")  # the seed's table ip
 
 # Largest element timeout in seconds: the kernel's limit (ms < U64_MAX / 10^6,
 # nf_msecs_to_jiffies64); 18446744074 s gives ERANGE. About 584 years.
@@ -381,8 +382,8 @@ class Firewall:
             return FirewallError(f"table inet {self.table} is missing")
         return FirewallError(f"nft: {' '.join(err.split())}")
 
-    def _ref(self, name: str) -> Json:
-        return {"family": "inet", "table": self.table, "name": name}
+    def _ref(self, name: str, family: str = "inet") -> Json:
+        return {"family": family, "table": self.table, "name": name}
 
     # -- the table
 
@@ -407,11 +408,26 @@ class Firewall:
         log.info("created table inet %s", self.table)
         return True
 
-    def remove(self) -> None:
+    def remove(self, family: str = "inet") -> None:
         """Delete the table; an absent table is fine (add+delete in one batch)."""
-        table = {"family": "inet", "name": self.table}
+        table = {"family": family, "name": self.table}
         self._run([{"add": {"table": table}}, {"delete": {"table": table}}])
-        log.info("removed table inet %s", self.table)
+        log.info("removed table %s %s", family, self.table)
+
+    def legacy_elements(self) -> list[Element] | None:
+        """The elements of the seed's `table ip <table>` (sets watch, jail, parole,
+        whitelist, blacklist; IPv4 only), None when that table is not there."""
+        rc, _, _ = self._json([{"list": {"table": {"family": "ip", "name": self.table}}}],
+                              terse=True)
+        if rc != 0:
+            return None
+        found: list[Element] = []
+        for base in LEGACY_SETS:
+            rc, items, _ = self._json([{"list": {"set": self._ref(base, "ip")}}])
+            if rc == 0:
+                elems = next(i["set"] for i in items if "set" in i).get("elem", [])
+                found += [_element(base, item) for item in elems]
+        return found
 
     def _expected(self) -> tuple[frozenset[str], tuple[str, ...]]:
         names = frozenset(f"{base}{fam}" for base in SETS for fam in FAMILIES)

@@ -366,3 +366,55 @@ def test_cli_against_kernel_sets(bed):
     assert bed.cli("help").stdout.startswith("`autoban`")
     state = json.loads(bed.statefile.read_text())
     assert any(e["addr"] == b and e["set"] == "jail" for e in state["elements"])
+
+
+SEED_TABLE = """\
+table ip autoban {
+	set watch { type ipv4_addr; flags timeout; }
+	set jail { type ipv4_addr; flags timeout; }
+	set parole { type ipv4_addr; flags timeout; }
+	set blacklist { type ipv4_addr; }
+	set whitelist { type ipv4_addr; }
+	chain incoming {
+		type filter hook input priority security; policy accept;
+		ip saddr @whitelist accept
+		ip saddr @blacklist drop
+		ip saddr @jail drop
+	}
+}
+add element ip autoban jail { 198.51.100.20 timeout 2h }
+add element ip autoban parole { 198.51.100.20 timeout 2h20m }
+add element ip autoban watch { 198.51.100.21 timeout 20m3s }
+add element ip autoban blacklist { 198.51.100.22 }
+"""
+
+
+def test_seed_era_table_is_imported_and_removed(bed):
+    (bed.tmp / "seed.nft").write_text(SEED_TABLE)
+    bed.pbx_host.run("nft", "-f", str(bed.tmp / "seed.nft"))
+    bed.write_conf()
+    bed.start_daemon(wait="imported 4 elements from the seed's table ip autoban")
+    jail = bed.members("jail")["198.51.100.20"]
+    assert jail["comment"] == "sentence 7200" and 7100 < jail["expires"] <= 7200
+    assert bed.members("watch")["198.51.100.21"]["comment"].count("+0") == 2  # count 3
+    assert "198.51.100.22" in bed.members("blacklist")
+    tables = bed.pbx_host.run("nft", "list", "tables").stdout
+    assert "table ip autoban" not in tables and "table inet autoban" in tables
+
+
+def test_trust_after_successful_login_keeps_an_office_in(bed, start_phone):
+    bed.write_conf(maxcount=2, extra="trusttime = 10m\n")
+    bed.start_daemon()
+    phone = start_phone(bed.phone_host, "jane", JANE_PASSWORD, bed.pbx_host.v4)
+    phone.wait_registered()
+    deadline_poll(lambda: bed.phone_host.v4 in bed.members("trust"), 10, "trust entry")
+    # a misconfigured phone behind the same address fails again and again
+    bed.register(bed.phone_host, "ipv4", calls=6, port=5080)
+    deadline_poll(lambda: len(bed.attack_events(bed.phone_host.v4)) >= 6, 10, "6 events")
+    assert bed.phone_host.v4 not in bed.members("jail")
+    assert "trusted after a successful login" in bed.log
+    # trust never overrides the blacklist
+    bed.cli("add", "blacklist", "=", bed.phone_host.v4)
+    blocked = bed.register(bed.phone_host, "ipv4", password=JANE_PASSWORD, expect=200,
+                           port=5082, timeout=3)
+    assert blocked.returncode != 0 and bed.drops()["blacklist4"] >= 1

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from pbxhost import conf
-from pbxhost.autoban import cli, config, policy
+from pbxhost.autoban import cli, config, legacy, policy
 from pbxhost.autoban.daemon import human, ops_for, standing_of
 from pbxhost.autoban.events import parse_remote_address
 from pbxhost.autoban.firewall import Delete, Element, Put
@@ -151,3 +151,20 @@ def test_cli_bad_usage_exits_2_before_touching_anything(capsys):
         cli.main(["add", "jail", "=", "not-an-address"])
     assert exc.value.code == 2
     assert capsys.readouterr().err.count("\n") == 1
+
+
+def test_seed_table_elements_are_converted():
+    s = policy.Settings(maxcount=10, watchtime=1200, jailtime=1200)
+    seed = [Element("watch", "192.0.2.1", 1203, 900, None),        # seed count 3
+            Element("jail", "192.0.2.2", 7200, 5000, None),
+            Element("parole", "192.0.2.2", 8400, 6200, None),       # sentence 7200
+            Element("parole", "192.0.2.3", 2400, 100, None),        # released, on parole
+            Element("blacklist", "198.51.100.1", None, None, None),
+            Element("whitelist", "203.0.113.5", None, None, None)]
+    assert legacy.convert(seed, s, 1000) == [
+        Put("watch", "192.0.2.1", 900, "events 1000 +0 +0"),
+        Put("jail", "192.0.2.2", 5000, "sentence 7200"),
+        Put("parole", "192.0.2.2", 6200, "sentence 7200"),
+        Put("parole", "192.0.2.3", 100, "sentence 1200"),
+        Put("blacklist", "198.51.100.1"),
+        Put("whitelist", "203.0.113.5")]
