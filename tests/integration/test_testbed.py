@@ -4,6 +4,7 @@ the attacker; a phone registers; all of it over IPv4 and IPv6."""
 from __future__ import annotations
 
 import os
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -96,3 +97,21 @@ def test_phone_registers_and_is_listed(net, start_asterisk, start_phone, family)
     assert len(listed) == 1 and f"@{local}" in listed[0] and "Avail" in listed[0], contacts
     assert not [e for e in pbx.ami.events if e["Event"] == "ChallengeResponseFailed"]
     record(f"contact_status_{family}.txt", bytes(pbx.ami.transcript))
+
+
+def test_teardown_leaves_no_process_namespace_or_table(tree, tmp_path):
+    from testbed.asterisk import Asterisk
+    from testbed.netns import Network
+
+    with pytest.raises(RuntimeError, match="a failing test"), Network() as network:
+        host = network.host("pbx", 10)
+        pbx = Asterisk(tree, host, tmp_path / "a")
+        pbx.start()
+        host.run("nft", "add", "table", "inet", "leftover")
+        namespaces, proc = list(network._namespaces), pbx.proc
+        raise RuntimeError("a failing test")
+    listed = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+    assert not [ns for ns in namespaces if ns in listed]
+    assert proc.wait(5) is not None  # killed with its namespace (reaped here)
+    assert "leftover" not in subprocess.run(["nft", "list", "tables"], capture_output=True,
+                                            text=True).stdout
