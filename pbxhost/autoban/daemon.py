@@ -26,6 +26,7 @@ log = logging.getLogger("pbxhost.autoban")
 EX_CONFIG = 78  # sysexits: configuration error (the unit does not restart-loop on it)
 GUARD_INTERVAL = 1.0
 SAVE_DELAY = 0.5
+RESTORE_BATCH = 250
 
 
 def human(seconds: int) -> str:
@@ -87,6 +88,11 @@ class Autoban:
                 for entry in getattr(self.cfg, name)]
 
     def _apply_each_valid(self, puts: list[Put]) -> int:
+        # Batches of RESTORE_BATCH: one batch of 10k elements makes libnftables peak at 165 MB.
+        return sum(self._apply_batch(puts[i:i + RESTORE_BATCH])
+                   for i in range(0, len(puts), RESTORE_BATCH))
+
+    def _apply_batch(self, puts: list[Put]) -> int:
         try:
             self.fw.apply(puts)
             return len(puts)

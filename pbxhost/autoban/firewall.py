@@ -502,8 +502,19 @@ class Firewall:
         found: list[Element] = []
         for base in [_check_base(s) for s in sets]:
             for fam in FAMILIES:
-                found += [_element(base, item) for item in self._list(f"{base}{fam}")]
+                if base in TIMED_SETS:
+                    found += self._dump(base, int(fam))
+                else:  # intervals come as start/end pairs: libnftables joins them
+                    found += [_element(base, item) for item in self._list(f"{base}{fam}")]
         return found
+
+    def _dump(self, base: str, version: int) -> list[Element]:
+        try:
+            dumped = self._netlink.dump(self.table, f"{base}{version}")
+        except OSError as exc:
+            raise FirewallError(str(exc)) from exc
+        return [Element(base, str(_ip(version, e.key)), e.timeout, e.expires, e.comment)
+                for e in dumped]
 
     def _list(self, name: str) -> list[str | Json]:
         # One set per command: several `list set` in one batch fail in 1.0.6.

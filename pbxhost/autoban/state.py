@@ -19,15 +19,17 @@ VERSION = 1
 
 def save(path: Path, elements: list[Element], now: float | None = None) -> None:
     now = time.time() if now is None else now
-    rows = [{"set": e.set, "addr": e.addr, "comment": e.comment,
-             "expires_at": None if e.expires is None else round(now + e.expires, 3)}
-            for e in elements]
     path.parent.mkdir(parents=True, exist_ok=True)
-    data = json.dumps({"version": VERSION, "saved_at": round(now), "elements": rows}, indent=1)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".state-")
     try:
         with os.fdopen(fd, "w") as f:
-            f.write(data)
+            # one element a line, written as we go: readable, and no second copy in memory
+            f.write(f'{{"version": {VERSION}, "saved_at": {round(now)}, "elements": [')
+            for i, e in enumerate(elements):
+                row = {"set": e.set, "addr": e.addr, "comment": e.comment,
+                       "expires_at": None if e.expires is None else round(now + e.expires, 3)}
+                f.write(("\n " if i == 0 else ",\n ") + json.dumps(row))
+            f.write("\n]}\n")
             f.flush()
             os.fsync(f.fileno())
         os.chmod(tmp, 0o600)
@@ -43,6 +45,8 @@ def load(path: Path, now: float | None = None) -> list[Put]:
     try:
         data = json.loads(path.read_text())
         rows = data["elements"]
+        if not isinstance(rows, list):
+            raise TypeError("elements is not a list")
     except FileNotFoundError:
         return []
     except (OSError, ValueError, KeyError, TypeError) as exc:

@@ -168,3 +168,26 @@ def test_seed_table_elements_are_converted():
         Put("parole", "192.0.2.3", 100, "sentence 1200"),
         Put("blacklist", "198.51.100.1"),
         Put("whitelist", "203.0.113.5")]
+
+
+def test_state_file_round_trip_keeps_remaining_times(tmp_path):
+    from pbxhost.autoban import state
+
+    path = tmp_path / "lib/state.json"
+    elements = [Element("jail", "192.0.2.9", 1200, 600, "sentence 1200"),
+                Element("blacklist", "198.51.100.0/24", None, None, None),
+                Element("watch", "2001:db8::9", 60, 5, "events 100 +2")]
+    state.save(path, elements, now=1000.0)
+    assert oct(path.stat().st_mode & 0o777) == "0o600"
+    assert state.load(path, now=1100.0) == [
+        Put("jail", "192.0.2.9", 500, "sentence 1200"),
+        Put("blacklist", "198.51.100.0/24", None, None)]  # the watch entry has expired
+
+
+@pytest.mark.parametrize("text", ["", "{", '{"elements": 3}', '{"elements": [{"set": 1}]}'])
+def test_broken_state_file_starts_empty_without_crashing(tmp_path, text):
+    from pbxhost.autoban import state
+
+    path = tmp_path / "state.json"
+    path.write_text(text)
+    assert state.load(path, now=0) == []
