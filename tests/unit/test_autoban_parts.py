@@ -191,3 +191,38 @@ def test_broken_state_file_starts_empty_without_crashing(tmp_path, text):
     path = tmp_path / "state.json"
     path.write_text(text)
     assert state.load(path, now=0) == []
+
+
+class NoFirewall:
+    """Garbage must be dropped before the firewall is asked anything."""
+
+    def __getattr__(self, name: str):
+        raise AssertionError(f"firewall.{name} used for a garbage event")
+
+
+@pytest.mark.parametrize("fields", [
+    {"Event": "InvalidPassword"},
+    {"Event": "InvalidPassword", "RemoteAddress": ""},
+    {"Event": "ChallengeResponseFailed", "RemoteAddress": "IPV4/UDP/not-an-ip/5060"},
+    {"Event": "InvalidAccountID", "RemoteAddress": "IPV4/UDP/192.0.2.1\r\nAction: x/1"},
+    {"Event": "FailedACL", "RemoteAddress": "IPV6/UDP/192.0.2.1/5060"},
+])
+def test_garbage_events_are_logged_and_skipped(fields, caplog):
+    from panoramisk.message import Message
+
+    from pbxhost.autoban.daemon import Autoban
+
+    cfg = config.AutobanConfig(path=Path("x"), enabled=True)
+    Autoban(cfg, NoFirewall(), exempt=[]).handle(Message(fields))  # type: ignore[arg-type]
+    assert "event skipped" in caplog.text
+
+
+def test_uncounted_events_never_reach_the_firewall():
+    from panoramisk.message import Message
+
+    from pbxhost.autoban.daemon import Autoban
+
+    ab = Autoban(config.AutobanConfig(path=Path("x")), NoFirewall(), exempt=[])  # type: ignore[arg-type]
+    for name in ("ChallengeSent", "SuccessfulAuth", "FullyBooted"):
+        ab.handle(Message({"Event": name, "RemoteAddress": "IPV4/UDP/192.0.2.1/5060",
+                           "UsingPassword": "1"}))
