@@ -2,17 +2,36 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from pbxhost import cli
+from pbxhost.host import seed
 
 
 def main(argv: list[str] | None = None) -> int:
     p = cli.parser("pbxhost", "Set up the host: seed the configuration, make certificates.",
                    "asterisk.conf")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    seed = sub.add_parser("seed", help="copy the default configuration into an empty dir")
-    seed.add_argument("--dest", type=Path, help="config dir (default /srv/etc/asterisk)")
+    seed_p = sub.add_parser(
+        "seed", help="copy the default configuration into an empty config dir",
+        description="Copy the default configuration into DEST when it is empty (FORCE_CONFIG: "
+        "copy the files missing from it), generating every password and AMI secret; "
+        "HOSTNAME sets the SIP domain and external addresses.")
+    seed_p.add_argument("--dest", type=Path, default=seed.DEST,
+                        help=f"config dir (default {seed.DEST})")
     sub.add_parser("tls", help="make or extract the TLS certificate")
     args = p.parse_args(argv)
+    if args.command == "seed":
+        return run_seed(args.dest)
     cli.not_yet("pbxhost", args.command)
+
+
+def run_seed(dest: Path) -> int:
+    try:
+        result = seed.seed(dest, env=os.environ)
+    except (seed.SeedError, OSError) as exc:
+        cli.fail("pbxhost seed", str(exc))
+    # The one report of the generated secrets: the journal keeps it.
+    print(result.report(), flush=True)
+    return 0

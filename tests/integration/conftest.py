@@ -57,8 +57,8 @@ def start_asterisk(tree: Path, tmp_path: Path) -> Iterator[Callable[..., Asteris
     """start_asterisk(host, {name: text}) -> a running Asterisk, stopped at teardown."""
     started: list[Asterisk] = []
 
-    def start(host: Host, configs: dict[str, str] | None = None) -> Asterisk:
-        pbx = Asterisk(tree, host, tmp_path / f"asterisk-{len(started)}", configs)
+    def start(host: Host, configs: dict[str, str] | None = None, **kw) -> Asterisk:
+        pbx = Asterisk(tree, host, tmp_path / f"asterisk-{len(started)}", configs, **kw)
         started.append(pbx)
         pbx.start()
         return pbx

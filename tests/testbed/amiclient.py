@@ -80,10 +80,12 @@ class AmiClient:
                         self._responses[msg["ActionID"]] = msg
                 self._cond.notify_all()
 
-    def action(self, name: str, timeout: float = 10, **fields: str) -> Message:
+    def action(self, name: str, timeout: float = 10, **fields: str | list[str]) -> Message:
+        """A list value is sent as one header line per item (Originate's Variable:)."""
         action_id = f"tb-{next(self._ids)}"
         lines = [f"Action: {name}", f"ActionID: {action_id}"]
-        lines += [f"{k}: {v}" for k, v in fields.items()]
+        lines += [f"{k}: {item}" for k, v in fields.items()
+                  for item in (v if isinstance(v, list) else [v])]
         self.sock.sendall(("\r\n".join(lines) + "\r\n\r\n").encode())
         return self._wait(lambda: self._responses.pop(action_id, None), timeout, f"reply to {name}")
 

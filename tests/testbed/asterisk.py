@@ -74,8 +74,14 @@ class Asterisk:
     """Start with start(); `ami` is an admin AMI session once ready."""
 
     def __init__(self, tree: Path, host: Host, workdir: Path,
-                 configs: dict[str, str] | None = None) -> None:
+                 configs: dict[str, str] | None = None,
+                 files: dict[str, str | bytes] | None = None,
+                 wrapper: tuple[str, ...] = ()) -> None:
+        """files: more files under etc/ (seen as /srv/etc/...), e.g. "ssl/asterisk/cert.pem";
+        wrapper: a command the chroot runs under (e.g. strace), outside the chroot."""
         self.tree, self.host, self.workdir = tree, host, workdir
+        self.files = dict(files or {})
+        self.wrapper = wrapper
         self.etc = workdir / "etc/asterisk"
         self.var = workdir / "var"
         self.log = self.var / "log/asterisk/full"
@@ -99,6 +105,10 @@ class Asterisk:
                 text += (f"\n[{ADMIN_USER}]\nsecret = {self.admin_secret}\n"
                          "read = all\nwrite = all\n")
             (self.etc / name).write_text(text)
+        for name, data in self.files.items():
+            path = self.workdir / "etc" / name
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(data.encode() if isinstance(data, str) else data)
 
     def start(self, timeout: float = 30) -> AmiClient:
         self.write_configs()
@@ -110,7 +120,8 @@ class Asterisk:
             f"mount --bind /dev {t}/dev",
             f"mount -t tmpfs tmpfs {t}/tmp",
             f"mount -t tmpfs tmpfs {t}/run",
-            f"exec chroot {t} /usr/sbin/asterisk -f -C /srv/etc/asterisk/asterisk.conf",
+            f"exec {shlex.join(self.wrapper)} chroot {t} "
+            "/usr/sbin/asterisk -f -C /srv/etc/asterisk/asterisk.conf",
         ])
         console = open(self.workdir / "console.log", "wb")  # noqa: SIM115 (lives with the process)
         self.proc = self.host.popen("sh", "-c", script, stdin=subprocess.DEVNULL,

@@ -3,9 +3,11 @@ in a test host's namespace."""
 
 from __future__ import annotations
 
+import re
 import subprocess
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 from .netns import Host
@@ -70,37 +72,99 @@ def sipp_register(host: Host, target: str, user: str, password: str, workdir: Pa
     )
 
 
+@dataclass(frozen=True)
+class SipMessage:
+    transport: str     # UDP, TCP, ...
+    source: str        # address:port it came from
+    dest: str          # address:port it went to
+    sender: str        # the user part of From
+    body: bytes        # exactly Content-Length bytes
+    size: int          # the whole SIP request, bytes
+
+
+_TRACE_START = b"\x1b[36;1m#\n"
+_TRACE_END = b"\x1b[;m\n"
+
+
+def received_messages(raw: bytes, me: str = "") -> list[SipMessage]:
+    """MESSAGE requests in a baresip SIP trace (sent to ME, address:port, if given);
+    a retransmission (same Call-ID and CSeq) counts once."""
+    found = []
+    seen: set[bytes] = set()
+    for chunk in raw.split(_TRACE_START)[1:]:
+        head, _, packet = chunk.partition(b"\n")
+        packet = packet.split(_TRACE_END, 1)[0]
+        if not packet.startswith(b"MESSAGE "):
+            continue
+        transport, src, _, dst = [*head.decode(errors="replace").split(), "", "", "", ""][:4]
+        headers, _, rest = packet.partition(b"\r\n\r\n")
+        length = re.search(rb"(?im)^(?:Content-Length|l)\s*:\s*(\d+)", headers)
+        sender = re.search(rb"(?im)^(?:From|f)\s*:.*?<?sips?:([^@;>]+)@", headers)
+        if length is None or sender is None:
+            continue
+        body = rest[:int(length.group(1))]
+        ident = re.findall(rb"(?im)^(?:Call-ID|i|CSeq)\s*:\s*(.*?)\s*$", headers)
+        if (me and dst != me) or b"|".join(ident) in seen:
+            continue
+        seen.add(b"|".join(ident))
+        found.append(SipMessage(transport, src, dst, sender.group(1).decode(errors="replace"),
+                                body, len(headers) + 4 + len(body)))
+    return found
+
+
 class Baresip:
     """A headless baresip phone registered as USER at the PBX."""
 
     def __init__(self, host: Host, workdir: Path, user: str, password: str, pbx: str,
-                 port: int = 5060, transport: str = "udp") -> None:
+                 port: int = 5060, transport: str = "udp", account_params: str = "",
+                 audio_source: str = "aufile,/dev/null",
+                 config_lines: tuple[str, ...] = (), trace: bool = False,
+                 contacts: tuple[str, ...] = ()) -> None:
+        """account_params: more ;key=value of the account (e.g. ";answermode=auto");
+        audio_source: what the phone sends (e.g. "aufile,/path/tone.wav");
+        config_lines: more lines of baresip's config (modules, sip_cafile, ...);
+        trace: print the SIP trace (-s), kept byte for byte in `raw`, from which
+        messages() reads MESSAGE bodies exactly (the phone's own display of a
+        message is cut at 512 bytes); contacts: SIP URIs the phone can text with
+        send_message() (the first is the current contact)."""
         self.host, self.user = host, user
         self.dir = workdir / f"baresip-{user}-{host.role}-{port}"
         self.dir.mkdir(parents=True, exist_ok=True)
         local = host.v6 if ":" in pbx else host.v4
+        self.address = f"{bracket(local)}:{port}"
+        if contacts:
+            config_lines = ("module_app contact.so", *config_lines)
+            (self.dir / "contacts").write_text("".join(f"<{c}>\n" for c in contacts))
         (self.dir / "accounts").write_text(
             f"<sip:{user}@{bracket(pbx)};transport={transport}>;auth_pass={password};"
-            "regint=60\n")
+            f"regint=60{account_params}\n")
         (self.dir / "config").write_text("\n".join([
             "module_path /usr/lib/baresip/modules",
             "module stdio.so", "module g711.so", "module aufile.so",
             "module_app account.so", "module_app menu.so",
             f"sip_listen {bracket(local)}:{port}",
-            "audio_player aufile,/dev/null", "audio_source aufile,/dev/null",
+            "audio_player aufile,/dev/null", f"audio_source {audio_source}",
+            *config_lines,
             "",
         ]))
         self.lines: list[str] = []
+        self.raw = bytearray()
         self._cond = threading.Condition()
         # stdin must be a pipe: baresip's stdio module cannot poll /dev/null.
-        self.proc = host.popen("baresip", "-f", str(self.dir), stdin=subprocess.PIPE,
-                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        # with a trace, stdout unbuffered: stdio-buffered packets and unbuffered stderr
+        # lines would otherwise interleave in the pipe and corrupt a traced body
+        unbuffered = ["stdbuf", "-o0", "-e0"] if trace else []
+        self.proc = host.popen(*unbuffered, "baresip", *(["-s"] if trace else []), "-f",
+                               str(self.dir),
+                               stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                               stderr=subprocess.STDOUT)
         threading.Thread(target=self._read, daemon=True).start()
 
     def _read(self) -> None:
         assert self.proc.stdout is not None
         for raw in self.proc.stdout:
             with self._cond:
+                self.raw += raw
                 self.lines.append(raw.decode("utf-8", "replace").rstrip("\n"))
                 self._cond.notify_all()
         with self._cond:
@@ -122,6 +186,34 @@ class Baresip:
 
     def wait_registered(self, timeout: float = 15) -> str:
         return self.wait_for("200 OK", timeout)
+
+    def send_message(self, text: str) -> None:
+        """Text the current contact (one line: baresip reads commands by line)."""
+        self.send(f"/message {text}")
+
+    def messages(self) -> list[SipMessage]:
+        """MESSAGE requests received so far (needs trace=True)."""
+        with self._cond:
+            return received_messages(bytes(self.raw), self.address)
+
+    def wait_messages(self, count: int, timeout: float = 15) -> list[SipMessage]:
+        """At least COUNT received MESSAGE requests (so far or to come)."""
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while True:
+                got = received_messages(bytes(self.raw), self.address)
+                if len(got) >= count:
+                    return got
+                left = deadline - time.monotonic()
+                if left <= 0 or self.proc.poll() is not None:
+                    raise TimeoutError(f"baresip {self.user}: {len(got)} of {count} MESSAGEs")
+                self._cond.wait(min(left, 0.5))
+
+    def send(self, command: str) -> None:
+        """A command on baresip's stdin, e.g. "/dial +12025550183" or "/hangup"."""
+        assert self.proc.stdin is not None
+        self.proc.stdin.write(command.encode() + b"\n")
+        self.proc.stdin.flush()
 
     def stop(self) -> None:
         if self.proc.poll() is None:

@@ -1,0 +1,311 @@
+"""Seeding: the default configuration suite copied into the config dir.
+
+The defaults (etc/asterisk/ of the source tree, /usr/share/pbxhost/asterisk
+when installed) are copied into an empty config dir, once: a lock file there
+stops a second seeding. With FORCE_CONFIG set, files missing from a non-empty
+dir are copied; a file that exists is never touched.
+
+Nothing shipped is a usable credential: every empty SIP password of a user
+(inbound_auth/password) and the AMI secrets of autoban and websms are
+generated here. An AMI secret lives in two files (manager.conf and
+autoban.conf / websms.conf) and both always get the same value: when one of
+them already exists, its secret is taken over.
+
+A seeding cut short is completed by the next run: the files are first
+written, secrets and all, to a staging dir inside the config dir, marked
+complete, then moved into place one by one (os.replace, never over an
+existing file), and only then is the lock written.
+"""
+
+from __future__ import annotations
+
+import grp
+import json
+import logging
+import os
+import re
+import secrets
+import shutil
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from pbxhost import conf
+
+log = logging.getLogger("pbxhost.seed")
+
+DEST = Path("/srv/etc/asterisk")
+# The defaults: the source tree's etc/asterisk when run from it, else where the
+# package installs them.
+_SOURCE_TREE = Path(__file__).resolve().parents[2] / "etc" / "asterisk"
+INSTALLED = Path("/usr/share/pbxhost/asterisk")
+DEFAULTS = _SOURCE_TREE if _SOURCE_TREE.is_dir() else INSTALLED
+
+LOCK = ".pbxhost-seeded"
+STAGING = ".pbxhost-seeding"
+COMPLETE = ".complete"   # in STAGING: all files written; holds what is to be reported
+# Who may read a file besides root (0640 to that group; None: root alone, 0600):
+# Asterisk reads the suite, websmsd (user websms) its websms.conf, autoband runs as root.
+READERS: dict[str, str | None] = {"autoban.conf": None, "websms.conf": "websms"}
+ASTERISK_GROUP = "asterisk"
+# (AMI user in manager.conf, the file holding its secret in [asmanager])
+AMI_PAIRS = (("autoban", "autoban.conf"), ("websms", "websms.conf"))
+# pjsip_transport.conf keys that HOSTNAME fills.
+HOSTNAME_KEYS = ("domain", "external_signaling_address", "external_media_address")
+USER_FILE = "pjsip_endpoint.conf"
+USER_PASSWORD_KEY = "inbound_auth/password"
+_HOSTNAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9.-]*|[0-9A-Fa-f:.]+")
+
+
+class SeedError(Exception):
+    """The defaults or the config dir are unusable."""
+
+
+@dataclass
+class SeedResult:
+    dest: Path
+    copied: list[str] = field(default_factory=list)
+    passwords: dict[str, str] = field(default_factory=dict)  # SIP user -> password
+    ami_users: list[str] = field(default_factory=list)       # AMI secrets generated
+    warnings: list[str] = field(default_factory=list)
+    skipped: str = ""                                         # why nothing was done
+
+    def report(self) -> str:
+        """The one report of a seeding: what was copied and the generated secrets."""
+        if self.skipped:
+            return f"{self.dest}: not seeded: {self.skipped}"
+        lines = [f"{self.dest}: seeded {len(self.copied)} files"]
+        lines += [f"SIP user {u}: password {p}" for u, p in sorted(self.passwords.items())]
+        lines += [f"AMI user {u}: secret generated (manager.conf and {u}.conf)"
+                  for u in self.ami_users]
+        lines += [f"warning: {w}" for w in self.warnings]
+        return "\n".join(lines)
+
+
+# ---------------------------------------------------------------- editing config text
+# Seeding edits the shipped text line by line, so every comment stays where it is.
+
+_HEADER = re.compile(r"^\s*\[([^\]]+)\]\s*(?:\(([^)]*)\))?")
+
+
+@dataclass(frozen=True)
+class _Span:
+    name: str
+    template: bool  # [name](!...): not an object of its own
+    start: int      # the header line
+    end: int        # the next header line (or the end)
+
+
+def _sections(lines: list[str]) -> list[_Span]:
+    heads = [(i, m) for i, line in enumerate(lines) if (m := _HEADER.match(line))]
+    ends = [i for i, _ in heads[1:]] + [len(lines)]
+    return [_Span(m.group(1).strip(), "!" in (m.group(2) or ""), i, end)
+            for (i, m), end in zip(heads, ends, strict=True)]
+
+
+def _option(key: str) -> re.Pattern[str]:
+    return re.compile(rf"^\s*{re.escape(key)}\s*=>?\s*(?P<value>[^;]*?)\s*(?:;.*)?$")
+
+
+def set_option(text: str, section: str, key: str, value: str) -> str:
+    """TEXT with `key = value` in [SECTION]: an existing line of KEY is replaced,
+    else a commented-out `; key = ...` placeholder, else a line after the header."""
+    lines = text.splitlines(keepends=True)
+    span = next((s for s in _sections(lines) if s.name == section), None)
+    if span is None:
+        raise SeedError(f"no section [{section}]")
+    placeholder = re.compile(rf"^\s*;\s*{re.escape(key)}\s*=")
+    for pattern in (_option(key), placeholder):
+        for i in range(span.start + 1, span.end):
+            if pattern.match(lines[i]):
+                lines[i] = f"{key} = {value}\n"
+                return "".join(lines)
+    lines.insert(span.start + 1, f"{key} = {value}\n")
+    return "".join(lines)
+
+
+def empty_option_sections(text: str, key: str) -> list[str]:
+    """Objects (not templates) that set KEY to nothing."""
+    lines = text.splitlines()
+    pattern = _option(key)
+    return [s.name for s in _sections(lines) if not s.template
+            and any((m := pattern.match(lines[i])) and not m["value"]
+                    for i in range(s.start + 1, s.end))]
+
+
+def get_option(path: Path, section: str, key: str) -> str:
+    """KEY of [SECTION] in an existing config file ("" when absent)."""
+    found = conf.load(path).section(section)
+    return (found.get(key) or "") if found is not None else ""
+
+
+# ---------------------------------------------------------------- what is generated
+
+
+def _new_secret() -> str:
+    return secrets.token_urlsafe(18)
+
+
+def fill_user_passwords(text: str) -> tuple[str, dict[str, str]]:
+    """Every user of pjsip_endpoint.conf with an empty inbound_auth/password
+    gets a generated one."""
+    generated = {user: _new_secret() for user in empty_option_sections(text, USER_PASSWORD_KEY)}
+    for user, password in generated.items():
+        text = set_option(text, user, USER_PASSWORD_KEY, password)
+    return text, generated
+
+
+def fill_hostname(text: str, hostname: str) -> str:
+    """pjsip_transport.conf with HOSTNAME as domain and external addresses
+    wherever a section sets them (commented lines stay as they are)."""
+    if not _HOSTNAME.fullmatch(hostname):
+        raise SeedError(f"HOSTNAME {hostname!r} is not a host name or address")
+    keys = "|".join(HOSTNAME_KEYS)
+    return re.sub(rf"(?m)^(\s*)({keys})\s*=.*$", lambda m: f"{m[1]}{m[2]} = {hostname}", text)
+
+
+def pair_ami_secrets(texts: dict[str, str], dest: Path, result: SeedResult) -> None:
+    """Give each AMI user the same secret in manager.conf and in its own file.
+    TEXTS are the files about to be written; the others exist in DEST."""
+    for user, other in AMI_PAIRS:
+        writing_manager, writing_other = "manager.conf" in texts, other in texts
+        if not (writing_manager or writing_other):
+            continue
+        if writing_manager and writing_other:
+            secret = _new_secret()
+            result.ami_users.append(user)
+        elif writing_manager:
+            secret = _existing(dest / other, "asmanager", "secret")
+        else:
+            secret = _existing(dest / "manager.conf", user, "secret")
+        if not secret:
+            result.warnings.append(
+                f"AMI user {user}: no secret in the existing "
+                f"{other if writing_manager else 'manager.conf'}; set the same one in both files")
+            continue
+        if writing_manager:
+            texts["manager.conf"] = set_option(texts["manager.conf"], user, "secret", secret)
+        if writing_other:
+            texts[other] = set_option(texts[other], "asmanager", "secret", secret)
+
+
+def _existing(path: Path, section: str, key: str) -> str:
+    try:
+        return get_option(path, section, key) if path.exists() else ""
+    except conf.ConfigError as exc:
+        log.warning("%s", exc)
+        return ""
+
+
+# ---------------------------------------------------------------- the seeding
+
+
+def _user_files(dest: Path) -> list[str]:
+    return [p.name for p in dest.iterdir() if p.name not in (LOCK, STAGING)]
+
+
+def _defaults(source: Path) -> dict[str, str]:
+    files = {p.name: p.read_text() for p in sorted(source.glob("*.conf"))}
+    if not files:
+        raise SeedError(f"no default configuration in {source}")
+    return files
+
+
+def _render(source: Path, dest: Path, env: Mapping[str, str],
+            result: SeedResult) -> dict[str, str]:
+    """The texts of the files to copy (those missing from DEST), secrets filled."""
+    texts = {name: text for name, text in _defaults(source).items()
+             if not (dest / name).exists()}
+    hostname = env.get("HOSTNAME", "").strip()
+    if hostname and "pjsip_transport.conf" in texts:
+        texts["pjsip_transport.conf"] = fill_hostname(texts["pjsip_transport.conf"], hostname)
+    if USER_FILE in texts:
+        texts[USER_FILE], result.passwords = fill_user_passwords(texts[USER_FILE])
+    pair_ami_secrets(texts, dest, result)
+    return texts
+
+
+def _write_private(path: Path, text: str, mode: int, gid: int) -> None:
+    """Create PATH with MODE before any secret is written into it."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+    with os.fdopen(fd, "w") as out:
+        if gid >= 0:
+            os.fchown(out.fileno(), -1, gid)
+        os.fchmod(out.fileno(), mode)  # whatever the umask
+        out.write(text)
+        out.flush()
+        os.fsync(out.fileno())
+
+
+def _sync_dir(path: Path) -> None:
+    """Make the names in PATH (renames, new files) survive a power loss."""
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _access(name: str) -> tuple[int, int]:
+    """(mode, gid) of a seeded file; gid -1 keeps root's group when the reader's
+    group does not exist (yet)."""
+    group = READERS.get(name, ASTERISK_GROUP)
+    if group is None:
+        return 0o600, -1
+    try:
+        return 0o640, grp.getgrnam(group).gr_gid
+    except KeyError:
+        return 0o640, -1
+
+
+def _stage(staging: Path, texts: dict[str, str], result: SeedResult) -> None:
+    """All files in STAGING, then the mark that they are complete, which keeps the
+    generated secrets to report should the install be cut short."""
+    shutil.rmtree(staging, ignore_errors=True)  # a staging cut short: start it again
+    staging.mkdir(mode=0o700)
+    for name, text in texts.items():
+        _write_private(staging / name, text, *_access(name))
+    _sync_dir(staging)  # every staged file is there before the mark says so
+    pending = {"passwords": result.passwords, "ami_users": result.ami_users}
+    _write_private(staging / COMPLETE, json.dumps(pending), 0o600, -1)
+
+
+def _resume(staging: Path, result: SeedResult) -> None:
+    pending = json.loads((staging / COMPLETE).read_text() or "{}")
+    result.passwords = dict(pending.get("passwords", {}))
+    result.ami_users = list(pending.get("ami_users", []))
+    result.warnings.append("completed a seeding that was cut short")
+
+
+def _install(staging: Path, dest: Path) -> Iterator[str]:
+    """Move the staged files into DEST (never over an existing file), then lock."""
+    for path in sorted(staging.iterdir()):
+        if path.name != COMPLETE and not (dest / path.name).exists():
+            os.replace(path, dest / path.name)
+            yield path.name
+    _sync_dir(dest)  # every file is in place before the lock says so
+    _write_private(dest / LOCK, "seeded by pbxhost\n", 0o644, -1)
+    shutil.rmtree(staging)
+
+
+def seed(dest: Path = DEST, source: Path = DEFAULTS,
+         env: Mapping[str, str] = os.environ) -> SeedResult:
+    """Seed DEST from SOURCE; see the module's doc for the rules."""
+    result = SeedResult(dest)
+    dest.mkdir(parents=True, exist_ok=True)
+    staging = dest / STAGING
+    if (staging / COMPLETE).exists():
+        _resume(staging, result)
+        result.copied = list(_install(staging, dest))
+        return result
+    force = bool(env.get("FORCE_CONFIG", ""))
+    if (dest / LOCK).exists() and not force:
+        result.skipped = f"already seeded ({LOCK} exists; FORCE_CONFIG copies missing files)"
+        return result
+    if _user_files(dest) and not force:
+        result.skipped = "the config dir is not empty (FORCE_CONFIG copies missing files)"
+        return result
+    texts = _render(source, dest, env, result)
+    _stage(staging, texts, result)
+    result.copied = list(_install(staging, dest))
+    return result

@@ -1,0 +1,58 @@
+"""A real SMTP server (aiosmtpd) on this host's loopback that keeps every mail
+it accepts, for tests that follow a voicemail to the mailbox."""
+
+from __future__ import annotations
+
+import threading
+from email import message_from_bytes
+from email.message import Message
+
+from aiosmtpd.controller import Controller
+from aiosmtpd.smtp import SMTP, Envelope, Session
+
+
+class _Keep:
+    def __init__(self) -> None:
+        self.mails: list[tuple[list[str], Message]] = []
+        self.cond = threading.Condition()
+
+    async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
+        data = envelope.original_content or b""
+        with self.cond:
+            self.mails.append((list(envelope.rcpt_tos), message_from_bytes(data)))
+            self.cond.notify_all()
+        return "250 kept"
+
+
+class _Controller(Controller):
+    def _trigger_server(self) -> None:
+        # port 0: the kernel picks a free port; learn it before the first connection
+        self.port = self.server.sockets[0].getsockname()[1]
+        super()._trigger_server()
+
+
+class SmtpServer:
+    """start() it; `address` is HOST:PORT for minivm-send's -H."""
+
+    def __init__(self) -> None:
+        self._keep = _Keep()
+        self._controller = _Controller(self._keep, hostname="127.0.0.1", port=0,
+                                       ready_timeout=10)
+
+    def start(self) -> SmtpServer:
+        self._controller.start()
+        return self
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self._controller.port}"
+
+    def wait_mail(self, timeout: float = 10) -> tuple[list[str], Message]:
+        """The first mail accepted (so far or to come): its recipients and the message."""
+        with self._keep.cond:
+            if not self._keep.cond.wait_for(lambda: self._keep.mails, timeout):
+                raise TimeoutError(f"no mail within {timeout}s")
+            return self._keep.mails[0]
+
+    def stop(self) -> None:
+        self._controller.stop()
