@@ -5,7 +5,7 @@ SHELL := /bin/bash
 PY := /usr/bin/python3
 VENV := .venv
 VPY := $(VENV)/bin/python
-STAMP := $(VENV)/.deps-$(shell cat packaging/apt-test-deps.txt | md5sum | cut -c1-8)
+STAMP := $(VENV)/.deps-$(shell cat packaging/*-test-deps.txt | md5sum | cut -c1-8)
 RUFF_VERSION := 0.17.6
 
 # Time budget per tier (seconds) so the whole run fits CI's 90 minutes.
@@ -18,12 +18,14 @@ PYTEST := $(VPY) -m pytest -p no:cacheprovider -ra
 
 all: test
 
-$(STAMP): packaging/apt-test-deps.txt setup.cfg
+$(STAMP): $(wildcard packaging/*-test-deps.txt) setup.cfg
 	DEBIAN_FRONTEND=noninteractive apt-get update -qq
 	DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
 		$$(grep -v '^#' packaging/apt-test-deps.txt) >/dev/null
 	$(PY) -m venv --system-site-packages $(VENV)
 	$(VPY) -m pip install -q --disable-pip-version-check ruff==$(RUFF_VERSION)
+	if [ -f packaging/pip-test-deps.txt ]; then \
+		$(VPY) -m pip install -q --disable-pip-version-check -r packaging/pip-test-deps.txt; fi
 	$(VPY) -m pip install -q --disable-pip-version-check --no-build-isolation --no-deps -e .
 	rm -f $(VENV)/.deps-*
 	touch $@
