@@ -1,15 +1,218 @@
-"""`websms`: send an SMS through the ITSP's HTTP API; `websms queue`."""
+"""`websms`: send an SMS through the ITSP's API by hand; look at and flush
+the queue; migrate a seed-era sms.conf; run as the plain AGI script."""
 
 from __future__ import annotations
 
-from pbxhost import cli
+import argparse
+import asyncio
+import json
+import sys
+import time
+from datetime import datetime
+from pathlib import Path
+
+from pbxhost import cli, conf, service
+from pbxhost.websms import agi, config, inbound, send
+from pbxhost.websms.model import OUTBOUND, Sms
+from pbxhost.websms.outbox import Outbox, outgoing
+from pbxhost.websms.send import Outcome
+from pbxhost.websms.spool import Spool, SpoolError
+
+PROG = "websms"
+EX_TEMPFAIL = 75  # sysexits: not sent now, queued for websmsd to retry
+USAGE = """\
+commands:
+  websms TO FROM BODY [INDEX]   send now; when the ITSP is down, queue it for websmsd
+  websms queue [list] [--json]  SMS waiting for phones or the ITSP, and failed ones
+  websms queue flush            ask websmsd to try every queued SMS now
+  websms migrate                write websms.conf from a seed-era sms.conf
+  websms agi [TO FROM BODY INDEX USER]  the plain AGI script (when FastAGI is down)
+"""
+SUBCOMMANDS = ("queue", "migrate", "agi")
+
+
+def _load(path: Path) -> config.WebsmsConfig:
+    try:
+        return config.load(path)
+    except conf.ConfigError as exc:
+        cli.fail(PROG, str(exc), 78)
+
+
+def _config_path(arg: Path | None) -> Path:
+    return Path(cli.find_config(config.CONFIG_NAME, arg))
+
+
+# ---------------------------------------------------------------- send by hand
+
+
+def cmd_send(args: argparse.Namespace) -> int:
+    cfg = _load(_config_path(args.config))
+    try:
+        to = inbound.valid_party(args.to, "TO")
+        sender = inbound.valid_party(args.sender, "FROM")
+        body = inbound.valid_text(args.body, cfg.webhook.body_maxlen)
+        iface = cfg.outgoing_for(args.index)
+    except inbound.Refused as exc:
+        cli.fail(PROG, exc.reason, cli.USAGE_EXIT)
+    except KeyError as exc:
+        cli.fail(PROG, str(exc.args[0]), cli.USAGE_EXIT)
+    result = send.send(iface, to, sender, body)
+    if result.outcome is Outcome.SENT:
+        print(f"sent to {to} via {iface.name or 'default'} ({result.detail})")
+        return 0
+    if result.outcome is Outcome.FAILED:
+        cli.fail(PROG, f"not sent: {result.detail}")
+    now = time.time()
+    sms = outgoing(to, sender, body, iface.name, sender, now, cfg.retry.expire)
+    sms.attempts, sms.error, sms.next_try = 1, result.detail, now + cfg.retry.backoff_min
+    try:
+        spool = Spool(cfg.queue.spooldir)
+        spool.prepare(clean=False)
+        spool.add(sms)
+    except (OSError, SpoolError) as exc:
+        cli.fail(PROG, f"not sent ({result.detail}) and not queued: {exc}")
+    print(f"not sent now ({result.detail}); queued as {sms.id}, websmsd retries it")
+    return EX_TEMPFAIL
+
+
+# ---------------------------------------------------------------- queue
+
+
+def _ago(seconds: float) -> str:
+    seconds = int(max(0, seconds))
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size:
+            return f"{seconds // size}{unit}"
+    return f"{seconds}s"
+
+
+def _preview(body: str, width: int = 40) -> str:
+    """Shown safely: control characters escaped, so a queued SMS cannot drive the terminal."""
+    short = body if len(body) <= width else body[:width - 1] + "…"
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in short)
+
+
+def _state(sms: Sms, where: str, now: float) -> str:
+    if where == "failed":
+        return f"FAILED: {sms.error}"
+    if sms.kind == OUTBOUND:
+        wait = f", next try in {_ago(sms.next_try - now)}" if sms.next_try > now else ""
+        tries = f"{sms.attempts} attempt{'s' if sms.attempts != 1 else ''}"
+        return tries + wait + (f": {sms.error}" if sms.error else "")
+    got = f"on {len(sms.delivered)} phones so far" if sms.delivered else "waiting for a phone"
+    return got + (f": {sms.error}" if sms.error else "")
+
+
+def _line(sms: Sms, where: str, now: float) -> str:
+    arrow = "phone" if sms.kind != OUTBOUND else "ITSP"
+    return (f"{where:<6} {sms.id}  {_ago(now - sms.created):>4} ago  {sms.sender} → {sms.to} "
+            f"({arrow})  {_state(sms, where, now)}  \"{_preview(sms.body)}\"")
+
+
+def cmd_queue(args: argparse.Namespace) -> int:
+    cfg = _load(_config_path(args.config))
+    spool = Spool(cfg.queue.spooldir)
+    if args.action == "flush":
+        try:
+            spool.request_flush()
+        except OSError as exc:
+            cli.fail(PROG, f"cannot request a flush in {spool.root}: {exc.strerror or exc}")
+        print(f"flush requested in {spool.root}; websmsd tries every queued SMS within a second")
+        return 0
+    rows = [("in", s) for s in spool.pending("in")] + [("out", s) for s in spool.pending("out")]
+    rows += [("failed", s) for s in spool.failed()]
+    if args.json:
+        print(json.dumps([{"queue": where, **json.loads(s.to_json())} for where, s in rows],
+                         ensure_ascii=False, indent=1))
+        return 0
+    now = time.time()
+    for where, sms in rows:
+        print(_line(sms, where, now))
+    counts = {w: sum(1 for x, _ in rows if x == w) for w in ("in", "out", "failed")}
+    print(f"{counts['in']} for phones, {counts['out']} for the ITSP, {counts['failed']} failed "
+          f"({spool.root}, {datetime.now():%Y-%m-%d %H:%M})")
+    return 0
+
+
+# ---------------------------------------------------------------- migrate, agi
+
+
+def cmd_migrate(args: argparse.Namespace) -> int:
+    service.setup_logging(PROG)
+    path = _config_path(args.config)
+    if path.exists():
+        print(f"{path} exists; nothing to migrate")
+        return 0
+    if not path.with_name(config.SEED_NAME).exists():
+        print(f"no {path.with_name(config.SEED_NAME)}; nothing to migrate")
+        return 0
+    try:
+        config.migrate_sms_conf(path)
+    except conf.ConfigError as exc:
+        cli.fail(PROG, str(exc), 78)
+    return 0 if path.exists() else 1
+
+
+def cmd_agi(args: argparse.Namespace) -> int:
+    service.setup_logging("websms-agi")  # stderr: Asterisk logs it; stdout is the AGI channel
+    cfg = _load(_config_path(args.config))
+    spool = Spool(cfg.queue.spooldir)
+    spool.prepare(clean=False)
+    # websmsd picks up what is queued here (for our users, or to retry) within seconds
+    handler = agi.Handler(cfg, Outbox(cfg, spool, lambda sms: None), lambda sms: None,
+                          wait=3600)
+    try:
+        asyncio.run(agi.script(handler))
+    except agi.AgiError:
+        return 1
+    return 0
+
+
+# ---------------------------------------------------------------- parsing
+
+
+def _sub_parser(name: str) -> cli.ArgumentParser:
+    what = {"queue": "List or flush the SMS queued in both directions.",
+            "migrate": "Write websms.conf from a seed-era sms.conf beside it.",
+            "agi": "The plain AGI script: one SMS from the dialplan (FastAGI's fallback)."}
+    p = cli.parser(f"{PROG} {name}", what[name], config.CONFIG_NAME)
+    if name == "queue":
+        p.add_argument("action", nargs="?", choices=("list", "flush"), default="list")
+        p.add_argument("--json", action="store_true", help="machine-readable listing")
+    if name == "agi":
+        p.add_argument("args", nargs="*", help="to, from, body (percent-encoded), index, user")
+    return p
+
+
+def _first_word(argv: list[str]) -> int | None:
+    """Index of the first positional argument (the value of -c is not one)."""
+    skip = False
+    for i, arg in enumerate(argv):
+        if skip:
+            skip = False
+        elif arg in ("-c", "--config"):
+            skip = True
+        elif not arg.startswith("-"):
+            return i
+    return None
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = cli.parser("websms", "Send an SMS through an ITSP's HTTP API.", "websms.conf")
+    argv = list(sys.argv[1:] if argv is None else argv)
+    at = _first_word(argv)
+    if at is not None and argv[at] in SUBCOMMANDS:
+        name = argv.pop(at)
+        args = _sub_parser(name).parse_args(argv)
+        return {"queue": cmd_queue, "migrate": cmd_migrate, "agi": cmd_agi}[name](args)
+    p = cli.parser(PROG, "Send an SMS through an ITSP's HTTP API.", config.CONFIG_NAME)
+    p.epilog = USAGE
+    p.formatter_class = argparse.RawDescriptionHelpFormatter
     p.add_argument("to", help="destination number")
     p.add_argument("sender", metavar="from", help="sender number")
     p.add_argument("body", help="message text")
     p.add_argument("index", nargs="?", help="ITSP interface (WEBSMS_INDEX)")
-    p.parse_args(argv)
-    cli.not_yet("websms", "sending")
+    return cmd_send(p.parse_args(argv))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

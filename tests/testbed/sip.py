@@ -92,6 +92,8 @@ def received_messages(raw: bytes, me: str = "") -> list[SipMessage]:
     found = []
     seen: set[bytes] = set()
     for chunk in raw.split(_TRACE_START)[1:]:
+        if _TRACE_END not in chunk:
+            continue  # still arriving (read line by line): never count a partial body
         head, _, packet = chunk.partition(b"\n")
         packet = packet.split(_TRACE_END, 1)[0]
         if not packet.startswith(b"MESSAGE "):

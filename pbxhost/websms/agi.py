@@ -1,0 +1,273 @@
+"""The dialplan's way out: FastAGI at agi://127.0.0.1:4573/websms (the
+contracts), and the same conversation as a plain AGI script (`websms agi`)
+when the daemon does not answer.
+
+    AGI(agi://127.0.0.1:4573/websms,TO,FROM,BODY,INDEX,USER)
+
+BODY is percent-encoded (URIENCODE) so commas and line breaks survive; any
+argument left out is read from the message itself (MESSAGE(to),
+MESSAGE(from), MESSAGE(body) as base64, WEBSMS_INDEX). USER is the sending
+endpoint: it is told when sending fails, and without INDEX its interface is
+its set_var WEBSMS_INDEX in pjsip.conf. A TO that is one of our users (a hint
+in hint_context) is queued for that user's phones; anything else is sent
+through the ITSP. WEBSMS_STATUS is set to SENT, QUEUED or FAILED."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import logging
+import re
+import sys
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from urllib.parse import unquote
+
+from pbxhost.websms import inbound
+from pbxhost.websms.config import AGI_ADDR, WebsmsConfig, user_indexes
+from pbxhost.websms.deliver import hint_candidates
+from pbxhost.websms.model import INBOUND, Sms, new_id
+from pbxhost.websms.outbox import Outbox, outgoing
+from pbxhost.websms.spool import SpoolError
+
+log = logging.getLogger("pbxhost.websms.agi")
+SCRIPT = "websms"
+_REPLY = re.compile(r"(\d{3}) result=(-?\d+)(?: \((.*)\))?.*", re.S)
+_SIP_USER = re.compile(r"sips?:([^@;>:]+)@")
+MAX_LINE = 65536
+INDEX_TTL = 30.0  # seconds the users' WEBSMS_INDEX from pjsip.conf are trusted
+
+
+class AgiError(Exception):
+    """The AGI conversation broke (hang-up, bad reply, closed stream)."""
+
+
+class BodyRefused(inbound.Refused):
+    """The text is refused, but who sent it to whom is known: the sender is told."""
+
+    def __init__(self, refused: inbound.Refused, to: str, sender: str) -> None:
+        super().__init__(refused.status, refused.reason)
+        self.to, self.sender = to, sender
+
+
+def parse_reply(line: str) -> tuple[int, int, str | None]:
+    """`200 result=1 (value)` → (200, 1, "value")."""
+    m = _REPLY.fullmatch(line.strip())
+    if not m:
+        raise AgiError(f"unexpected AGI reply {line[:80]!r}")
+    return int(m.group(1)), int(m.group(2)), m.group(3)
+
+
+def sip_user(uri: str) -> str:
+    """`"Jane" <sip:+12025550183@pbx>` → +12025550183."""
+    m = _SIP_USER.search(uri)
+    return m.group(1) if m else uri.strip()
+
+
+class Session:
+    """One AGI conversation over a line reader and a writer."""
+
+    def __init__(self, readline: Callable[[], Awaitable[bytes]],
+                 write: Callable[[bytes], Awaitable[None]]) -> None:
+        self.readline, self.write = readline, write
+
+    async def _line(self) -> str:
+        raw = await self.readline()
+        if not raw:
+            raise AgiError("AGI stream closed")
+        if len(raw) > MAX_LINE:
+            raise AgiError("AGI line too long")
+        return raw.decode("utf-8", "replace").rstrip("\r\n")
+
+    async def environment(self) -> dict[str, str]:
+        env: dict[str, str] = {}
+        while line := await self._line():
+            key, sep, value = line.partition(":")
+            if sep:
+                env[key.strip()] = value.strip()
+        return env
+
+    async def command(self, line: str) -> tuple[int, str | None]:
+        await self.write(line.encode("utf-8") + b"\n")
+        while True:
+            reply = await self._line()
+            if not reply.startswith("HANGUP"):  # a hang-up notice precedes the reply
+                break
+        code, result, value = parse_reply(reply)
+        if code != 200:
+            raise AgiError(f"{line.split()[0]} refused: {reply[:80]}")
+        return result, value
+
+    async def get(self, expression: str) -> str:
+        """The value of a dialplan expression, "" when unset."""
+        result, value = await self.command(f'GET FULL VARIABLE "{expression}"')
+        return value or "" if result == 1 else ""
+
+    async def set(self, name: str, value: str) -> None:
+        await self.command(f'SET VARIABLE {name} "{value}"')
+
+
+@dataclass(frozen=True)
+class Request:
+    to: str
+    sender: str
+    body: str
+    index: str
+    user: str = ""  # the sending endpoint, when the dialplan names it
+
+
+def _arg(env: dict[str, str], n: int) -> str:
+    return env.get(f"agi_arg_{n}", "").strip()
+
+
+async def _body(session: Session, encoded: str) -> str:
+    """The text: the percent-encoded argument, else MESSAGE(body) via base64."""
+    try:
+        if encoded:
+            return unquote(encoded, errors="strict")
+        b64 = await session.get("${BASE64_ENCODE(${MESSAGE(body)})}")
+        return base64.b64decode(b64, validate=True).decode("utf-8")
+    except (binascii.Error, UnicodeDecodeError):
+        raise inbound.Refused(400, "the text is not UTF-8") from None
+
+
+async def read_request(session: Session, env: dict[str, str]) -> Request:
+    """The SMS from the arguments, or from the message where an argument is missing.
+    Raises inbound.Refused when to/from break the rules of the edge, BodyRefused
+    when only the text does."""
+    to, sender, encoded, index, user = (_arg(env, n) for n in (1, 2, 3, 4, 5))
+    if not to:
+        to = sip_user(await session.get("${MESSAGE(to)}"))
+    if not sender:
+        sender = sip_user(await session.get("${MESSAGE(from)}"))
+    if not index:
+        index = await session.get("${WEBSMS_INDEX}")
+    to, sender = inbound.valid_party(to, "to"), inbound.valid_party(sender, "from")
+    user = inbound.valid_party(user, "user") if user else sender
+    try:
+        body = inbound.valid_text(await _body(session, encoded), 100_000)
+    except inbound.Refused as exc:
+        raise BodyRefused(exc, to, user) from None
+    return Request(to=to, sender=sender, body=body, index=index, user=user)
+
+
+async def local_user(session: Session, to: str, hint_context: str) -> str | None:
+    """The number as our dialplan knows it, when it is one of our users."""
+    for exten in hint_candidates(to):
+        if await session.get(f"${{HINT({exten}@{hint_context})}}"):
+            return exten
+    return None
+
+
+class Handler:
+    """What websms does with one AGI request: queue for a local user, or send out."""
+
+    def __init__(self, cfg: WebsmsConfig, outbox: Outbox,
+                 deliver_local: Callable[[Sms], None], wait: float | None = None) -> None:
+        self.cfg, self.outbox, self.deliver_local = cfg, outbox, deliver_local
+        self.wait = cfg.retry.agi_wait if wait is None else wait
+        self._indexes: tuple[float, dict[str, str]] = (0.0, {})
+
+    def index_of(self, user: str) -> str:
+        """The user's WEBSMS_INDEX (pjsip.conf, read again after INDEX_TTL)."""
+        read_at, indexes = self._indexes
+        if time.monotonic() - read_at > INDEX_TTL:
+            indexes = user_indexes(self.cfg.path.parent)
+            self._indexes = (time.monotonic(), indexes)
+        return indexes.get(user, "")
+
+    async def handle(self, session: Session, env: dict[str, str]) -> str:
+        try:
+            req = await read_request(session, env)
+        except BodyRefused as exc:
+            # Asterisk empties a MESSAGE body over 1023 bytes: say so, the phone showed it sent
+            why = ("the text was empty or longer than Asterisk takes (1023 bytes)"
+                   if exc.reason == "empty body" else exc.reason)
+            log.warning("SMS from %s to %s refused: %s", exc.sender, exc.to, why)
+            self.outbox.tell(outgoing(exc.to, exc.sender, "", "", exc.sender, time.time(),
+                                      self.cfg.retry.expire), why)
+            status = "FAILED"
+        except inbound.Refused as exc:
+            log.warning("SMS from the dialplan refused: %s", exc.reason)
+            status = "FAILED"
+        else:
+            status = await self._route(session, req)
+        await session.set("WEBSMS_STATUS", status)
+        return status
+
+    async def _route(self, session: Session, req: Request) -> str:
+        now = time.time()
+        local = await local_user(session, req.to, self.cfg.queue.hint_context)
+        try:
+            if local is not None:
+                sms = Sms(kind=INBOUND, id=new_id(), to=local, sender=req.sender, body=req.body,
+                          created=now, expires=now + self.cfg.queue.expire)
+                self.outbox.spool.add(sms)
+                self.deliver_local(sms)
+                log.info("SMS %s from %s to our user %s queued for its phones", sms.id,
+                         req.sender, local)
+                return "QUEUED"
+            index = req.index or self.index_of(req.user)
+            sms = outgoing(req.to, req.sender, req.body, index, req.user, now,
+                           self.cfg.retry.expire)
+            return await self.outbox.submit(sms, self.wait)
+        except SpoolError as exc:
+            log.error("SMS from %s to %s not taken: %s", req.sender, req.to, exc)
+            return "FAILED"
+
+
+# ---------------------------------------------------------------- FastAGI server
+
+
+class FastAgiServer:
+    """agi://127.0.0.1:4573/websms: one connection per message, no process per message."""
+
+    def __init__(self, handler: Handler, addr: tuple[str, int] = AGI_ADDR) -> None:
+        self.handler, self.addr = handler, addr
+        self.server: asyncio.Server | None = None
+
+    async def start(self) -> None:
+        self.server = await asyncio.start_server(self._connection, *self.addr, limit=MAX_LINE)
+        log.info("FastAGI listening on agi://%s:%d/%s", *self.addr, SCRIPT)
+
+    async def _connection(self, reader: asyncio.StreamReader,
+                          writer: asyncio.StreamWriter) -> None:
+        async def write(data: bytes) -> None:
+            writer.write(data)
+            await writer.drain()
+        session = Session(reader.readline, write)
+        try:
+            env = await asyncio.wait_for(session.environment(), 10)
+            script = env.get("agi_network_script", "").strip("/")
+            if script != SCRIPT:
+                log.warning("FastAGI request for %r refused (only %r)", script, SCRIPT)
+                return
+            await self.handler.handle(session, env)
+        except (AgiError, OSError, TimeoutError, ValueError) as exc:
+            log.warning("FastAGI conversation ended early: %s", exc)
+        finally:
+            writer.close()
+
+    async def close(self) -> None:
+        if self.server is not None:
+            self.server.close()
+            await self.server.wait_closed()
+
+
+# ---------------------------------------------------------------- the plain AGI script
+
+
+async def script(handler: Handler) -> str:
+    """AGI on stdin/stdout (Asterisk runs `websms agi ...` for each message)."""
+    async def readline() -> bytes:
+        return await asyncio.to_thread(sys.stdin.buffer.readline, MAX_LINE + 1)
+
+    async def write(data: bytes) -> None:
+        sys.stdout.buffer.write(data)
+        sys.stdout.buffer.flush()
+
+    session = Session(readline, write)
+    env = await session.environment()
+    return await handler.handle(session, env)

@@ -1,0 +1,184 @@
+"""`websmsd`: one process, four named units of work sharing one spool and
+one AMI login (user `websms`):
+
+    webhook    waitress threads: ITSP webhook → spool (fsync) → 2xx
+    delivery   asyncio task: spool in/ → AMI MessageSend to every reachable phone
+    fastagi    asyncio server on 127.0.0.1:4573: dialplan → spool out/ → ITSP
+    retry      asyncio task: out/ retries with backoff; failures told to the sender
+
+plus `ami` (the AMI session: ContactStatus events in, actions out) and
+`housekeeping` (flush requests, records left by the plain AGI script or by
+`websms` by hand, pruning of remembered provider ids, the status line).
+Why one process: the parts share the spool and the AMI session, a message
+moves between them in memory without polling, and systemd's watchdog sees
+one event loop that all of them need."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from pathlib import Path
+
+from pbxhost import cli, conf, service
+from pbxhost.ami import AmiClient
+from pbxhost.websms import agi, config
+from pbxhost.websms.config import WebsmsConfig
+from pbxhost.websms.deliver import Delivery
+from pbxhost.websms.inbound import Message
+from pbxhost.websms.model import INBOUND, Sms, provider_key
+from pbxhost.websms.model import new_id as new_sms_id
+from pbxhost.websms.outbox import Outbox
+from pbxhost.websms.spool import Spool
+from pbxhost.websms.webhook import WebhookServer
+
+log = logging.getLogger("pbxhost.websms")
+EX_CONFIG = 78          # sysexits: configuration error (no restart loop)
+EX_UNAVAILABLE = 69     # a port or the spool is not usable
+HOUSEKEEPING = 1.0
+RESCAN = 2.0
+PRUNE = 3600.0
+STATUS = 10.0
+STOP_TIMEOUT = 5.0
+
+
+def inbound_sms(msg: Message, cfg: WebsmsConfig, now: float) -> Sms:
+    sms_id = provider_key(msg.iface.name, msg.provider_id) if msg.provider_id else new_sms_id()
+    return Sms(kind=INBOUND, id=sms_id, to=msg.to, sender=msg.sender, body=msg.body,
+               created=now, expires=now + cfg.queue.expire, iface=msg.iface.name,
+               provider_id=msg.provider_id)
+
+
+class Websmsd:
+    def __init__(self, cfg: WebsmsConfig, notifier: service.Notifier) -> None:
+        self.cfg, self.notifier = cfg, notifier
+        self.spool = Spool(cfg.queue.spooldir, archive=cfg.queue.archive)
+        self.ami = AmiClient(cfg.ami, self._on_event, self._on_ami_state)
+        self.delivery = Delivery(cfg.queue, self.spool, self.ami)
+        self.outbox = Outbox(cfg, self.spool, self.delivery.add)
+        self.fastagi = agi.FastAgiServer(agi.Handler(cfg, self.outbox, self.delivery.add))
+        self.webhook: WebhookServer | None = None
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self.ami_state = "connecting"
+
+    # -- glue between the units ------------------------------------------------------
+    def _on_event(self, event: object) -> None:
+        self.delivery.on_event(event)
+
+    def _on_ami_state(self, state: str) -> None:
+        self.ami_state = state
+        self.delivery.on_state(state)
+        self._status()
+
+    def accept(self, msg: Message) -> bool:
+        """Webhook thread: store durably, then hand to the delivery task."""
+        sms = inbound_sms(msg, self.cfg, time.time())
+        if not self.spool.add(sms):
+            return False
+        log.info("SMS %s from %s to %s accepted (%s, %d chars)", sms.id, sms.sender, sms.to,
+                 msg.client, len(sms.body), extra={"SMS_ID": sms.id, "SMS_TO": sms.to})
+        assert self.loop is not None
+        self.loop.call_soon_threadsafe(self.delivery.add, sms)
+        return True
+
+    def _status(self) -> None:
+        tally = self.delivery.tally
+        self.notifier.status(f"AMI {self.ami_state}; queued: {len(self.delivery.pending)} for "
+                             f"phones, {len(self.outbox.pending)} for the ITSP; since start: "
+                             f"{tally.delivered} delivered, {tally.expired} expired")
+
+    # -- housekeeping ------------------------------------------------------------------
+    def _rescan_inbound(self) -> None:
+        """Records the plain AGI script queued for our users."""
+        for sms_id in self.spool.ids(INBOUND) - self.delivery.pending.keys():
+            sms = self.spool.load(INBOUND, sms_id)
+            if sms is not None:
+                self.delivery.add(sms)
+
+    async def housekeeping(self) -> None:
+        next_rescan = next_prune = next_status = 0.0
+        while True:
+            now = time.monotonic()
+            try:
+                if self.spool.take_flush_request():
+                    log.log(service.NOTICE, "flush requested: retrying every queued SMS now")
+                    self.delivery.flush()
+                    self.outbox.flush()
+                if now >= next_rescan:
+                    next_rescan = now + RESCAN
+                    self._rescan_inbound()
+                if now >= next_prune:
+                    next_prune = now + PRUNE
+                    self.spool.prune_seen(self.cfg.webhook.dedup_time)
+            except OSError as exc:  # the spool's disk; tried again next time
+                log.error("housekeeping: %s", exc)
+            if now >= next_status:
+                next_status = now + STATUS
+                self._status()
+            await asyncio.sleep(HOUSEKEEPING)
+
+    # -- life ----------------------------------------------------------------------------
+    async def start(self) -> None:
+        self.loop = asyncio.get_running_loop()
+        self.spool.prepare()
+        waiting, sending = self.delivery.load(), self.outbox.load()
+        await self.fastagi.start()
+        if self.cfg.webhook.port is not None:
+            self.webhook = WebhookServer(self.cfg, self.accept)
+            self.webhook.start()
+        else:
+            log.log(service.NOTICE, "WEBSMSD_PORT unset or not a number: no webhook server")
+        log.log(service.NOTICE, "websmsd started: %d SMS for phones and %d for the ITSP in %s; "
+                "webhook %s; FastAGI agi://%s:%d/%s", waiting, sending, self.spool.root,
+                self.webhook.where() if self.webhook else "off", *config.AGI_ADDR, agi.SCRIPT)
+
+    async def run(self) -> None:
+        tasks: list[asyncio.Task[None]] = []
+        try:
+            await self.start()
+            self.notifier.ready(f"{len(self.delivery.pending)} SMS for phones, "
+                                f"{len(self.outbox.pending)} for the ITSP")
+            units = {"ami": self.ami.run(), "delivery": self.delivery.run(),
+                     "retry": self.outbox.run(), "housekeeping": self.housekeeping(),
+                     "watchdog": self.notifier.watchdog()}
+            tasks = [asyncio.create_task(coro, name=name) for name, coro in units.items()]
+            done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
+            for task in done:
+                if task.exception() is not None:
+                    log.critical("unit %s died: %r", task.get_name(), task.exception())
+                    raise task.exception()  # type: ignore[misc]
+        finally:
+            for task in tasks:  # stop every unit before the servers go
+                task.cancel()
+            if tasks:
+                _, stuck = await asyncio.wait(tasks, timeout=STOP_TIMEOUT)
+                if stuck:
+                    log.warning("units still running after %.0fs: %s", STOP_TIMEOUT,
+                                ", ".join(t.get_name() for t in stuck))
+            if self.webhook is not None:
+                self.webhook.close()
+            await self.fastagi.close()
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = cli.parser("websmsd", "Receive SMS webhooks from an ITSP and hand them to Asterisk; "
+                   "send the phones' SMS through the ITSP (FastAGI).", "websms.conf")
+    args = p.parse_args(argv)
+    service.setup_logging("websmsd")
+    path = cli.find_config(config.CONFIG_NAME, args.config)
+    try:
+        cfg = config.load(Path(path))
+    except conf.ConfigError as exc:
+        log.error("websmsd not started: %s", exc)
+        return EX_CONFIG
+    if not cfg.ami.secret:
+        log.warning("no [asmanager] secret in %s: AMI login will be refused", path)
+    try:
+        return service.run(Websmsd(cfg, service.Notifier()).run())
+    except OSError as exc:
+        log.error("websmsd stopped: %s", exc)
+        return EX_UNAVAILABLE
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

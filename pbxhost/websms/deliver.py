@@ -1,0 +1,387 @@
+"""The delivery worker: spooled SMS → every reachable phone of the user,
+over AMI `MessageSend` (one per contact, so each phone gets it), in parts
+that fit an AMI line. Asterisk tells nothing about the phone's final
+answer, so "delivered" means: MessageSend accepted for each contact that
+Asterisk reports reachable. With none reachable the SMS waits, and goes out
+when a ContactStatus event says a phone is back; after [astqueue] expire it
+is moved to failed/ and reported.
+
+Who is `to`? A number is looked up as a hint in [astqueue] hint_context
+(the wizard's hint_exten: `PJSIP/john.doe`), else it is taken as an
+endpoint name. An endpoint's AORs and their contacts come from the
+PJSIP_ENDPOINT/PJSIP_AOR/PJSIP_CONTACT functions (AMI Getvar), then
+follow ContactStatus events."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from pbxhost import service
+from pbxhost.ami import AmiError
+from pbxhost.websms import text
+from pbxhost.websms.aio import nap, stop_if_cancelled
+from pbxhost.websms.config import Queue
+from pbxhost.websms.model import INBOUND, Sms
+from pbxhost.websms.spool import Spool, SpoolError
+
+log = logging.getLogger("pbxhost.websms.deliver")
+REACHABLE = ("Reachable", "NonQualified")
+TARGET_TTL = 60.0   # seconds a number → endpoints lookup is trusted
+TICK = 1.0
+BATCH = 64          # SMS whose MessageSend actions are in flight together
+RETRY_REFUSED = 10.0  # seconds before a contact that refused a MessageSend is tried again
+PAUSE = 1.0           # seconds without AMI actions after one failed (the session recovers)
+BOOT_WAIT = 10.0      # seconds to wait for FullyBooted after an AMI login
+
+
+class Ami(Protocol):
+    async def action(self, fields: dict[str, Any], timeout: float = 10) -> Any: ...
+
+
+@dataclass
+class Contact:
+    uri: str
+    endpoint: str
+    status: str
+
+    @property
+    def reachable(self) -> bool:
+        return self.status in REACHABLE
+
+
+@dataclass
+class Target:
+    endpoints: tuple[str, ...]
+    aors: tuple[str, ...]
+    found: float
+
+
+@dataclass
+class Tally:
+    """Counters for the daemon's status line."""
+
+    delivered: int = 0
+    expired: int = 0
+    messages_sent: int = 0   # MessageSend actions (parts × contacts)
+
+
+def destinations(endpoint: str, uri: str) -> str:
+    return f"pjsip:{endpoint}/{uri}"
+
+
+def hint_candidates(to: str) -> list[str]:
+    """ITSPs write numbers with or without + or 00; hints are E.164 (+...)."""
+    out = [to]
+    if to.isdigit():
+        out += ["+" + to[2:]] if to.startswith("00") else ["+" + to]
+    elif to.startswith("+"):
+        out.append(to[1:])
+    return list(dict.fromkeys(out))
+
+
+def hint_endpoints(hint: str) -> tuple[str, ...]:
+    """`PJSIP/jane&PJSIP/jane-desk&Custom:x` → (jane, jane-desk)."""
+    return tuple(d.split("/", 1)[1] for d in hint.split("&")
+                 if d.upper().startswith("PJSIP/") and "/" in d and d.split("/", 1)[1])
+
+
+class Delivery:
+    def __init__(self, queue: Queue, spool: Spool, ami: Ami,
+                 clock: Callable[[], float] = time.time) -> None:
+        self.queue, self.spool, self.ami, self.clock = queue, spool, ami, clock
+        self.pending: dict[str, Sms] = {}
+        self.due: set[str] = set()
+        self.targets: dict[str, Target] = {}
+        self.contacts: dict[str, dict[str, Contact]] = {}  # AOR → URI → contact
+        self.waiting: dict[str, set[str]] = {}             # AOR → ids with no phone
+        self.loading: dict[str, list[Any]] = {}            # AOR → events during its lookup
+        self.wakeup = asyncio.Event()
+        self.tally = Tally()
+        self.connected = False
+        self.next_sweep = 0.0
+        self.next_expiry = 0.0
+        self.finished = 0  # removals not yet synced
+        self.retry_at: dict[str, float] = {}  # a refused MessageSend is tried again then
+        self.paused_until = 0.0                # after an AMI failure
+        self.booted = False                    # Asterisk said FullyBooted on this session
+        self.booted_by = 0.0                   # ... or we stop waiting for it then
+
+    # -- input -------------------------------------------------------------------
+    def add(self, sms: Sms) -> None:
+        """A stored SMS to deliver (call in the event loop's thread)."""
+        self.pending[sms.id] = sms
+        self.due.add(sms.id)
+        self.wakeup.set()
+
+    def load(self) -> int:
+        for sms in self.spool.pending(INBOUND):
+            self.add(sms)
+        return len(self.pending)
+
+    def flush(self) -> None:
+        """Try everything now (`websms queue flush`)."""
+        self.targets.clear()
+        self.due.update(self.pending)
+        self.wakeup.set()
+
+    def on_state(self, state: str) -> None:
+        self.connected = state == "connected"
+        self.paused_until = 0.0
+        # whatever we knew of contacts may be stale after a gap in the events
+        self.contacts.clear()
+        self.targets.clear()
+        # A restarting Asterisk takes AMI logins before its dialplan and PJSIP are
+        # up: deliver once it says FullyBooted. It says so at login when it already
+        # is, and that event may come just before this call.
+        if self.connected:
+            self.booted_by = self.clock() + BOOT_WAIT
+            if self.booted:
+                self.flush()
+        else:
+            self.booted = False
+
+    def on_event(self, event: Any) -> None:
+        if event.get("Event") == "FullyBooted":
+            self.booted = True
+            if self.connected:
+                self.flush()
+            return
+        if event.get("Event") != "ContactStatus":
+            return
+        aor = event.get("AOR", "")
+        if aor in self.loading:
+            self.loading[aor].append(event)  # applied once the lookup in flight is stored
+        elif aor in self.contacts:
+            self._apply(self.contacts[aor], event)
+        if event.get("ContactStatus") in REACHABLE:
+            ids = self.waiting.pop(aor, set()) & self.pending.keys()
+            if ids:
+                log.info("a phone of %s is back: delivering %d waiting SMS", aor, len(ids))
+                self.due.update(ids)
+                self.wakeup.set()
+
+    @staticmethod
+    def _apply(known: dict[str, Contact], event: Any) -> None:
+        uri, status = event.get("URI", ""), event.get("ContactStatus", "")
+        if not uri:
+            return
+        if status == "Removed":
+            known.pop(uri, None)
+            return
+        old = known.get(uri)
+        endpoint = event.get("EndpointName") or (old.endpoint if old else event.get("AOR", ""))
+        known[uri] = Contact(uri, endpoint, status)
+
+    # -- Asterisk lookups ----------------------------------------------------------
+    async def _getvar(self, expression: str) -> str:
+        reply = await self.ami.action({"Action": "Getvar", "Variable": expression},
+                                      timeout=self.queue.waittime)
+        return (reply.get("Value") or "").strip() if reply.get("Response") == "Success" else ""
+
+    async def _resolve(self, to: str) -> Target | None:
+        cached = self.targets.get(to)
+        if cached is not None and self.clock() - cached.found < TARGET_TTL:
+            return cached
+        endpoints: tuple[str, ...] = ()
+        for exten in hint_candidates(to):
+            reply = await self.ami.action({"Action": "ExtensionState", "Exten": exten,
+                                           "Context": self.queue.hint_context},
+                                          timeout=self.queue.waittime)
+            endpoints = hint_endpoints(reply.get("Hint") or "")
+            if endpoints:
+                break
+        if not endpoints and not to.startswith("+"):
+            endpoints = (to,)  # a user name, or an endpoint named by its number
+        aors: list[str] = []
+        for endpoint in endpoints:
+            value = await self._getvar(f"PJSIP_ENDPOINT({endpoint},aors)")
+            aors += [a.strip() for a in value.split(",") if a.strip()]
+        if not aors:
+            return None
+        target = Target(endpoints, tuple(dict.fromkeys(aors)), self.clock())
+        self.targets[to] = target
+        return target
+
+    async def _load_contacts(self, aor: str, endpoint: str) -> dict[str, Contact]:
+        known = self.contacts.get(aor)
+        if known is not None:
+            return known
+        found: dict[str, Contact] = {}
+        self.loading[aor] = []
+        try:
+            ids = await self._getvar(f"PJSIP_AOR({aor},contact)")
+            for cid in filter(None, (c.strip() for c in ids.split(","))):
+                uri = await self._getvar(f"PJSIP_CONTACT({cid},uri)")
+                status = await self._getvar(f"PJSIP_CONTACT({cid},status)")
+                owner = await self._getvar(f"PJSIP_CONTACT({cid},endpoint)") or endpoint
+                if uri:
+                    found[uri] = Contact(uri, owner, status)
+            for event in self.loading[aor]:
+                self._apply(found, event)
+        finally:
+            self.loading.pop(aor, None)
+        self.contacts[aor] = found
+        return found
+
+    async def reachable(self, target: Target) -> list[Contact]:
+        out: list[Contact] = []
+        for aor in target.aors:
+            contacts = await self._load_contacts(aor, target.endpoints[0])
+            out += [c for c in contacts.values() if c.reachable]
+        return out
+
+    # -- sending ---------------------------------------------------------------------
+    async def _message_send(self, sms: Sms, contact: Contact, part: str) -> bool:
+        reply = await self.ami.action({
+            "Action": "MessageSend",
+            "Destination": destinations(contact.endpoint, contact.uri),
+            "From": sms.sender,
+            "Base64Body": base64.b64encode(part.encode("utf-8")).decode("ascii"),
+        }, timeout=self.queue.waittime)
+        if reply.get("Response") != "Success":
+            log.warning("MessageSend to %s refused: %s", contact.uri, reply.get("Message"))
+            return False
+        self.tally.messages_sent += 1
+        return True
+
+    async def _plan(self, sms: Sms) -> list[Contact] | None:
+        """The contacts SMS goes to now; None when it has to wait (or nobody is known)."""
+        target = await self._resolve(sms.to)
+        if target is None:
+            if not sms.error:
+                sms.error = f"no user for {sms.to}"
+                log.warning("SMS %s to %s: no such user (no hint in %s, no endpoint); "
+                            "kept until it expires", sms.id, sms.to, self.queue.hint_context)
+            self.retry_at[sms.id] = self.clock() + RETRY_REFUSED  # a config reload may add it
+            return None
+        contacts = [c for c in await self.reachable(target) if c.uri not in sms.delivered]
+        if not contacts and not sms.delivered:
+            for aor in target.aors:
+                self.waiting.setdefault(aor, set()).add(sms.id)
+            log.info("SMS %s to %s waits: no reachable phone", sms.id, sms.to)
+            return None
+        return contacts
+
+    async def attempt_many(self, batch: list[Sms]) -> None:
+        """Every reachable contact not served yet, for a batch of SMS; an SMS is done
+        when ≥ 1 contact got it. The MessageSend actions of the whole batch go out
+        at once, in order (one AMI session keeps it), and are answered together."""
+        plans: list[tuple[Sms, list[str], list[tuple[Contact, list[asyncio.Future[bool]]]]]] = []
+        for sms in batch:
+            contacts = await self._plan(sms)
+            if contacts is None:
+                continue
+            parts = text.split_parts(sms.body, self.queue.part_bytes)
+            sends = [(c, [asyncio.ensure_future(self._message_send(sms, c, p)) for p in parts])
+                     for c in contacts]
+            plans.append((sms, parts, sends))
+        trouble: BaseException | None = None
+        for sms, parts, sends in plans:
+            served = []
+            for contact, futures in sends:
+                results = await asyncio.gather(*futures, return_exceptions=True)
+                trouble = trouble or next((r for r in results if isinstance(r, BaseException)),
+                                          None)
+                if all(r is True for r in results):
+                    served.append(contact)
+            sms.delivered += [c.uri for c in served if c.uri not in sms.delivered]
+            if sms.delivered and len(served) == len(sends):
+                self._finish(sms, parts)
+                continue
+            self.retry_at[sms.id] = self.clock() + RETRY_REFUSED
+            if served:
+                self.spool.save(sms)  # progress survives a restart: sent once per contact
+        if trouble is not None:
+            raise trouble
+
+    def _finish(self, sms: Sms, parts: list[str]) -> None:
+        self.spool.done(sms, sync=False)  # synced once per round, in step()
+        self.finished += 1
+        self.pending.pop(sms.id, None)
+        self.tally.delivered += 1
+        log.log(service.NOTICE, "SMS %s from %s delivered to %s on %d phone(s)%s", sms.id,
+                sms.sender, sms.to, len(sms.delivered),
+                f" in {len(parts)} parts" if len(parts) > 1 else "",
+                extra={"SMS_ID": sms.id, "SMS_TO": sms.to})
+
+    # -- expiry ------------------------------------------------------------------------
+    def expire(self) -> None:
+        now = self.clock()
+        for sms in [s for s in self.pending.values() if s.expires <= now and not s.delivered]:
+            reason = (f"expired after {int(now - sms.created)}s: "
+                      f"{sms.error or 'no phone of the user was reachable'}")
+            self.spool.fail(sms, reason)
+            self.pending.pop(sms.id, None)
+            self.tally.expired += 1
+            log.error("SMS %s from %s to %s not delivered: %s (kept in %s)", sms.id,
+                      sms.sender, sms.to, reason, self.spool.root / "failed",
+                      extra={"SMS_ID": sms.id, "SMS_TO": sms.to})
+
+    # -- the loop ----------------------------------------------------------------------
+    async def step(self) -> bool:
+        """Attempt the due messages (oldest first), expire, sweep. False when
+        delivery is paused (AMI down or failing): then wait, never spin."""
+        now = self.clock()
+        if now >= self.next_sweep:
+            self.next_sweep = now + self.queue.retrytime
+            self.targets.clear()
+            self.due.update(self.pending)
+        if now >= self.next_expiry:  # once a tick, not per message: the backlog may be long
+            self.next_expiry = now + TICK
+            self.expire()
+            again = [i for i, at in self.retry_at.items() if at <= now]
+            for sms_id in again:
+                del self.retry_at[sms_id]
+            self.due.update(i for i in again if i in self.pending)
+        if self.connected and not self.booted and now >= self.booted_by:
+            self.booted = True  # no FullyBooted came: go ahead anyway
+            self.flush()
+        if not self.connected or not self.booted or now < self.paused_until:
+            return False
+        due = sorted((self.pending[i] for i in self.due if i in self.pending),
+                     key=lambda s: (s.created, s.id))
+        self.due.clear()
+        try:
+            for start in range(0, len(due), BATCH):
+                batch = due[start:start + BATCH]
+                try:
+                    await self.attempt_many(batch)
+                except AmiError as exc:
+                    log.warning("delivery paused for %.0fs: %s", PAUSE, exc)
+                    self.paused_until = self.clock() + PAUSE
+                    self.due.update(s.id for s in due if s.id in self.pending)
+                    return False
+                except SpoolError as exc:
+                    log.error("spool: %s", exc)
+                await asyncio.sleep(0)  # the AMI reader and the other units run in between
+        finally:
+            self._sync_removals()
+        return True
+
+    def _sync_removals(self) -> None:
+        if self.finished:
+            self.finished = 0
+            try:
+                self.spool.sync_removals(INBOUND)
+            except OSError as exc:
+                log.warning("spool not synced after deliveries: %s", exc)
+
+    async def run(self) -> None:
+        while True:
+            stop_if_cancelled()
+            try:
+                going = await self.step()
+            except (OSError, SpoolError) as exc:  # the spool's disk; the next round retries
+                log.error("delivery round failed: %s", exc)
+                going = False
+            self.wakeup.clear()
+            if going and self.due:
+                await asyncio.sleep(0)
+                continue
+            await nap(self.wakeup, TICK)

@@ -1,0 +1,324 @@
+"""The edge: an ITSP's webhook request → a validated SMS, or a refusal with
+an HTTP status. Pure (no I/O), so every rule is tested fast and fuzzed.
+
+Rules: the source address is the TCP peer, unless the peer is a trusted
+proxy (`prox_addr`), whose `prox_header` then names the client; the
+interface is picked by URL path and source; to/from/body are found by key
+in the query, a form, multipart, JSON, or JSON inside a form field, at any
+depth, and must be unambiguous; `to`/`from` are phone numbers or SIP user
+names; the text is valid Unicode without control characters (tab, line
+feed and carriage return excepted) and is kept byte for byte."""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import re
+import unicodedata
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from email import policy
+from email.parser import BytesParser
+from typing import Any
+from urllib.parse import parse_qsl
+
+from pbxhost.websms.config import Incoming, Webhook
+
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+NUMBER = re.compile(r"\+?[0-9]{1,20}", re.ASCII)
+SIP_USER = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}", re.ASCII)
+MAX_FIELDS = 200
+MAX_DEPTH = 32
+MAX_ID = 200
+MAX_ECHO = 200
+ALLOWED_CONTROLS = "\t\n\r"
+
+
+class Refused(Exception):
+    """The request is not taken; STATUS is the HTTP answer."""
+
+    def __init__(self, status: int, reason: str) -> None:
+        super().__init__(status, reason)
+        self.status = status
+        self.reason = reason
+
+    def __str__(self) -> str:
+        return f"{self.status} {self.reason}"
+
+
+@dataclass(frozen=True)
+class Request:
+    method: str
+    path: str
+    query: str = ""                      # raw query string
+    content_type: str = ""
+    body: bytes = b""
+    remote_addr: str = ""
+    headers: Mapping[str, str] = field(default_factory=dict)  # WSGI keys: HTTP_X_FORWARDED_FOR
+
+
+@dataclass(frozen=True)
+class Echo:
+    """An "are you there" probe: answer with TEXT."""
+
+    text: str
+
+
+@dataclass(frozen=True)
+class Message:
+    iface: Incoming
+    client: str
+    to: str
+    sender: str
+    body: str
+    provider_id: str = ""
+
+
+# ---------------------------------------------------------------- who and where
+
+
+def _address(text: str) -> IPAddress:
+    text = text.strip()
+    if text.startswith("[") and "]" in text:          # [2001:db8::1]:443
+        text = text[1:text.index("]")]
+    elif text.count(":") == 1:                          # 192.0.2.1:443
+        text = text.split(":", 1)[0]
+    addr = ipaddress.ip_address(text)
+    if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
+        return addr.ipv4_mapped
+    return addr
+
+
+def _within(addr: IPAddress, nets: tuple[Any, ...]) -> bool:
+    return any(addr.version == n.version and addr in n for n in nets)
+
+
+def client_address(req: Request, webhook: Webhook) -> IPAddress:
+    """The peer; behind a trusted proxy, the last address the proxy did not add itself."""
+    try:
+        peer = _address(req.remote_addr)
+    except ValueError:
+        raise Refused(400, "no usable peer address") from None
+    header = req.headers.get(webhook.prox_header)
+    if not webhook.prox_addr or not _within(peer, webhook.prox_addr) or header is None:
+        return peer  # a forwarded-for header from anyone else is ignored
+    try:
+        hops = [_address(h) for h in header.split(",") if h.strip()]
+    except ValueError:
+        raise Refused(400, f"bad {webhook.prox_header} from the proxy") from None
+    for hop in reversed(hops):
+        if not _within(hop, webhook.prox_addr):
+            return hop
+    return hops[0] if hops else peer
+
+
+def choose_interface(path: str, client: IPAddress,
+                     interfaces: tuple[Incoming, ...]) -> Incoming:
+    path_matches = [i for i in interfaces if not i.url_path or path in i.url_path]
+    for iface in path_matches:
+        if not iface.remt_addr or _within(client, iface.remt_addr):
+            return iface
+    if path_matches:
+        raise Refused(403, f"source {client} not allowed")
+    raise Refused(404, "no webhook here")
+
+
+# ---------------------------------------------------------------- fields
+
+
+def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    seen: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in seen and seen[key] != value:
+            raise Refused(400, f"JSON key {key!r} given twice")
+        seen[key] = value
+    return seen
+
+
+def _reject_constant(name: str) -> Any:
+    raise Refused(400, f"JSON {name} is not a value")
+
+
+def _json(text: str) -> Any:
+    """JSON with numbers kept as written (1.50 stays "1.50")."""
+    try:
+        return json.loads(text, parse_float=str, parse_int=str,
+                          parse_constant=_reject_constant, object_pairs_hook=_no_duplicates)
+    except (ValueError, RecursionError):
+        raise Refused(400, "malformed JSON") from None
+
+
+def _utf8(data: bytes, what: str) -> str:
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise Refused(400, f"{what} is not UTF-8") from None
+
+
+def _form(text: str, what: str) -> list[tuple[str, Any]]:
+    try:
+        return parse_qsl(text, keep_blank_values=True, encoding="utf-8", errors="strict",
+                         max_num_fields=MAX_FIELDS)
+    except UnicodeDecodeError:
+        raise Refused(400, f"{what} is not UTF-8") from None
+    except ValueError:
+        raise Refused(413, f"too many fields in {what}") from None
+
+
+def _multipart(content_type: str, body: bytes) -> list[tuple[str, Any]]:
+    if "\r" in content_type or "\n" in content_type:
+        raise Refused(400, "bad Content-Type")
+    raw = b"Content-Type: " + content_type.encode("latin-1") + b"\r\n\r\n" + body
+    msg = BytesParser(policy=policy.HTTP).parsebytes(raw)
+    if not msg.is_multipart():
+        raise Refused(400, "malformed multipart body")
+    pairs = []
+    for part in msg.iter_parts():
+        name = part.get_param("name", header="content-disposition")
+        if not isinstance(name, str) or part.get_filename() is not None:
+            continue  # files are not SMS fields
+        payload = part.get_payload(decode=True)
+        pairs.append((name, _utf8(payload if isinstance(payload, bytes) else b"", "form field")))
+        if len(pairs) > MAX_FIELDS:
+            raise Refused(413, "too many fields")
+    return pairs
+
+
+def _media_type(content_type: str) -> str:
+    return content_type.split(";", 1)[0].strip().lower()
+
+
+def _body_pairs(req: Request) -> list[tuple[str, Any]]:
+    media = _media_type(req.content_type)
+    if not req.body.strip():
+        return []
+    if media == "multipart/form-data":
+        return _multipart(req.content_type, req.body)
+    text = _utf8(req.body, "request body")
+    looks_json = text.lstrip()[:1] in ("{", "[")
+    if media == "application/json" or media.endswith("+json") or (
+            media in ("", "text/plain") and looks_json):
+        doc = _json(text)
+        if isinstance(doc, dict):
+            return list(doc.items())
+        if isinstance(doc, list):
+            return [("", item) for item in doc]
+        raise Refused(400, "JSON body is not an object")
+    if media in ("", "application/x-www-form-urlencoded", "text/plain"):
+        return _form(text, "form body")
+    raise Refused(415, f"unsupported Content-Type {media}")
+
+
+def request_pairs(req: Request) -> list[tuple[str, Any]]:
+    """Top-level (key, value) pairs of the query and, for POST, the body."""
+    pairs = _form(req.query, "query string") if req.query else []
+    if req.method == "POST":
+        pairs += _body_pairs(req)
+    return pairs
+
+
+def _nested(value: Any) -> Any:
+    """A form field holding JSON (Zadarma's `result`) is searched too."""
+    if isinstance(value, str) and value.lstrip()[:1] in ("{", "["):
+        try:
+            return _json(value)
+        except Refused:
+            return None  # plain text that merely starts with a brace
+    return value
+
+
+def walk(pairs: list[tuple[str, Any]], keys: frozenset[str],
+         depth: int = 0) -> Iterator[tuple[str, Any]]:
+    """Every (key, value) with a key in KEYS, at any depth; matched values are
+    not searched inside (the SMS text may itself look like JSON)."""
+    if depth > MAX_DEPTH:
+        raise Refused(400, "nested too deeply")
+    for key, value in pairs:
+        if key in keys:
+            yield key, value
+            continue
+        inner = _nested(value)
+        if isinstance(inner, dict):
+            yield from walk(list(inner.items()), keys, depth + 1)
+        elif isinstance(inner, list):
+            yield from walk([("", v) for v in inner], keys, depth + 1)
+
+
+def lookup(pairs: list[tuple[str, Any]], keys: list[str]) -> dict[str, Any]:
+    """The one value of each key found; two different values of a key → 400."""
+    found: dict[str, Any] = {}
+    for key, value in walk(pairs, frozenset(k for k in keys if k)):
+        if key in found and found[key] != value:
+            raise Refused(400, f"{key!r} given twice with different values")
+        found[key] = value
+    return found
+
+
+# ---------------------------------------------------------------- values
+
+
+def _scalar(value: Any, name: str) -> str:
+    if not isinstance(value, str):
+        raise Refused(422, f"{name} is not a string or number")
+    return value
+
+
+def valid_party(value: Any, name: str) -> str:
+    """A phone number (+ and up to 20 digits) or a SIP user name."""
+    text = _scalar(value, name)
+    if NUMBER.fullmatch(text):
+        return text
+    if SIP_USER.fullmatch(text) and ".." not in text and not text.endswith("."):
+        return text
+    raise Refused(422, f"{name} is neither a phone number nor a user name")
+
+
+def valid_text(value: Any, limit: int) -> str:
+    text = _scalar(value, "body")
+    if not text:
+        raise Refused(422, "empty body")
+    if len(text) > limit:
+        raise Refused(413, f"body longer than {limit} characters")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise Refused(400, "body is not valid Unicode (lone surrogate)") from None
+    for c in text:
+        if unicodedata.category(c) == "Cc" and c not in ALLOWED_CONTROLS:
+            raise Refused(422, f"body holds control character U+{ord(c):04X}")
+    return text
+
+
+def _printable(value: Any, name: str, limit: int) -> str:
+    text = _scalar(value, name)
+    if not 0 < len(text) <= limit or not text.isprintable():
+        raise Refused(400, f"{name} must be 1..{limit} printable characters")
+    return text
+
+
+def parse(req: Request, webhook: Webhook, interfaces: tuple[Incoming, ...]) -> Echo | Message:
+    """The whole edge: source, interface, probe, fields, values."""
+    if req.method not in ("GET", "POST"):
+        raise Refused(405, "only GET and POST")
+    if len(req.body) > webhook.req_maxsize:
+        raise Refused(413, "request too large")
+    client = client_address(req, webhook)
+    iface = choose_interface(req.path, client, interfaces)
+    pairs = request_pairs(req)
+    if iface.key_echo:
+        probe = [v for k, v in pairs if k == iface.key_echo]
+        if probe:
+            return Echo(_printable(probe[0], iface.key_echo, MAX_ECHO))
+    keys = [iface.key_to, iface.key_from, iface.key_body, iface.key_id]
+    found = lookup(pairs, keys)
+    missing = [k for k in keys[:3] if k not in found]
+    if missing:
+        raise Refused(400, f"missing {', '.join(missing)}")
+    provider_id = ""
+    if iface.key_id and iface.key_id in found:
+        provider_id = _printable(found[iface.key_id], iface.key_id, MAX_ID)
+    return Message(iface=iface, client=str(client),
+                   to=valid_party(found[iface.key_to], "to"),
+                   sender=valid_party(found[iface.key_from], "from"),
+                   body=valid_text(found[iface.key_body], webhook.body_maxlen),
+                   provider_id=provider_id)

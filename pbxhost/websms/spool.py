@@ -1,0 +1,320 @@
+"""The durable queue of websms: one file per message under the spool
+directory (default /srv/var/spool/websms).
+
+    in/       SMS from the ITSP waiting for a phone      <id>.json
+    out/      SMS from phones waiting for the ITSP       <id>.json
+    failed/   given up (expired or refused), kept for `websms queue`
+    archive/  handled, when [astqueue] archive = yes
+    seen/     provider message ids already taken (empty files), for duplicates
+    tmp/      files being written
+
+Modes are 0660/0770, narrowed by the umask (the unit's UMask=0007): the
+group (websms, which Asterisk's user joins) may queue too, for the plain AGI
+script; nobody else reads a message.
+
+A new record is written to tmp/ and made durable with the records written
+at the same time (group commit): a committer thread takes every record
+waiting, makes their contents durable with one syncfs(2), links each into
+place (link refuses an existing name: that is how a provider id taken twice
+is caught), makes the names durable with a second syncfs, and only then
+answers the writers. Two syncs per batch instead of two per message; a
+record is either complete under its name or absent. Removing a handled
+record is not synced at once (a removal lost in a crash means a second
+delivery, never a lost one); the delivery worker syncs once per round."""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import errno
+import logging
+import os
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from pbxhost.websms.model import INBOUND, OUTBOUND, Sms, valid_id
+
+log = logging.getLogger("pbxhost.websms.spool")
+DIRS = (INBOUND, OUTBOUND, "failed", "archive", "seen", "tmp")
+FLUSH_REQUEST = "flush"
+
+
+class SpoolError(Exception):
+    """A record could not be stored (disk full, permissions, ...); nothing was left behind."""
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+def syncfs(path: Path) -> None:
+    """Flush the file system holding PATH (data and metadata of every file on it)."""
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        if _libc.syncfs(fd) != 0:
+            err = ctypes.get_errno()
+            raise OSError(err, os.strerror(err))
+    finally:
+        os.close(fd)
+
+
+@dataclass
+class _Entry:
+    tmp: Path
+    final: Path
+    done: threading.Event = field(default_factory=threading.Event)
+    linked: bool = False
+    error: SpoolError | None = None
+
+
+class Committer:
+    """The group commit: writers wait while one thread makes a batch durable."""
+
+    MAX_BATCH = 512
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.cond = threading.Condition()
+        self.queue: list[_Entry] = []
+        self.thread: threading.Thread | None = None
+
+    def commit(self, tmp: Path, final: Path) -> bool:
+        """True once FINAL durably holds TMP's record; False if FINAL existed."""
+        entry = _Entry(tmp, final)
+        with self.cond:
+            self.queue.append(entry)
+            if self.thread is None:
+                self.thread = threading.Thread(target=self._run, name="spool-commit",
+                                               daemon=True)
+                self.thread.start()
+            self.cond.notify()
+        entry.done.wait()
+        if entry.error is not None:
+            raise entry.error
+        return entry.linked
+
+    def _run(self) -> None:
+        while True:
+            with self.cond:
+                while not self.queue:
+                    self.cond.wait()
+                batch, self.queue = self.queue[:self.MAX_BATCH], self.queue[self.MAX_BATCH:]
+            self._commit(batch)
+            for entry in batch:
+                entry.done.set()
+
+    def _commit(self, batch: list[_Entry]) -> None:
+        try:
+            syncfs(self.root)  # the records' contents, before any gets a name
+        except OSError as exc:
+            self._fail(batch, exc)
+            return
+        for entry in batch:
+            try:
+                os.link(entry.tmp, entry.final)
+                entry.linked = True
+            except FileExistsError:
+                pass  # a duplicate: the first one stays
+            except OSError as exc:
+                entry.error = SpoolError(f"cannot store {entry.final}: {exc.strerror or exc}")
+                entry.error.__cause__ = exc
+            finally:
+                with contextlib.suppress(OSError):
+                    entry.tmp.unlink()
+        try:
+            syncfs(self.root)  # the names
+        except OSError as exc:
+            self._fail([e for e in batch if e.linked], exc, unlink=True)
+
+    @staticmethod
+    def _fail(batch: list[_Entry], exc: OSError, unlink: bool = False) -> None:
+        for entry in batch:
+            with contextlib.suppress(OSError):
+                (entry.final if unlink else entry.tmp).unlink()
+            entry.linked = False
+            entry.error = SpoolError(f"cannot sync the spool: {exc.strerror or exc}")
+            entry.error.__cause__ = exc
+
+
+class Spool:
+    def __init__(self, root: Path, archive: bool = False) -> None:
+        self.root = root
+        self.archive = archive
+        self.committer = Committer(root)
+        self._tmpdir = str(root / "tmp")
+
+    def prepare(self, clean: bool = True) -> None:
+        """Create the directories; drop what a crash left in tmp/ (only the daemon
+        cleans: other processes may be writing there)."""
+        for name in DIRS:
+            (self.root / name).mkdir(mode=0o770, parents=True, exist_ok=True)
+        if not clean:
+            return
+        for stale in (self.root / "tmp").iterdir():
+            with contextlib.suppress(OSError):
+                stale.unlink()
+
+    # -- writing ---------------------------------------------------------------
+    def _write_tmp(self, sms: Sms, sync: bool = True) -> Path:
+        # plain strings on this path: pathlib costs more than the write
+        tmp = Path(f"{self._tmpdir}/{sms.id}.{os.getpid()}.{time.monotonic_ns()}")
+        data = sms.to_json()
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o660)
+            try:
+                view = memoryview(data)
+                while view:
+                    view = view[os.write(fd, view):]
+                if sync:
+                    os.fsync(fd)
+            finally:
+                os.close(fd)
+        except OSError as exc:
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+            raise SpoolError(f"cannot write {tmp}: {exc.strerror or exc}") from exc
+        return tmp
+
+    def _path(self, where: str, sms_id: str) -> Path:
+        return self.root / where / f"{sms_id}.json"
+
+    def known(self, sms_id: str) -> bool:
+        """Taken before: pending, handled with a provider id, or failed."""
+        return ((self.root / "seen" / sms_id).exists() or self._path("failed", sms_id).exists()
+                or self._path(INBOUND, sms_id).exists() or self._path(OUTBOUND, sms_id).exists())
+
+    def add(self, sms: Sms) -> bool:
+        """Store a new record durably; False (and nothing stored) for a known id."""
+        if sms.provider_id and self.known(sms.id):  # a fresh random id cannot be known
+            return False
+        tmp = self._write_tmp(sms, sync=False)  # the committer syncs a whole batch at once
+        return self.committer.commit(tmp, self._path(sms.kind, sms.id))
+
+    def save(self, sms: Sms) -> None:
+        """Replace the pending record of SMS (delivery progress, next attempt)."""
+        tmp = self._write_tmp(sms)
+        final = self._path(sms.kind, sms.id)
+        try:
+            os.replace(tmp, final)
+            _fsync_dir(final.parent)
+        except OSError as exc:
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+            raise SpoolError(f"cannot update {final}: {exc.strerror or exc}") from exc
+
+    def _remember(self, sms: Sms) -> None:
+        if sms.provider_id:  # before the record goes: a crash between keeps both, not neither
+            marker = self.root / "seen" / sms.id
+            with contextlib.suppress(FileExistsError):
+                os.close(os.open(marker, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o660))
+
+    def done(self, sms: Sms, sync: bool = True) -> None:
+        """Handled: remembered (provider id) first, then removed or archived.
+        sync=False leaves the removal to the next sync_removals()."""
+        self._remember(sms)
+        pending = self._path(sms.kind, sms.id)
+        if self.archive:
+            os.replace(pending, self._path("archive", sms.id))
+        else:
+            with contextlib.suppress(FileNotFoundError):
+                pending.unlink()
+        if sync:
+            self.sync_removals(sms.kind)
+
+    def sync_removals(self, kind: str) -> None:
+        for name in ("seen", "archive", kind):
+            _fsync_dir(self.root / name)
+
+    def fail(self, sms: Sms, reason: str) -> None:
+        """Given up: kept in failed/ with the reason, for `websms queue`."""
+        sms.error = reason
+        self._remember(sms)
+        _fsync_dir(self.root / "seen")
+        tmp = self._write_tmp(sms)
+        os.replace(tmp, self._path("failed", sms.id))
+        _fsync_dir(self.root / "failed")
+        with contextlib.suppress(FileNotFoundError):
+            self._path(sms.kind, sms.id).unlink()
+        _fsync_dir(self.root / sms.kind)
+
+    # -- reading ---------------------------------------------------------------
+    def _records(self, where: str) -> Iterator[Sms]:
+        folder = self.root / where
+        if not folder.is_dir():
+            return
+        for path in folder.iterdir():
+            if path.suffix != ".json" or not valid_id(path.stem):
+                continue
+            try:
+                sms = Sms.from_json(path.read_bytes())
+            except FileNotFoundError:
+                continue  # handled meanwhile
+            except (OSError, ValueError) as exc:
+                self._quarantine(path, str(exc))
+                continue
+            yield sms
+
+    def _quarantine(self, path: Path, why: str) -> None:
+        log.error("unreadable spool file %s (%s); moved to failed/", path, why)
+        with contextlib.suppress(OSError):
+            os.replace(path, self.root / "failed" / f"{path.stem}.unreadable")
+
+    def ids(self, kind: str) -> set[str]:
+        """Ids of the pending records of KIND, from names alone (cheap)."""
+        try:
+            names = os.listdir(self.root / kind)
+        except FileNotFoundError:
+            return set()
+        return {n[:-5] for n in names if n.endswith(".json") and valid_id(n[:-5])}
+
+    def pending(self, kind: str) -> list[Sms]:
+        return sorted(self._records(kind), key=lambda s: (s.created, s.id))
+
+    def failed(self) -> list[Sms]:
+        return sorted(self._records("failed"), key=lambda s: (s.created, s.id))
+
+    def load(self, kind: str, sms_id: str) -> Sms | None:
+        try:
+            return Sms.from_json(self._path(kind, sms_id).read_bytes())
+        except (OSError, ValueError):
+            return None
+
+    # -- housekeeping ------------------------------------------------------------
+    def prune_seen(self, max_age: float, now: float | None = None) -> int:
+        """Forget provider ids older than MAX_AGE seconds."""
+        limit = (now if now is not None else time.time()) - max_age
+        removed = 0
+        for marker in (self.root / "seen").iterdir():
+            with contextlib.suppress(OSError):
+                if marker.stat().st_mtime < limit:
+                    marker.unlink()
+                    removed += 1
+        return removed
+
+    def request_flush(self) -> None:
+        """Ask the running daemon to retry everything now (`websms queue flush`)."""
+        path = self.root / FLUSH_REQUEST
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o660)
+        os.close(fd)
+
+    def take_flush_request(self) -> bool:
+        try:
+            (self.root / FLUSH_REQUEST).unlink()
+            return True
+        except FileNotFoundError:
+            return False
+
+
+def is_disk_full(exc: BaseException) -> bool:
+    cause = exc.__cause__
+    return isinstance(cause, OSError) and cause.errno in (errno.ENOSPC, errno.EDQUOT)

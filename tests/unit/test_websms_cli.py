@@ -1,0 +1,68 @@
+"""`websms` by hand: the queue listing (safe to print), flush requests,
+migration, and usage errors."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from pbxhost.websms import cli
+from pbxhost.websms.model import INBOUND, OUTBOUND, Sms, new_id
+from pbxhost.websms.spool import Spool
+
+
+@pytest.fixture
+def conf(tmp_path):
+    path = tmp_path / "websms.conf"
+    path.write_text(f"[astqueue]\nspooldir = {tmp_path / 'spool'}\n"
+                    "[websms]\nurl_host = http://127.0.0.1:9\ntimeout = 2\n")
+    return path
+
+
+def run(argv: list[str]) -> int:
+    try:
+        return cli.main(argv)
+    except SystemExit as exc:
+        return exc.code if isinstance(exc.code, int) else 1
+
+
+def test_queue_lists_both_directions_with_control_characters_escaped(conf, tmp_path, capsys):
+    spool = Spool(tmp_path / "spool")
+    spool.prepare()
+    evil = "\x1b[2J\x1b]0;owned\x07 hi\nthere"
+    spool.add(Sms(kind=INBOUND, id=new_id(), to="jane", sender="+1555", body=evil,
+                  created=1.0, expires=2.0))
+    spool.add(Sms(kind=OUTBOUND, id=new_id(), to="+1555", sender="+1202", body="out",
+                  created=1.0, expires=2.0, attempts=2, error="HTTP 503"))
+    assert run(["-c", str(conf), "queue"]) == 0
+    out = capsys.readouterr().out
+    assert "\x1b" not in out and "\x07" not in out and "\\x1b[2J" in out and "hi\\nthere" in out
+    assert "2 attempts: HTTP 503" in out and "1 for phones, 1 for the ITSP, 0 failed" in out
+    assert run(["queue", "--json", "-c", str(conf)]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert sorted(d["queue"] for d in doc) == ["in", "out"] and evil in [d["body"] for d in doc]
+
+
+def test_flush_request(conf, tmp_path, capsys):
+    Spool(tmp_path / "spool").prepare()
+    assert run(["-c", str(conf), "queue", "flush"]) == 0
+    assert (tmp_path / "spool" / "flush").exists()
+
+
+def test_send_refuses_bad_numbers_and_queues_when_the_itsp_is_down(conf, tmp_path, capsys):
+    assert run(["-c", str(conf), "+1 555", "+1202", "x"]) == 2
+    assert capsys.readouterr().err.count("\n") == 1
+    assert run(["-c", str(conf), "+1555", "+1202", "x", "nope"]) == 2
+    assert run(["-c", str(conf), "+1555", "+1202", "queued"]) == cli.EX_TEMPFAIL
+    (queued,) = Spool(tmp_path / "spool").pending(OUTBOUND)
+    assert queued.body == "queued" and queued.attempts == 1 and queued.next_try > queued.created
+
+
+def test_migrate(tmp_path, capsys):
+    (tmp_path / "sms.conf").write_text("[sms]\nsms_host = api.example.com\n")
+    target = tmp_path / "websms.conf"
+    assert run(["migrate", "-c", str(target)]) == 0
+    assert "url_host = api.example.com" in target.read_text()
+    assert run(["migrate", "-c", str(target)]) == 0
+    assert "nothing to migrate" in capsys.readouterr().out

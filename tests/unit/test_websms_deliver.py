@@ -1,0 +1,326 @@
+"""The delivery worker against a scripted AMI: who a number is, which phones
+are reachable, one MessageSend per contact and part, waiting for a phone,
+progress kept across restarts, expiry reported."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import re
+from typing import Any
+
+import pytest
+
+from pbxhost.ami import AmiError
+from pbxhost.websms.aio import nap
+from pbxhost.websms.config import Queue
+from pbxhost.websms.deliver import Delivery, hint_candidates, hint_endpoints
+from pbxhost.websms.model import INBOUND, Sms, new_id
+from pbxhost.websms.spool import Spool
+
+
+class FakeAmi:
+    def __init__(self) -> None:
+        self.hints = {"+12025550160": "PJSIP/jane"}
+        self.aors = {"jane": "jane", "bob": "bob"}
+        self.contacts: dict[str, dict[str, tuple[str, str]]] = {"jane": {}, "bob": {}}
+        self.sent: list[tuple[str, str, str]] = []
+        self.refuse = False
+        self.down = False
+
+    def register(self, aor: str, uri: str, status: str = "Reachable") -> None:
+        self.contacts[aor][f"{aor};@{len(self.contacts[aor])}"] = (uri, status)
+
+    def _getvar(self, expr: str) -> str:
+        if m := re.fullmatch(r"PJSIP_ENDPOINT\((.+),aors\)", expr):
+            return self.aors.get(m.group(1), "")
+        if m := re.fullmatch(r"PJSIP_AOR\((.+),contact\)", expr):
+            return ",".join(self.contacts.get(m.group(1), {}))
+        if m := re.fullmatch(r"PJSIP_CONTACT\((.+);@(\d+),(\w+)\)", expr):
+            aor, n, field = m.groups()
+            uri, status = self.contacts[aor][f"{aor};@{n}"]
+            return {"uri": uri, "status": status, "endpoint": aor}[field]
+        raise AssertionError(expr)
+
+    async def action(self, fields: dict[str, Any], timeout: float = 10) -> dict[str, str]:
+        if self.down:
+            raise AmiError("AMI not connected")
+        name = fields["Action"]
+        if name == "ExtensionState":
+            return {"Response": "Success", "Hint": self.hints.get(fields["Exten"], "")}
+        if name == "Getvar":
+            return {"Response": "Success", "Value": self._getvar(fields["Variable"])}
+        if name == "MessageSend":
+            if self.refuse:
+                return {"Response": "Error", "Message": "Unable to send"}
+            body = base64.b64decode(fields["Base64Body"]).decode()
+            self.sent.append((fields["Destination"], fields["From"], body))
+            return {"Response": "Success"}
+        raise AssertionError(name)
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def bed(tmp_path):
+    spool = Spool(tmp_path / "spool")
+    spool.prepare()
+    ami, clock = FakeAmi(), Clock()
+    delivery = Delivery(Queue(part_bytes=100, expire=60), spool, ami, clock)
+    connect(delivery)
+    return delivery, ami, spool, clock
+
+
+def connect(delivery: Delivery) -> None:
+    delivery.on_state("connected")
+    delivery.on_event({"Event": "FullyBooted"})
+
+
+def message(spool: Spool, to: str = "+12025550160", body: str = "hello", **kw) -> Sms:
+    sms = Sms(kind=INBOUND, id=new_id(), to=to, sender="+15017122661", body=body,
+              created=1000.0, expires=1060.0, **kw)
+    spool.add(sms)
+    return sms
+
+
+def run(coro):
+    return asyncio.run(coro)
+
+
+def test_hint_helpers():
+    assert hint_candidates("+12025550160") == ["+12025550160", "12025550160"]
+    assert hint_candidates("12025550160") == ["12025550160", "+12025550160"]
+    assert hint_candidates("0046701234567") == ["0046701234567", "+46701234567"]
+    assert hint_endpoints("PJSIP/jane&PJSIP/jane-desk&Custom:dnd") == ("jane", "jane-desk")
+    assert hint_endpoints("") == ()
+
+
+def test_every_reachable_phone_gets_every_part_once(bed):
+    delivery, ami, spool, _ = bed
+    ami.register("jane", "sip:a@192.0.2.30:5060")
+    ami.register("jane", "sip:b@192.0.2.31:5060;transport=tcp")
+    ami.register("jane", "sip:c@192.0.2.32:5060", "Unreachable")
+    body = "x" * 150 + "😀" * 20
+    delivery.add(message(spool, body=body))
+    run(delivery.step())
+    by_dest: dict[str, str] = {}
+    for dest, sender, part in ami.sent:
+        assert sender == "+15017122661" and len(part.encode()) <= 100
+        by_dest[dest] = by_dest.get(dest, "") + part
+    assert by_dest == {"pjsip:jane/sip:a@192.0.2.30:5060": body,
+                       "pjsip:jane/sip:b@192.0.2.31:5060;transport=tcp": body}
+    assert spool.pending(INBOUND) == [] and delivery.pending == {}
+    assert delivery.tally.delivered == 1
+
+
+def test_user_name_and_number_without_plus(bed):
+    delivery, ami, spool, _ = bed
+    ami.register("bob", "sip:bob@192.0.2.40:5060")
+    ami.register("jane", "sip:jane@192.0.2.30:5060")
+    delivery.add(message(spool, to="bob"))
+    delivery.add(message(spool, to="12025550160"))
+    run(delivery.step())
+    assert sorted(d for d, _, _ in ami.sent) == ["pjsip:bob/sip:bob@192.0.2.40:5060",
+                                                 "pjsip:jane/sip:jane@192.0.2.30:5060"]
+
+
+def test_waits_for_a_phone_then_delivers_on_contact_status(bed):
+    delivery, ami, spool, _ = bed
+    sms = message(spool)
+    delivery.add(sms)
+    run(delivery.step())
+    assert ami.sent == [] and sms.id in delivery.waiting["jane"]
+    ami.register("jane", "sip:a@192.0.2.30:5060")
+    uri = "sip:a@192.0.2.30:5060"
+    delivery.on_event({"Event": "ContactStatus", "AOR": "jane", "URI": uri,
+                       "ContactStatus": "Created", "EndpointName": "jane"})
+    assert not delivery.due  # registered, not known reachable yet
+    delivery.on_event({"Event": "ContactStatus", "AOR": "jane", "URI": uri,
+                       "ContactStatus": "Reachable", "EndpointName": "jane"})
+    assert delivery.due == {sms.id}
+    run(delivery.step())
+    assert [d for d, _, _ in ami.sent] == [f"pjsip:jane/{uri}"]
+    assert spool.pending(INBOUND) == []
+
+
+def test_progress_per_contact_survives_a_restart(bed, tmp_path):
+    delivery, ami, spool, clock = bed
+    ami.register("jane", "sip:a@192.0.2.30:5060")
+    ami.register("jane", "sip:b@192.0.2.31:5060")
+    real = ami.action
+    calls = {"n": 0}
+
+    async def second_fails(fields, timeout=10):
+        if fields["Action"] == "MessageSend":
+            calls["n"] += 1
+            if calls["n"] == 2:
+                return {"Response": "Error", "Message": "transport down"}
+        return await real(fields, timeout)
+    ami.action = second_fails
+    delivery.add(message(spool))
+    run(delivery.step())
+    saved = spool.pending(INBOUND)[0]
+    assert saved.delivered == ["sip:a@192.0.2.30:5060"]
+    # a new daemon: only the phone that did not get it yet is sent to
+    ami.action = real
+    ami.sent.clear()
+    fresh = Delivery(Queue(part_bytes=100), spool, ami, clock)
+    connect(fresh)
+    assert fresh.load() == 1
+    run(fresh.step())
+    assert [d for d, _, _ in ami.sent] == ["pjsip:jane/sip:b@192.0.2.31:5060"]
+    assert spool.pending(INBOUND) == []
+
+
+def test_unknown_user_waits_and_expires_reported(bed):
+    delivery, ami, spool, clock = bed
+    sms = message(spool, to="+19995550000")
+    delivery.add(sms)
+    run(delivery.step())
+    assert ami.sent == [] and "no user" in delivery.pending[sms.id].error
+    clock.now = 1061.0
+    run(delivery.step())
+    failed = spool.failed()
+    assert [f.id for f in failed] == [sms.id] and "expired" in failed[0].error
+    assert delivery.pending == {} and delivery.tally.expired == 1
+
+
+def test_ami_down_keeps_everything(bed):
+    delivery, ami, spool, clock = bed
+    ami.register("jane", "sip:a@192.0.2.30:5060")
+    ami.down = True
+    sms = message(spool)
+    delivery.add(sms)
+    run(delivery.step())
+    assert sms.id in delivery.due and spool.pending(INBOUND) == [sms]
+    ami.down = False
+    assert run(delivery.step()) is False  # paused a moment: no hot loop on a dead session
+    assert ami.sent == []
+    clock.now += 1.5
+    assert run(delivery.step()) is True
+    assert len(ami.sent) == 1 and spool.pending(INBOUND) == []
+
+
+@pytest.mark.timeout(10)  # the old hot loop never let this test's coroutine run again
+def test_run_loop_yields_when_ami_keeps_failing(bed):
+    delivery, ami, spool, _ = bed
+    ami.register("jane", "sip:a@192.0.2.30:5060")
+    ami.down = True
+    delivery.add(message(spool))
+
+    async def go():
+        task = asyncio.ensure_future(delivery.run())
+        ticks = 0
+        for _ in range(50):  # the loop must stay responsive while delivery fails
+            await asyncio.sleep(0)
+            ticks += 1
+        task.cancel()
+        return ticks
+    assert run(go()) == 50
+
+
+def test_reconnect_forgets_contacts(bed):
+    delivery, ami, spool, _ = bed
+    ami.register("jane", "sip:a@192.0.2.30:5060")
+    delivery.add(message(spool))
+    run(delivery.step())
+    assert "jane" in delivery.contacts
+    delivery.on_state("disconnected")
+    assert delivery.contacts == {} and not delivery.connected
+
+
+def test_refused_message_send_is_tried_again_soon(bed):
+    delivery, ami, spool, clock = bed
+    ami.register("jane", "sip:a@192.0.2.30:5060")
+    ami.refuse = True
+    sms = message(spool)
+    delivery.add(sms)
+    run(delivery.step())
+    assert ami.sent == [] and spool.pending(INBOUND) == [sms] and sms.id in delivery.retry_at
+    ami.refuse = False
+    clock.now += 11
+    run(delivery.step())
+    assert len(ami.sent) == 1 and spool.pending(INBOUND) == []
+
+
+def test_nap_never_swallows_a_cancellation():
+    """The event set and the task cancelled in the same loop turn (SIGTERM during
+    delivery): asyncio.wait_for on 3.11 returned normally and the loop ran on."""
+    async def go():
+        event = asyncio.Event()
+        task = asyncio.ensure_future(nap(event, 10))
+        await asyncio.sleep(0)
+        event.set()
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        quiet = asyncio.Event()
+        started = asyncio.get_running_loop().time()
+        await nap(quiet, 0.05)  # and it still returns on time when nothing happens
+        return asyncio.get_running_loop().time() - started
+    assert 0.04 < run(go()) < 1
+
+
+def test_run_stops_even_when_a_library_swallowed_the_cancellation(bed):
+    delivery, ami, spool, _ = bed
+    real = ami.action
+
+    async def swallowing(fields, timeout=10):  # what asyncio.wait_for does on 3.11 at times
+        with contextlib.suppress(asyncio.CancelledError):
+            await asyncio.sleep(0.01)
+        return await real(fields, timeout)
+    ami.action = swallowing
+    ami.register("jane", "sip:a@192.0.2.30:5060")
+
+    async def go():
+        task = asyncio.ensure_future(delivery.run())
+        await asyncio.sleep(0)
+        for _ in range(3):
+            delivery.add(message(spool))
+            await asyncio.sleep(0.001)
+        task.cancel()
+        await asyncio.wait_for(task, 2)
+    with pytest.raises(asyncio.CancelledError):
+        run(go())
+
+
+def test_waits_for_fully_booted_after_a_login(bed):
+    delivery, ami, spool, clock = bed
+    ami.register("jane", "sip:a@192.0.2.30:5060")
+    delivery.on_state("disconnected")
+    delivery.on_state("connected")  # a restarting Asterisk: AMI is up, PJSIP not yet
+    delivery.add(message(spool))
+    assert run(delivery.step()) is False and ami.sent == []
+    delivery.on_event({"Event": "FullyBooted"})
+    assert run(delivery.step()) is True and len(ami.sent) == 1
+    delivery.on_state("disconnected")
+    delivery.on_event({"Event": "FullyBooted"})  # at login, before the client says connected
+    delivery.on_state("connected")
+    delivery.add(message(spool))
+    assert run(delivery.step()) is True and len(ami.sent) == 2
+    delivery.on_state("disconnected")
+    delivery.on_state("connected")  # and if FullyBooted never comes, not for ever
+    delivery.add(message(spool))
+    assert run(delivery.step()) is False
+    clock.now += 11
+    run(delivery.step())
+    assert len(ami.sent) == 3
+
+
+def test_unknown_user_is_looked_up_again(bed):
+    delivery, ami, spool, clock = bed
+    sms = message(spool, to="+19995550000")
+    delivery.add(sms)
+    run(delivery.step())
+    ami.hints["+19995550000"] = "PJSIP/bob"  # a dialplan reload adds the user
+    ami.register("bob", "sip:bob@192.0.2.40:5060")
+    clock.now += 11
+    run(delivery.step())
+    assert [d for d, _, _ in ami.sent] == ["pjsip:bob/sip:bob@192.0.2.40:5060"]
