@@ -19,6 +19,7 @@ from urllib.parse import urlsplit
 from pbxhost import conf
 from pbxhost.ami import AmiSettings
 from pbxhost.conf import ConfigError, Network, Section
+from pbxhost.websms import providers, signatures
 
 log = logging.getLogger("pbxhost.websms")
 
@@ -54,6 +55,8 @@ class Outgoing:
     req_format: str = "form"          # form | json
     tls_cafile: str = ""              # extra CA for a private ITSP certificate
     timeout: float = 10.0
+    provider: str = ""                # a preset of providers.py ("": none)
+    account_id: str = ""              # {account_id} of a preset's URL (default: auth_user)
 
     @property
     def url(self) -> str:
@@ -73,6 +76,11 @@ class Incoming:
     key_echo: str = ""
     key_id: str = ""                     # the provider's message id (duplicates dropped)
     resp_ack: str = ""
+    provider: str = ""                   # a preset of providers.py ("": none)
+    sign_scheme: str = "none"            # signatures.SCHEMES
+    sign_secret: str = ""                # the verifying secret or public key
+    sign_url: str = ""                   # the webhook URL as the provider calls it (proxy)
+    sign_maxage: int = signatures.DEFAULT_MAX_AGE
 
 
 @dataclass(frozen=True)
@@ -247,6 +255,8 @@ def _outgoing(section: Section | None, idx: str | None) -> Outgoing:
         req_format=_choice(section, "req_format", "form", idx, ("form", "json")),
         tls_cafile=_text(section, "tls_cafile", "", idx),
         timeout=section.get_float("timeout", 10.0, idx=idx) or 10.0,
+        provider=_text(section, "provider", "", idx).lower(),
+        account_id=_text(section, "account_id", "", idx),
     )
     if iface.auth_method == "plain" and not (iface.key_user and iface.key_secret):
         raise _fail(section, "auth_method", idx, "plain needs key_user and key_secret")
@@ -262,9 +272,18 @@ def _paths(section: Section, idx: str | None) -> tuple[str, ...]:
     return paths
 
 
+def _signing(section: Section, idx: str | None) -> tuple[str, str]:
+    scheme = _choice(section, "sign_scheme", "none", idx, signatures.SCHEMES).lower()
+    secret = _text(section, "sign_secret", "", idx)
+    if scheme != "none" and not secret:
+        raise _fail(section, "sign_scheme", idx, f"{scheme} needs sign_secret")
+    return scheme, secret
+
+
 def _incoming(section: Section | None, idx: str | None) -> Incoming:
     if section is None:
         return Incoming()
+    scheme, secret = _signing(section, idx)
     return Incoming(
         name=idx or "",
         url_path=_paths(section, idx),
@@ -275,6 +294,12 @@ def _incoming(section: Section | None, idx: str | None) -> Incoming:
         key_echo=_key(section, "key_echo", "", idx, required=False),
         key_id=_key(section, "key_id", "", idx, required=False),
         resp_ack=_text(section, "resp_ack", "", idx),
+        provider=_text(section, "provider", "", idx).lower(),
+        sign_scheme=scheme,
+        sign_secret=secret,
+        sign_url=_text(section, "sign_url", "", idx),
+        sign_maxage=section.get_duration("sign_maxage", signatures.DEFAULT_MAX_AGE,
+                                         idx=idx) or signatures.DEFAULT_MAX_AGE,
     )
 
 
@@ -358,13 +383,20 @@ def _ami(section: Section | None) -> AmiSettings:
                        events="system")  # ContactStatus is all websms listens to
 
 
+def _preset(section: Section | None, idx: str | None, side: str) -> Section | None:
+    """Interface IDX with its provider's defaults under the user's keys."""
+    return None if section is None else providers.apply_preset(section, idx, side)
+
+
 def parse(cfg: conf.Config, path: Path,
           env: Mapping[str, str] = os.environ) -> WebsmsConfig:
     out, inc = cfg.section("websms"), cfg.section("websmsd")
     return WebsmsConfig(
         path=path,
-        outgoing=tuple(_outgoing(out, idx) for idx in _interfaces(out)),
-        incoming=tuple(_incoming(inc, idx) for idx in _interfaces(inc)),
+        outgoing=tuple(_outgoing(_preset(out, idx, providers.OUTGOING), idx)
+                       for idx in _interfaces(out)),
+        incoming=tuple(_incoming(_preset(inc, idx, providers.INCOMING), idx)
+                       for idx in _interfaces(inc)),
         webhook=_webhook(inc, env),
         queue=_queue(cfg.section("astqueue")),
         retry=_retry(out),

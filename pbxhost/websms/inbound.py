@@ -14,6 +14,7 @@ from __future__ import annotations
 import ipaddress
 import json
 import re
+import time
 import unicodedata
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
@@ -22,6 +23,7 @@ from email.parser import BytesParser
 from typing import Any
 from urllib.parse import parse_qsl
 
+from pbxhost.websms import providers, signatures
 from pbxhost.websms.config import Incoming, Webhook
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
@@ -55,6 +57,7 @@ class Request:
     body: bytes = b""
     remote_addr: str = ""
     headers: Mapping[str, str] = field(default_factory=dict)  # WSGI keys: HTTP_X_FORWARDED_FOR
+    url_scheme: str = "http"             # wsgi.url_scheme (a signed URL is rebuilt from it)
 
 
 @dataclass(frozen=True)
@@ -72,6 +75,23 @@ class Message:
     sender: str
     body: str
     provider_id: str = ""
+    replay_key: str = ""                 # ReplayGuard.remember it once stored
+    replay_ttl: float = 0.0
+
+
+@dataclass(frozen=True)
+class Ignored:
+    """A provider's event that is no SMS (a delivery report): 2xx, nothing stored."""
+
+    iface: Incoming
+    reason: str
+
+
+@dataclass(frozen=True)
+class Batch:
+    """Several SMS in one request (Bandwidth posts an array of events)."""
+
+    messages: tuple[Message, ...]
 
 
 # ---------------------------------------------------------------- who and where
@@ -296,8 +316,42 @@ def _printable(value: Any, name: str, limit: int) -> str:
     return text
 
 
-def parse(req: Request, webhook: Webhook, interfaces: tuple[Incoming, ...]) -> Echo | Message:
-    """The whole edge: source, interface, probe, fields, values."""
+def check_signature(req: Request, iface: Incoming, now: float,
+                    replay: signatures.ReplayGuard | None = None) -> signatures.Verified:
+    """The interface's signature scheme on REQ; 403 when it fails."""
+    url = signatures.request_url(iface.sign_url, req.url_scheme,
+                                 req.headers.get("HTTP_HOST", ""), req.path, req.query)
+    headers = {**req.headers, "Content-Type": req.content_type}
+    try:
+        return signatures.verify(iface.sign_scheme, iface.sign_secret, req.method, url, headers,
+                                 req.body, None, now, max_age=iface.sign_maxage, replay=replay)
+    except signatures.SignatureError as exc:
+        raise Refused(403, f"bad signature: {exc.reason}") from None
+
+
+def _adapted(req: Request, webhook: Webhook, iface: Incoming, client: str,
+             verified: signatures.Verified) -> Ignored | Message | Batch:
+    """The provider's own webhook format (providers.adapt), then the same checks."""
+    try:
+        got = providers.adapt(iface.provider, req.method, req.content_type, req.query, req.body)
+    except providers.NotInbound as exc:
+        raise Refused(400, f"not a {iface.provider} SMS webhook: {exc}") from None
+    if not got.messages:
+        return Ignored(iface, got.ignored)
+    messages = tuple(Message(
+        iface=iface, client=client, to=valid_party(m.to, "to"),
+        sender=valid_party(m.sender, "from"), body=valid_text(m.body, webhook.body_maxlen),
+        provider_id=_printable(m.message_id, "message id", MAX_ID) if m.message_id else "",
+        replay_key=verified.replay_key, replay_ttl=verified.replay_ttl)
+        for m in got.messages)
+    return messages[0] if len(messages) == 1 else Batch(messages)
+
+
+def parse(req: Request, webhook: Webhook, interfaces: tuple[Incoming, ...], *,
+          now: float | None = None, replay: signatures.ReplayGuard | None = None,
+          ) -> Echo | Ignored | Message | Batch:
+    """The whole edge: source, interface, probe, signature, fields, values.
+    REPLAY refuses a signed request already taken (see signatures.Verified)."""
     if req.method not in ("GET", "POST"):
         raise Refused(405, "only GET and POST")
     if len(req.body) > webhook.req_maxsize:
@@ -309,6 +363,13 @@ def parse(req: Request, webhook: Webhook, interfaces: tuple[Incoming, ...]) -> E
         probe = [v for k, v in pairs if k == iface.key_echo]
         if probe:
             return Echo(_printable(probe[0], iface.key_echo, MAX_ECHO))
+    verified = signatures.Verified("none")
+    if iface.sign_scheme != "none":
+        verified = check_signature(req, iface, time.time() if now is None else now, replay)
+    keys = {"key_to": iface.key_to, "key_from": iface.key_from, "key_body": iface.key_body,
+            "key_id": iface.key_id}
+    if providers.adapter_applies(iface.provider, keys):
+        return _adapted(req, webhook, iface, str(client), verified)
     keys = [iface.key_to, iface.key_from, iface.key_body, iface.key_id]
     found = lookup(pairs, keys)
     missing = [k for k in keys[:3] if k not in found]
@@ -321,4 +382,5 @@ def parse(req: Request, webhook: Webhook, interfaces: tuple[Incoming, ...]) -> E
                    to=valid_party(found[iface.key_to], "to"),
                    sender=valid_party(found[iface.key_from], "from"),
                    body=valid_text(found[iface.key_body], webhook.body_maxlen),
-                   provider_id=provider_id)
+                   provider_id=provider_id, replay_key=verified.replay_key,
+                   replay_ttl=verified.replay_ttl)

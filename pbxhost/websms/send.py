@@ -18,7 +18,7 @@ from enum import Enum
 from typing import Any
 from urllib.parse import quote_plus, urlsplit
 
-from pbxhost.websms import text
+from pbxhost.websms import providers, text
 from pbxhost.websms.config import Outgoing
 
 log = logging.getLogger("pbxhost.websms.send")
@@ -111,7 +111,12 @@ def build(iface: Outgoing, to: str, sender: str, body: str) -> HttpRequest:
         path = urlsplit(iface.url).path
         signature = zadarma_signature(path, payload.decode("ascii"), iface.auth_secret)
         headers["Authorization"] = f"{iface.auth_user}:{signature}"
-    return HttpRequest(url=iface.url, body=payload, headers=headers)
+    if not iface.provider:
+        return HttpRequest(url=iface.url, body=payload, headers=headers)
+    # what only the preset knows: GET, another Content-Type, `to` as a list, ...
+    req = providers.adjust_request(iface.provider, providers.OutRequest(
+        "POST", iface.url, headers, payload), body, iface.key_to, iface.key_from)
+    return HttpRequest(url=req.url, body=req.body, headers=req.headers, method=req.method)
 
 
 # ---------------------------------------------------------------- judging the reply
@@ -186,7 +191,7 @@ def _opener(cafile: str) -> urllib.request.OpenerDirector:
 
 def post(iface: Outgoing, request: HttpRequest) -> Result:
     """Blocking: run it in a worker thread."""
-    req = urllib.request.Request(request.url, data=request.body, headers=request.headers,
+    req = urllib.request.Request(request.url, data=request.body or None, headers=request.headers,
                                  method=request.method)
     try:
         with _opener(iface.tls_cafile).open(req, timeout=iface.timeout) as resp:

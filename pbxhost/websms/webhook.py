@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
 import bottle
 import waitress.server
 
-from pbxhost.websms import inbound
+from pbxhost.websms import inbound, providers, signatures
 from pbxhost.websms.config import WebsmsConfig
 from pbxhost.websms.spool import SpoolError, is_disk_full
 
@@ -22,6 +23,8 @@ log = logging.getLogger("pbxhost.websms.webhook")
 RETRY_AFTER = "60"
 # Returns True for a new SMS, False for a duplicate (both are answered 2xx).
 Accept = Callable[[inbound.Message], bool]
+# signed requests taken by this process (refused when sent again)
+REPLAY = signatures.ReplayGuard()
 
 
 def _media_type(text: str) -> str:
@@ -62,14 +65,26 @@ def request_of(environ: dict[str, Any], limit: int) -> inbound.Request:
         body=_read_body(environ, limit),
         remote_addr=environ.get("REMOTE_ADDR", ""),
         headers={k: v for k, v in environ.items() if k.startswith("HTTP_")},
+        url_scheme=environ.get("wsgi.url_scheme", "http"),
     )
 
 
-def handle(cfg: WebsmsConfig, accept: Accept, environ: dict[str, Any]) -> bottle.HTTPResponse:
+def _ack(iface: inbound.Incoming) -> bottle.HTTPResponse:
+    """The 2xx answer: the provider's (TwiML, an empty 200), resp_ack, or OK."""
+    special = providers.ack(iface.provider, iface.resp_ack)
+    if special is not None:
+        return _reply(200, special.body, special.content_type)
+    ack = iface.resp_ack
+    return _reply(200, ack, _media_type(ack)) if ack else _reply(200, "OK\n")
+
+
+def handle(cfg: WebsmsConfig, accept: Accept, environ: dict[str, Any],
+           replay: signatures.ReplayGuard = REPLAY) -> bottle.HTTPResponse:
     peer = environ.get("REMOTE_ADDR", "?")
+    now = time.time()
     try:
         req = request_of(environ, cfg.webhook.req_maxsize)
-        result = inbound.parse(req, cfg.webhook, cfg.incoming)
+        result = inbound.parse(req, cfg.webhook, cfg.incoming, now=now, replay=replay)
     except inbound.Refused as exc:
         log.warning("webhook request from %s refused: %s", peer, exc,
                     extra={"CLIENT": peer, "HTTP_STATUS": exc.status})
@@ -77,17 +92,24 @@ def handle(cfg: WebsmsConfig, accept: Accept, environ: dict[str, Any]) -> bottle
     if isinstance(result, inbound.Echo):
         log.info("echo probe from %s answered", peer)
         return _reply(200, result.text)
-    try:
-        new = accept(result)
-    except SpoolError as exc:
-        log.error("SMS from %s to %s not stored, answered 503%s: %s", result.sender, result.to,
-                  " (disk full)" if is_disk_full(exc) else "", exc)
-        return _reply(503, "cannot store the message now\n", extra={"Retry-After": RETRY_AFTER})
-    if not new:
-        log.info("SMS %s from %s again (id %s): already taken", result.to, result.sender,
-                 result.provider_id)
-    ack = result.iface.resp_ack
-    return _reply(200, ack, _media_type(ack)) if ack else _reply(200, "OK\n")
+    if isinstance(result, inbound.Ignored):
+        log.info("webhook request from %s taken, no SMS: %s", peer, result.reason)
+        return _ack(result.iface)
+    messages = result.messages if isinstance(result, inbound.Batch) else (result,)
+    for message in messages:
+        try:
+            new = accept(message)
+        except SpoolError as exc:
+            log.error("SMS from %s to %s not stored, answered 503%s: %s", message.sender,
+                      message.to, " (disk full)" if is_disk_full(exc) else "", exc)
+            return _reply(503, "cannot store the message now\n",
+                          extra={"Retry-After": RETRY_AFTER})
+        if not new:
+            log.info("SMS %s from %s again (id %s): already taken", message.to, message.sender,
+                     message.provider_id)
+    # stored: the same signed request is a replay from now on (not before: a retry after 503)
+    replay.remember(messages[0].replay_key, now, messages[0].replay_ttl)
+    return _ack(messages[0].iface)
 
 
 def make_app(cfg: WebsmsConfig, accept: Accept) -> bottle.Bottle:

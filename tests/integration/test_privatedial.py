@@ -404,21 +404,39 @@ def test_local_sms_arrives_with_the_senders_number(bed):
     assert line.startswith(f"sip:{JOHN}@"), line  # the number, not the user name
 
 
-@pytest.mark.xfail(strict=True, reason="websms is not ready: dp_entry_user_texting hands "
-                   "the message to agi://127.0.0.1:4573/websms, which nothing answers yet. "
-                   "When websms lands: start websmsd here on the suite's websms.conf, drop "
-                   "this mark")
 def test_sms_to_a_user_without_a_reachable_phone_is_queued_by_websms(bed):
-    bed.start(suite())
-    body = "are you there?"
-    result = run_sipp(bed.john_host, bed.tmp, message_xml("john.doe", PASSWORDS["john.doe"],
-                                                          body), bed.pbx_host.v4, service=JANE)
-    assert result.ok, result.output
-    bed.pbx.ami.wait_event(lambda e: e["Event"] == "Newexten"
-                           and e.get("Application") == "AGI", what="hand-off to websms")
-    jane = bed.phone(bed.jane_host, "jane.doe")
-    jane.wait_registered()
-    assert jane.wait_for(f'"{body}"', timeout=10).strip().startswith(f"sip:{JOHN}@")
+    configs = suite()
+    bed.start(configs)
+    # websmsd on the suite's websms.conf, with a spool of its own
+    etc, spool = bed.tmp / "websms-etc", bed.tmp / "websms-spool"
+    etc.mkdir()
+    (etc / "websms.conf").write_text(seed.set_option(configs["websms.conf"], "astqueue",
+                                                     "spooldir", str(spool)))
+    log = bed.tmp / "websmsd.log"
+    env = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "PYTHONPATH": str(ROOT),
+           "SYSLOG_LEVEL": "8", "HOME": str(bed.tmp)}
+    with open(log, "wb") as out:
+        daemon = bed.pbx_host.popen(sys.executable, "-m", "pbxhost.websms.daemon", "-c",
+                                    str(etc / "websms.conf"), stdout=out,
+                                    stderr=subprocess.STDOUT, env=env)
+    try:
+        deadline(lambda: "AMI connected" in log.read_text(errors="replace"), 15,
+                 "websmsd's AMI login")
+        body = "are you there?"
+        result = run_sipp(bed.john_host, bed.tmp, message_xml(
+            "john.doe", PASSWORDS["john.doe"], body), bed.pbx_host.v4, service=JANE)
+        assert result.ok, result.output
+        deadline(lambda: f"SMS to {JANE}: websms QUEUED" in bed.pbx.log.read_text(
+            errors="replace"), 10, "websms's QUEUED")
+        queue = bed.pbx_host.run(sys.executable, "-m", "pbxhost.websms.cli", "-c",
+                                 str(etc / "websms.conf"), "queue", env=env).stdout
+        assert body in queue or JANE in queue, queue
+        jane = bed.phone(bed.jane_host, "jane.doe")
+        jane.wait_registered()
+        assert jane.wait_for(f'"{body}"', timeout=15).strip().startswith(f"sip:{JOHN}@")
+    finally:
+        daemon.terminate()
+        daemon.wait(10)
 
 
 # ---------------------------------------------------------------- the trunk
