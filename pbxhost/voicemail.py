@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import IO, Any, NoReturn
 
 from pbxhost import cli, conf, service
+from pbxhost.durable import fsync_dir
 
 PROG = "minivm-send"
 CONFIG_NAME = "minivm.conf"
@@ -370,14 +371,6 @@ class Queued:
             raise ValueError(f"not a {PROG} spool file: {e}") from None
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _write_all(fd: int, data: bytes) -> None:
     view = memoryview(data)
     while view:
@@ -395,7 +388,7 @@ def write_locked(path: Path, data: bytes) -> int:
         _write_all(fd, data)
         os.fsync(fd)
         os.rename(tmp, path)
-        _fsync_dir(path.parent)
+        fsync_dir(path.parent)
     except BaseException:
         os.close(fd)
         with contextlib.suppress(OSError):
@@ -492,7 +485,7 @@ class Spool:
         """A queued file we cannot read goes to failed/ as it is, for a human to look at."""
         self.failed.mkdir(mode=0o700, parents=True, exist_ok=True)
         os.rename(held.path, self.failed / held.path.name)
-        _fsync_dir(self.root)
+        fsync_dir(self.root)
         log.error("%s: %s; moved to %s", held.path, reason, self.failed)
 
     def settle(self, held: Held, entry: Queued, outcome: Outcome) -> int:
@@ -513,7 +506,7 @@ class Spool:
                         ", ".join(outcome.retry), outcome.reason, self.root)
         elif held.fd is not None:
             held.path.unlink()
-            _fsync_dir(self.root)
+            fsync_dir(self.root)
         return EXIT_FAILED if outcome.failed else EXIT_OK
 
 

@@ -6,12 +6,11 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
-import tempfile
 import time
 from pathlib import Path
 
 from pbxhost.autoban.firewall import Element, Put
+from pbxhost.durable import atomic_writer
 
 log = logging.getLogger("pbxhost.autoban")
 VERSION = 1
@@ -19,24 +18,15 @@ VERSION = 1
 
 def save(path: Path, elements: list[Element], now: float | None = None) -> None:
     now = time.time() if now is None else now
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".state-")
-    try:
-        with os.fdopen(fd, "w") as f:
-            # one element a line, written as we go: readable, and no second copy in memory
-            f.write(f'{{"version": {VERSION}, "saved_at": {round(now)}, "elements": [')
-            for i, e in enumerate(elements):
-                row = {"set": e.set, "addr": e.addr, "comment": e.comment,
-                       "expires_at": None if e.expires is None else round(now + e.expires, 3)}
-                f.write(("\n " if i == 0 else ",\n ") + json.dumps(row))
-            f.write("\n]}\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o600)
-        os.replace(tmp, path)  # atomic: the file is the old or the new state, never half
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    # atomic: the file is the old or the new state, never half
+    with atomic_writer(path, 0o600) as f:
+        # one element a line, written as we go: readable, and no second copy in memory
+        f.write(f'{{"version": {VERSION}, "saved_at": {round(now)}, "elements": [')
+        for i, e in enumerate(elements):
+            row = {"set": e.set, "addr": e.addr, "comment": e.comment,
+                   "expires_at": None if e.expires is None else round(now + e.expires, 3)}
+            f.write(("\n " if i == 0 else ",\n ") + json.dumps(row))
+        f.write("\n]}\n")
 
 
 def load(path: Path, now: float | None = None) -> list[Put]:

@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from pbxhost import conf
+from pbxhost.durable import fsync_dir
 
 log = logging.getLogger("pbxhost.seed")
 
@@ -237,15 +238,6 @@ def _write_private(path: Path, text: str, mode: int, gid: int) -> None:
         os.fsync(out.fileno())
 
 
-def _sync_dir(path: Path) -> None:
-    """Make the names in PATH (renames, new files) survive a power loss."""
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _access(name: str) -> tuple[int, int]:
     """(mode, gid) of a seeded file; gid -1 keeps root's group when the reader's
     group does not exist (yet)."""
@@ -265,7 +257,7 @@ def _stage(staging: Path, texts: dict[str, str], result: SeedResult) -> None:
     staging.mkdir(mode=0o700)
     for name, text in texts.items():
         _write_private(staging / name, text, *_access(name))
-    _sync_dir(staging)  # every staged file is there before the mark says so
+    fsync_dir(staging)  # every staged file is there before the mark says so
     pending = {"passwords": result.passwords, "ami_users": result.ami_users}
     _write_private(staging / COMPLETE, json.dumps(pending), 0o600, -1)
 
@@ -283,7 +275,7 @@ def _install(staging: Path, dest: Path) -> Iterator[str]:
         if path.name != COMPLETE and not (dest / path.name).exists():
             os.replace(path, dest / path.name)
             yield path.name
-    _sync_dir(dest)  # every file is in place before the lock says so
+    fsync_dir(dest)  # every file is in place before the lock says so
     _write_private(dest / LOCK, "seeded by pbxhost\n", 0o644, -1)
     shutil.rmtree(staging)
 
