@@ -38,7 +38,7 @@ from pathlib import Path
 import benchlib  # first: puts tests/ (testbed) and the repository on sys.path
 
 from pbxhost.autoban.nfnetlink import Netlink
-from testbed.netns import Host, Network, sweep_stale
+from testbed.netns import Host, Network, in_netns, sweep_stale
 
 V4_BASE = int(ipaddress.IPv4Address("198.18.0.0"))   # 198.18.0.0/15, RFC 2544
 V6_BASE = int(ipaddress.IPv6Address("2001:db8:be7c::"))
@@ -166,7 +166,7 @@ class SentinelPoller:
     """Polls jail4 for the sentinel through netlink in HOST's namespace, 1 ms apart."""
 
     def __init__(self, host: Host) -> None:
-        self.netlink = benchlib.in_namespace(host.ns, Netlink)
+        self.netlink = in_netns(host.ns, Netlink)
         self.found_at: float | None = None
         self.stopped = threading.Event()
         self.thread = threading.Thread(target=self.run, daemon=True)

@@ -48,7 +48,7 @@ from pbxhost.autoban.nfnetlink import Netlink
 from testbed import rootfs
 from testbed.amiclient import AmiClient, Message
 from testbed.asterisk import LOGGER_CONF, Asterisk
-from testbed.netns import Host, Network, sweep_stale
+from testbed.netns import Host, Network, in_netns, sweep_stale
 from testbed.sip import sipp_register
 
 ATTACKS = ("InvalidAccountID", "InvalidPassword", "ChallengeResponseFailed", "FailedACL")
@@ -150,7 +150,7 @@ class BanPoller:
 
     def __init__(self, host: Host, table: str, name: str, addr: str,
                  armed: threading.Event, interval: float) -> None:
-        self.netlink = benchlib.in_namespace(host.ns, Netlink)
+        self.netlink = in_netns(host.ns, Netlink)
         self.table, self.name, self.armed, self.interval = table, name, armed, interval
         self.key = ipaddress.ip_address(addr).packed
         self.found_at: float | None = None

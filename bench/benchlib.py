@@ -7,49 +7,20 @@ root (`pbxhost`) on sys.path, so a benchmark runs as `python bench/X.py`."""
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import os
 import shutil
 import signal
 import statistics
 import subprocess
 import sys
-import threading
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
-from typing import TypeVar
 
 ROOT = Path(__file__).resolve().parents[1]
 for _path in (ROOT / "tests", ROOT):
     if str(_path) not in sys.path:
         sys.path.insert(0, str(_path))
 
-CLONE_NEWNET = 0x40000000
-T = TypeVar("T")
-
-
-def in_namespace(ns: str, make: Callable[[], T]) -> T:
-    """MAKE() called in a short-lived thread that entered network namespace NS
-    (the trick of testbed.netns.Host.socket): sockets it opens, netlink ones
-    included, stay in NS whichever thread uses them later."""
-    result: list[T | BaseException] = []
-
-    def run() -> None:
-        try:
-            libc = ctypes.CDLL(None, use_errno=True)
-            with open(f"/run/netns/{ns}") as fd:
-                if libc.setns(fd.fileno(), CLONE_NEWNET) != 0:
-                    raise OSError(ctypes.get_errno(), f"setns {ns}")
-            result.append(make())
-        except BaseException as exc:  # handed to the caller's thread
-            result.append(exc)
-
-    thread = threading.Thread(target=run)
-    thread.start()
-    thread.join()
-    if isinstance(result[0], BaseException):
-        raise result[0]
-    return result[0]
 
 
 def require(commands: Iterable[str], hint: str) -> None:

@@ -17,6 +17,7 @@ import pytest
 
 from testbed.netns import Host
 from testbed.sip import Baresip, sipp_register
+from testbed.wait import poll
 
 JANE_PASSWORD = "Jane-pass-8812"
 PJSIP = f"""\
@@ -57,18 +58,6 @@ read = security
 write =
 """
 ATTACKS = ("InvalidAccountID", "InvalidPassword", "ChallengeResponseFailed", "FailedACL")
-
-
-def deadline_poll(predicate, timeout: float, what: str, interval: float = 0.05):
-    """Poll PREDICATE until it returns something truthy or the deadline passes."""
-    end = time.monotonic() + timeout
-    while True:
-        result = predicate()
-        if result:
-            return result
-        if time.monotonic() > end:
-            raise TimeoutError(f"{what} not seen within {timeout}s")
-        time.sleep(interval)
 
 
 class Bed:
@@ -126,7 +115,7 @@ class Bed:
             body = path.read_text(errors="replace") if path.exists() else ""
             return next((ln for ln in body.splitlines() if text in ln), None)
         try:
-            return deadline_poll(find, timeout, f"log line {text!r}")
+            return poll(find, timeout, f"log line {text!r}")
         except TimeoutError:
             raise TimeoutError(f"no {text!r} in autoband log:\n{self.log[-3000:]}") from None
 
@@ -228,7 +217,7 @@ def test_whitelisted_attacker_is_never_jailed(bed):
     bed.write_conf(maxcount=2, extra=f"whitelist = {bed.attacker.v4}/32\n")
     bed.start_daemon()
     bed.register(bed.attacker, "ipv4", calls=8, rate=20)
-    deadline_poll(lambda: len(bed.attack_events(bed.attacker.v4)) >= 8, 10, "8 events")
+    poll(lambda: len(bed.attack_events(bed.attacker.v4)) >= 8, 10, "8 events")
     assert bed.members("jail") == {} and bed.members("watch") == {}
     assert f"{bed.attacker.v4}/32" in bed.members("whitelist") or \
         bed.attacker.v4 in bed.members("whitelist")
@@ -248,7 +237,7 @@ def test_kill_9_mid_attack_loses_nothing(bed):
     bed.write_conf(maxcount=3)
     bed.start_daemon()
     bed.register(bed.attacker, "ipv4", calls=3)  # maxcount events: watched, not jailed
-    watch = deadline_poll(lambda: bed.members("watch").get(bed.attacker.v4), 10, "watch entry")
+    watch = poll(lambda: bed.members("watch").get(bed.attacker.v4), 10, "watch entry")
     assert "events" in watch["comment"] and len(watch["comment"].split()) == 4
     bed.stop_daemon(signal.SIGKILL)
     bed.start_daemon()
@@ -262,11 +251,11 @@ def test_table_deleted_by_hand_comes_back_with_its_elements(bed):
     bed.start_daemon()
     bed.register(bed.attacker, "ipv4", calls=2)
     bed.wait_log(f"jailed {bed.attacker.v4}")
-    deadline_poll(lambda: bed.statefile.exists() and bed.attacker.v4 in bed.statefile.read_text(),
+    poll(lambda: bed.statefile.exists() and bed.attacker.v4 in bed.statefile.read_text(),
                   3, "state file")
     bed.pbx_host.run("nft", "flush", "ruleset")
     start = time.monotonic()
-    deadline_poll(lambda: bed.pbx_host.run("nft", "list", "table", "inet", "autoban",
+    poll(lambda: bed.pbx_host.run("nft", "list", "table", "inet", "autoban",
                                            check=False).returncode == 0, 3, "table rebuilt")
     assert time.monotonic() - start < 2.5
     assert bed.attacker.v4 in bed.members("jail")
@@ -277,7 +266,7 @@ def test_reboot_restores_jail_with_remaining_time(bed):
     bed.start_daemon()
     bed.register(bed.attacker, "ipv4", calls=2)
     bed.wait_log(f"jailed {bed.attacker.v4}")
-    deadline_poll(lambda: bed.statefile.exists() and bed.attacker.v4 in bed.statefile.read_text(),
+    poll(lambda: bed.statefile.exists() and bed.attacker.v4 in bed.statefile.read_text(),
                   3, "state file")
     before, t0 = bed.members("jail")[bed.attacker.v4]["expires"], time.monotonic()
     bed.stop_daemon(signal.SIGKILL)
@@ -294,13 +283,13 @@ def test_release_parole_and_rejail_with_multiplied_sentence(bed):
     bed.start_daemon()
     bed.register(bed.attacker, "ipv4", calls=2)
     bed.wait_log(f"jailed {bed.attacker.v4} for 2s")
-    deadline_poll(lambda: bed.attacker.v4 not in bed.members("jail"), 5, "release")
+    poll(lambda: bed.attacker.v4 not in bed.members("jail"), 5, "release")
     assert bed.attacker.v4 in bed.members("parole")  # released, on parole
     bed.register(bed.attacker, "ipv4", calls=1, port=5076)  # one event on parole
     line = bed.wait_log(f"jailed {bed.attacker.v4} for 6s")
     assert "offended on parole" in line
     # silence through parole → forgotten
-    deadline_poll(lambda: bed.attacker.v4 not in bed.members("parole"), 15, "parole over")
+    poll(lambda: bed.attacker.v4 not in bed.members("parole"), 15, "parole over")
     assert bed.attacker.v4 not in bed.members("jail")
 
 
@@ -309,7 +298,7 @@ def test_asterisk_restart_daemon_reconnects_and_keeps_banning(bed, start_asteris
     bed.start_daemon()
     bed.pbx.stop()
     bed.pbx = start_asterisk(bed.pbx_host, {"pjsip.conf": PJSIP, "manager.conf": MANAGER})
-    deadline_poll(lambda: bed.log.count("AMI connected") >= 2, 40, "AMI reconnect")
+    poll(lambda: bed.log.count("AMI connected") >= 2, 40, "AMI reconnect")
     bed.register(bed.attacker, "ipv4", calls=4)
     bed.wait_log(f"jailed {bed.attacker.v4}")
 
@@ -327,7 +316,7 @@ def test_disabled_idles_without_touching_the_firewall(bed):
 def test_wrong_ami_secret_is_logged_and_retried(bed):
     bed.write_conf(secret="not-the-secret")
     bed.start_daemon(wait="refused")
-    deadline_poll(lambda: bed.log.count("refused") >= 2, 10, "a second login attempt")
+    poll(lambda: bed.log.count("refused") >= 2, 10, "a second login attempt")
     assert bed.daemon.poll() is None
 
 
@@ -407,10 +396,10 @@ def test_trust_after_successful_login_keeps_an_office_in(bed, start_phone):
     bed.start_daemon()
     phone = start_phone(bed.phone_host, "jane", JANE_PASSWORD, bed.pbx_host.v4)
     phone.wait_registered()
-    deadline_poll(lambda: bed.phone_host.v4 in bed.members("trust"), 10, "trust entry")
+    poll(lambda: bed.phone_host.v4 in bed.members("trust"), 10, "trust entry")
     # a misconfigured phone behind the same address fails again and again
     bed.register(bed.phone_host, "ipv4", calls=6, port=5080)
-    deadline_poll(lambda: len(bed.attack_events(bed.phone_host.v4)) >= 6, 10, "6 events")
+    poll(lambda: len(bed.attack_events(bed.phone_host.v4)) >= 6, 10, "6 events")
     assert bed.phone_host.v4 not in bed.members("jail")
     assert "trusted after a successful login" in bed.log
     # trust never overrides the blacklist

@@ -10,15 +10,12 @@ namespace. test_firewall_is_bound_to_the_namespace_it_was_built_in checks it."""
 
 from __future__ import annotations
 
-import ctypes
 import itertools
 import json
 import os
 import statistics
-import threading
 import time
 from collections.abc import Callable, Iterator
-from typing import TypeVar
 
 import pytest
 
@@ -35,38 +32,11 @@ from pbxhost.autoban.firewall import (
     Put,
     family,
 )
-from testbed.netns import CLONE_NEWNET, PREFIX, sh
+from testbed.netns import PREFIX, in_netns, sh
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0,
                                 reason="needs root for network namespaces and nftables")
-T = TypeVar("T")
 _counter = itertools.count(1)
-
-
-def in_netns(ns: str, fn: Callable[[], T]) -> T:
-    """FN's result, run in a fresh thread that entered network namespace NS."""
-    result: list[T] = []
-    failure: list[BaseException] = []
-
-    def enter_and_run() -> None:
-        try:
-            libc = ctypes.CDLL(None, use_errno=True)
-            with open(f"/run/netns/{ns}") as fd:
-                if libc.setns(fd.fileno(), CLONE_NEWNET) != 0:
-                    raise OSError(ctypes.get_errno(), f"setns {ns}")
-            # Never let a failed setns point a test at the host's ruleset.
-            if os.stat("/proc/thread-self/ns/net").st_ino != os.stat(f"/run/netns/{ns}").st_ino:
-                raise RuntimeError(f"setns {ns} did not take effect")
-            result.append(fn())
-        except BaseException as exc:  # handed to the caller's thread
-            failure.append(exc)
-
-    thread = threading.Thread(target=enter_and_run)
-    thread.start()
-    thread.join()
-    if failure:
-        raise failure[0]
-    return result[0]
 
 
 class Netns:

@@ -16,12 +16,12 @@ import ssl
 import subprocess
 import threading
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import parse_qsl, urlencode
 
 from .netns import Host
+from .wait import poll as poll  # re-exported for tests that import it from here
 
 
 @dataclass(frozen=True)
@@ -184,16 +184,3 @@ class WebhookClient:
 
     def get(self, fields: dict[str, str], path: str = "/", **kw) -> Reply:
         return self.request("GET", f"{path}?{urlencode(fields)}", **kw)
-
-
-def poll(predicate: Callable[[], object], timeout: float, what: str,
-         interval: float = 0.05) -> object:
-    """Poll PREDICATE until it returns something truthy or the deadline passes."""
-    end = time.monotonic() + timeout
-    while True:
-        result = predicate()
-        if result:
-            return result
-        if time.monotonic() > end:
-            raise TimeoutError(f"{what} not seen within {timeout}s")
-        time.sleep(interval)

@@ -16,17 +16,48 @@ import signal
 import socket
 import subprocess
 import threading
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 PREFIX = "pbxt"
 NET4 = "192.0.2"
 NET6 = "2001:db8:1"
 CLONE_NEWNET = 0x40000000
 _counter = itertools.count(1)
+T = TypeVar("T")
 
 
 def sh(*cmd: str, check: bool = True, **kw) -> subprocess.CompletedProcess[str]:
     return subprocess.run(cmd, check=check, capture_output=True, text=True, **kw)
+
+
+def in_netns(ns: str, fn: Callable[[], T]) -> T:
+    """FN's result, run in a short-lived thread that entered network namespace NS.
+    setns changes only that thread; sockets FN opens (netlink ones included)
+    stay in NS whichever thread uses them later."""
+    result: list[T] = []
+    failure: list[BaseException] = []
+
+    def enter_and_run() -> None:
+        try:
+            libc = ctypes.CDLL(None, use_errno=True)
+            with open(f"/run/netns/{ns}") as fd:
+                if libc.setns(fd.fileno(), CLONE_NEWNET) != 0:
+                    raise OSError(ctypes.get_errno(), f"setns {ns}")
+            # Never let a failed setns point a test at the host's own network.
+            if os.stat("/proc/thread-self/ns/net").st_ino != os.stat(f"/run/netns/{ns}").st_ino:
+                raise RuntimeError(f"setns {ns} did not take effect")
+            result.append(fn())
+        except BaseException as exc:  # handed to the caller's thread
+            failure.append(exc)
+
+    thread = threading.Thread(target=enter_and_run)
+    thread.start()
+    thread.join()
+    if failure:
+        raise failure[0]
+    return result[0]
 
 
 class Host:
@@ -50,25 +81,7 @@ class Host:
     def socket(self, family: int = socket.AF_INET,
                type: int = socket.SOCK_STREAM) -> socket.socket:
         """A socket that lives in this host's namespace (usable from the test)."""
-        result: list[socket.socket | BaseException] = []
-
-        def in_namespace() -> None:
-            # setns changes only this short-lived thread; the socket keeps the namespace.
-            try:
-                libc = ctypes.CDLL(None, use_errno=True)
-                with open(f"/run/netns/{self.ns}") as fd:
-                    if libc.setns(fd.fileno(), CLONE_NEWNET) != 0:
-                        raise OSError(ctypes.get_errno(), f"setns {self.ns}")
-                result.append(socket.socket(family, type))
-            except BaseException as exc:  # handed to the caller's thread
-                result.append(exc)
-
-        thread = threading.Thread(target=in_namespace)
-        thread.start()
-        thread.join()
-        if isinstance(result[0], BaseException):
-            raise result[0]
-        return result[0]
+        return in_netns(self.ns, lambda: socket.socket(family, type))
 
     def pids(self) -> list[int]:
         out = sh("ip", "netns", "pids", self.ns, check=False).stdout
