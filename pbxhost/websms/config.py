@@ -94,6 +94,7 @@ class Webhook:
     req_maxsize: int = 65536             # bytes of a request body
     body_maxlen: int = 5000              # characters of an SMS text
     dedup_time: int = 7 * 86400          # provider ids remembered this long
+    concat_timeout: int = 3600           # a multi-part SMS still incomplete: delivered anyway
     threads: int = 8
 
 
@@ -328,6 +329,7 @@ def _webhook(section: Section | None, env: Mapping[str, str]) -> Webhook:
         req_maxsize=section.get_int("req_maxsize", 65536) or 65536,
         body_maxlen=section.get_int("body_maxlen", 5000) or 5000,
         dedup_time=section.get_duration("dedup_time", 7 * 86400) or 0,
+        concat_timeout=section.get_duration("concat_timeout", 3600) or 3600,
     )
 
 

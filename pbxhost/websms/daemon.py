@@ -22,14 +22,15 @@ from pathlib import Path
 
 from pbxhost import cli, conf, service
 from pbxhost.ami import AmiClient
-from pbxhost.websms import agi, config
+from pbxhost.websms import agi, config, providers
 from pbxhost.websms.config import WebsmsConfig
 from pbxhost.websms.deliver import Delivery
 from pbxhost.websms.inbound import Message
 from pbxhost.websms.model import INBOUND, Sms, provider_key
 from pbxhost.websms.model import new_id as new_sms_id
 from pbxhost.websms.outbox import Outbox
-from pbxhost.websms.spool import Spool
+from pbxhost.websms.parts import Parts
+from pbxhost.websms.spool import Spool, SpoolError
 from pbxhost.websms.webhook import WebhookServer
 
 log = logging.getLogger("pbxhost.websms")
@@ -53,6 +54,7 @@ class Websmsd:
     def __init__(self, cfg: WebsmsConfig, notifier: service.Notifier) -> None:
         self.cfg, self.notifier = cfg, notifier
         self.spool = Spool(cfg.queue.spooldir, archive=cfg.queue.archive)
+        self.parts = Parts(self.spool, cfg.webhook.concat_timeout, cfg.queue.expire)
         self.ami = AmiClient(cfg.ami, self._on_event, self._on_ami_state)
         self.delivery = Delivery(cfg.queue, self.spool, self.ami)
         self.outbox = Outbox(cfg, self.spool, self.delivery.add)
@@ -71,7 +73,10 @@ class Websmsd:
         self._status()
 
     def accept(self, msg: Message) -> bool:
-        """Webhook thread: store durably, then hand to the delivery task."""
+        """Webhook thread: store durably, then hand to the delivery task. A part
+        of a multi-part SMS is parked in parts/ until its set is whole."""
+        if msg.part is not None and msg.part.total > 1:
+            return self._accept_part(msg)
         sms = inbound_sms(msg, self.cfg, time.time())
         if not self.spool.add(sms):
             return False
@@ -80,6 +85,29 @@ class Websmsd:
         assert self.loop is not None
         self.loop.call_soon_threadsafe(self.delivery.add, sms)
         return True
+
+    def _accept_part(self, msg: Message) -> bool:
+        assert msg.part is not None
+        part = providers.Inbound(msg.to, msg.sender, msg.body, msg.provider_id, msg.part)
+        new, whole = self.parts.add(msg.iface.name, part, time.time())
+        if new:
+            log.info("part %d of %d (ref %s) from %s to %s stored (%s)", msg.part.number,
+                     msg.part.total, msg.part.ref, msg.sender, msg.to, msg.client,
+                     extra={"SMS_TO": msg.to})
+        assert self.loop is not None
+        for sms in whole:
+            self.loop.call_soon_threadsafe(self.delivery.add, sms)
+        return new
+
+    def _sweep_parts(self) -> None:
+        """Multi-part SMS complete or timed out but not joined yet (a restart)."""
+        try:
+            joined = self.parts.sweep()
+        except SpoolError as exc:  # tried again at the next rescan
+            log.error("multi-part SMS not joined now: %s", exc)
+            return
+        for sms in joined:
+            self.delivery.add(sms)
 
     def _status(self) -> None:
         tally = self.delivery.tally
@@ -106,6 +134,7 @@ class Websmsd:
                     self.outbox.flush()
                 if now >= next_rescan:
                     next_rescan = now + RESCAN
+                    self._sweep_parts()
                     self._rescan_inbound()
                 if now >= next_prune:
                     next_prune = now + PRUNE
@@ -121,6 +150,7 @@ class Websmsd:
     async def start(self) -> None:
         self.loop = asyncio.get_running_loop()
         self.spool.prepare()
+        self.parts.prepare()
         waiting, sending = self.delivery.load(), self.outbox.load()
         await self.fastagi.start()
         if self.cfg.webhook.port is not None:

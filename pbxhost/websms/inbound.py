@@ -77,6 +77,7 @@ class Message:
     provider_id: str = ""
     replay_key: str = ""                 # ReplayGuard.remember it once stored
     replay_ttl: float = 0.0
+    part: providers.Part | None = None   # one part of a multi-part SMS (Vonage concat-*)
 
 
 @dataclass(frozen=True)
@@ -342,7 +343,7 @@ def _adapted(req: Request, webhook: Webhook, iface: Incoming, client: str,
         iface=iface, client=client, to=valid_party(m.to, "to"),
         sender=valid_party(m.sender, "from"), body=valid_text(m.body, webhook.body_maxlen),
         provider_id=_printable(m.message_id, "message id", MAX_ID) if m.message_id else "",
-        replay_key=verified.replay_key, replay_ttl=verified.replay_ttl)
+        replay_key=verified.replay_key, replay_ttl=verified.replay_ttl, part=m.part)
         for m in got.messages)
     return messages[0] if len(messages) == 1 else Batch(messages)
 

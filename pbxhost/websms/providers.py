@@ -431,8 +431,14 @@ def _zadarma(f: dict[str, Any]) -> Adapted:
                             _str(result, "text")),))
 
 
+def _nanp(number: str) -> str:
+    """VoIP.ms writes its (NANP) numbers as 10 digits; hints and replies want +1…"""
+    return "+1" + number if len(number) == 10 and number.isdigit() else number
+
+
 def _voipms(f: dict[str, Any]) -> Adapted:
-    return _flat(f, "to", "from", "message", "id")
+    got = _flat(f, "to", "from", "message", "id").messages[0]
+    return Adapted((replace(got, to=_nanp(got.to), sender=_nanp(got.sender)),))
 
 
 def _vonage(f: dict[str, Any]) -> Adapted:

@@ -476,7 +476,7 @@ def test_hostile_requests_are_refused_and_change_nothing(bed):
     assert not [ln for ln in bed.pbx.log_lines("WARNING") if "manager.c" in ln]
     poll(lambda: bed.spool_files("in") == [], 5, "spool empty")
     tree = sorted(str(p.relative_to(bed.spool)) for p in bed.spool.rglob("*"))
-    assert tree == ["archive", "failed", "in", "out", "seen", "tmp"]
+    assert tree == ["archive", "failed", "in", "out", "parts", "seen", "tmp"]
     assert list(bed.tmpdir.iterdir()) == []
     assert bed.daemon is not None and bed.daemon.poll() is None
     # and websms's own AMI login could not start a channel or run a command if it wanted to

@@ -325,7 +325,8 @@ INBOUND = [
     ("46elks", "POST", FORM, "", ELKS_IN, "+12025550160", "+15017122661",
      "sf8425555e5d8db61dda7a7b3f1b91bdb"),
     ("zadarma", "POST", FORM, "", ZADARMA_IN, "+12025550160", "+15017122661", ""),
-    ("voipms", "GET", "", VOIPMS_IN, "", "2025550160", "5017122661", "23434"),
+    # VoIP.ms's 10-digit NANP numbers become E.164, as the hints are written
+    ("voipms", "GET", "", VOIPMS_IN, "", "+12025550160", "+15017122661", "23434"),
     ("flowroute", "POST", "application/vnd.api+json", "", FLOWROUTE_IN, "12025550160",
      "15017122661", "mdr2-39cadeace66e11e7aff806cd7f24ba2d"),
     ("bandwidth", "POST", "application/json; charset=utf-8", "", BANDWIDTH_IN, "+12025550160",
