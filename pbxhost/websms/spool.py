@@ -35,6 +35,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from pbxhost.durable import fsync_dir
 from pbxhost.websms.model import INBOUND, OUTBOUND, Sms, valid_id
 
 log = logging.getLogger("pbxhost.websms.spool")
@@ -44,14 +45,6 @@ FLUSH_REQUEST = "flush"
 
 class SpoolError(Exception):
     """A record could not be stored (disk full, permissions, ...); nothing was left behind."""
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 _libc = ctypes.CDLL(None, use_errno=True)
@@ -206,7 +199,7 @@ class Spool:
         final = self._path(sms.kind, sms.id)
         try:
             os.replace(tmp, final)
-            _fsync_dir(final.parent)
+            fsync_dir(final.parent)
         except OSError as exc:
             with contextlib.suppress(OSError):
                 tmp.unlink()
@@ -233,19 +226,19 @@ class Spool:
 
     def sync_removals(self, kind: str) -> None:
         for name in ("seen", "archive", kind):
-            _fsync_dir(self.root / name)
+            fsync_dir(self.root / name)
 
     def fail(self, sms: Sms, reason: str) -> None:
         """Given up: kept in failed/ with the reason, for `websms queue`."""
         sms.error = reason
         self._remember(sms)
-        _fsync_dir(self.root / "seen")
+        fsync_dir(self.root / "seen")
         tmp = self._write_tmp(sms)
         os.replace(tmp, self._path("failed", sms.id))
-        _fsync_dir(self.root / "failed")
+        fsync_dir(self.root / "failed")
         with contextlib.suppress(FileNotFoundError):
             self._path(sms.kind, sms.id).unlink()
-        _fsync_dir(self.root / sms.kind)
+        fsync_dir(self.root / sms.kind)
 
     # -- reading ---------------------------------------------------------------
     def _records(self, where: str) -> Iterator[Sms]:
