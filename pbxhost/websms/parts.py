@@ -28,9 +28,10 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from pbxhost.durable import fsync_dir
 from pbxhost.websms import providers
 from pbxhost.websms.model import INBOUND, Sms, new_id, provider_key
-from pbxhost.websms.spool import Spool, SpoolError, _fsync_dir
+from pbxhost.websms.spool import Spool, SpoolError
 
 log = logging.getLogger("pbxhost.websms.parts")
 PARTS = "parts"
@@ -102,7 +103,7 @@ class Parts:
         try:
             if not folder.is_dir():
                 folder.mkdir(mode=0o770, parents=True, exist_ok=True)
-                _fsync_dir(self.root)
+                fsync_dir(self.root)
             tmp = Path(f"{self.spool.root}/tmp/part.{os.getpid()}.{time.monotonic_ns()}")
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o660)
             try:
@@ -174,9 +175,9 @@ class Parts:
                 marker = self.spool.root / "seen" / provider_key(iface, piece.message_id)
                 with contextlib.suppress(FileExistsError):
                     os.close(os.open(marker, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o660))
-        _fsync_dir(self.spool.root / "seen")
+        fsync_dir(self.spool.root / "seen")
         shutil.rmtree(folder, ignore_errors=True)
-        _fsync_dir(self.root)
+        fsync_dir(self.root)
         if queued:
             log.info("multi-part SMS %s from %s to %s joined from %d part(s) of %d",
                      sms.id, sms.sender, sms.to, len(pieces), pieces[0].total,
