@@ -48,43 +48,15 @@ from pbxhost.autoban.nfnetlink import Netlink
 from testbed import rootfs
 from testbed.amiclient import AmiClient, Message
 from testbed.asterisk import LOGGER_CONF, Asterisk
+from testbed.configs import TRANSPORTS, manager_conf, pjsip_user
 from testbed.netns import Host, Network, in_netns, sweep_stale
 from testbed.sip import sipp_register
 
 ATTACKS = ("InvalidAccountID", "InvalidPassword", "ChallengeResponseFailed", "FailedACL")
 PASSWORD = "Jane-pass-8812"
 AMI_SECRET = "autoban-bench-secret"
-PJSIP = f"""\
-[transport-udp]
-type = transport
-protocol = udp
-bind = 0.0.0.0:5060
-
-[jane]
-type = endpoint
-auth = jane
-aors = jane
-context = default
-[jane]
-type = auth
-auth_type = userpass
-username = jane
-password = {PASSWORD}
-[jane]
-type = aor
-max_contacts = 10
-"""
-MANAGER = f"""\
-[general]
-enabled = yes
-bindaddr = 127.0.0.1
-port = 5038
-
-[autoban]
-secret = {AMI_SECRET}
-read = security
-write =
-"""
+PJSIP = TRANSPORTS + pjsip_user("jane", PASSWORD)
+MANAGER = manager_conf("autoban", AMI_SECRET, read="security")
 # The test bed's logger plus the file fail2ban reads: SECURITY lines only.
 LOGGER = LOGGER_CONF + "security => security\n"
 ENV = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "PYTHONPATH": str(benchlib.ROOT)}

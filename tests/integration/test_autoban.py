@@ -15,48 +15,15 @@ from pathlib import Path
 
 import pytest
 
+from testbed.configs import TRANSPORTS, manager_conf, pjsip_user
 from testbed.netns import Host
 from testbed.sip import Baresip, sipp_register
 from testbed.wait import poll
 
 JANE_PASSWORD = "Jane-pass-8812"
-PJSIP = f"""\
-[transport-udp]
-type = transport
-protocol = udp
-bind = 0.0.0.0:5060
-
-[transport-udp6]
-type = transport
-protocol = udp
-bind = [::]:5060
-
-[jane]
-type = endpoint
-auth = jane
-aors = jane
-context = default
-[jane]
-type = auth
-auth_type = userpass
-username = jane
-password = {JANE_PASSWORD}
-[jane]
-type = aor
-max_contacts = 10
-"""
+PJSIP = TRANSPORTS + pjsip_user("jane", JANE_PASSWORD)
 AMI_SECRET = "autoban-test-secret"
-MANAGER = f"""\
-[general]
-enabled = yes
-bindaddr = 127.0.0.1
-port = 5038
-
-[autoban]
-secret = {AMI_SECRET}
-read = security
-write =
-"""
+MANAGER = manager_conf("autoban", AMI_SECRET, read="security")
 ATTACKS = ("InvalidAccountID", "InvalidPassword", "ChallengeResponseFailed", "FailedACL")
 
 

@@ -9,37 +9,11 @@ from pathlib import Path
 
 import pytest
 
+from testbed.configs import TRANSPORTS, pjsip_user
 from testbed.sip import sipp_register
 
 PASSWORD = "s3cret-Jane-42"
-PJSIP = f"""\
-[transport-udp]
-type = transport
-protocol = udp
-bind = 0.0.0.0:5060
-
-[transport-udp6]
-type = transport
-protocol = udp
-bind = [::]:5060
-
-[jane]
-type = endpoint
-auth = jane
-aors = jane
-context = default
-
-[jane]
-type = auth
-auth_type = userpass
-username = jane
-password = {PASSWORD}
-
-[jane]
-type = aor
-max_contacts = 5
-qualify_frequency = 10
-"""
+PJSIP = TRANSPORTS + pjsip_user("jane", PASSWORD, max_contacts=5, qualify=10)
 FIXTURES = Path(__file__).parent.parent / "fixtures/ami"
 RECORD = os.environ.get("PBXHOST_RECORD_AMI") == "1"
 
