@@ -14,8 +14,10 @@ IN_CI = os.environ.get("CI") == "true"
 _integration = {"declared": 0, "ran": 0}
 
 
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    _integration["declared"] = sum(1 for i in items if i.get_closest_marker("integration"))
+def pytest_collection_finish(session: pytest.Session) -> None:
+    # after -k/-m deselection: what this run means to run
+    _integration["declared"] = sum(1 for i in session.items
+                                   if i.get_closest_marker("integration"))
 
 
 @pytest.hookimpl(hookwrapper=True)
