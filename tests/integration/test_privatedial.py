@@ -159,6 +159,12 @@ class Bed:
         return run_sipp(host, self.tmp, call_xml(user, PASSWORDS[user], expect, **kw),
                         self.pbx_host.v4, service=number, local_port=port, media_port=port + 1000)
 
+    def start_call(self, number: str, user: str = "john.doe", port: int = 5070, **kw) -> Sipp:
+        """As call(), but in the background: wait() for its result."""
+        host = self.john_host if user == "john.doe" else self.jane_host
+        return self.sipp(host, call_xml(user, PASSWORDS[user], **kw), self.pbx_host.v4,
+                         service=number, local_port=port, media_port=port + 1000)
+
     def itsp_server(self, **kw) -> Sipp:
         """The fake ITSP's SIP server on 5060, listening before Asterisk starts (and
         qualifies it). It answers only a call whose digest its verifyauth accepts and
@@ -511,16 +517,28 @@ def minivm_send(args: list[str], mail: bytes, spool: Path) -> subprocess.Complet
                           capture_output=True, env=env, timeout=60, check=False)
 
 
-def test_unanswered_call_goes_to_voicemail_and_is_mailed_with_the_recording(bed, smtp):
+@pytest.mark.parametrize("callee", ["unanswered", "busy"])
+def test_unanswered_or_busy_call_goes_to_voicemail_and_is_mailed_with_the_recording(
+        bed, smtp, callee):
+    """unanswered: jane's phone rings until DIAL_TIMEOUT (2 s here); busy: it
+    rejects the call with 486 (baresip's hang-up of a ringing call) long
+    before the shipped DIAL_TIMEOUT (30 s) would end it."""
     mailcmd = f"/bin/sh /srv/etc/relay-mail -H {smtp.address} -P smtp -f voicemail@pbx.test"
-    pbx = bed.start(suite(globals_={"DIAL_TIMEOUT": "2"}, minivm={"mailcmd": mailcmd}),
+    globals_ = {"DIAL_TIMEOUT": "2"} if callee == "unanswered" else {}
+    pbx = bed.start(suite(globals_=globals_, minivm={"mailcmd": mailcmd}),
                     files={**bed.tls_files, "relay-mail": RELAY_MAIL})
-    jane = bed.phone(bed.jane_host, "jane.doe")  # rings, nobody answers
+    jane = bed.phone(bed.jane_host, "jane.doe")  # rings; nobody picks up
     jane.wait_registered()
     audio = write_ulaw(bed.tmp / "message.ulaw", tone(440, 30))
-    result = bed.call(JANE, hold_ms=12000, audio=audio)
-    assert result.ok, result.output
+    caller = bed.start_call(JANE, hold_ms=12000, audio=audio)
     jane.wait_for("Incoming call from")
+    if callee == "busy":
+        jane.send("/hangup")
+        assert "486" in jane.wait_for("rejecting incoming call")
+    dial = pbx.ami.wait_event(lambda e: e["Event"] == "DialEnd", timeout=15, what="dial ends")
+    assert dial["DialStatus"] == {"unanswered": "NOANSWER", "busy": "BUSY"}[callee]
+    result = caller.wait()
+    assert result.ok, result.output
     start = pbx.ami.wait_event(lambda e: e["Event"] == "Newexten"
                                and e.get("Application") == "MinivmRecord", what="recording")
     end = pbx.ami.wait_event(lambda e: e["Event"] == "Hangup"
