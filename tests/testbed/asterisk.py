@@ -18,8 +18,13 @@ from pathlib import Path
 
 from .amiclient import AmiClient
 from .netns import Host
+from .wait import poll
 
 AMI_PORT = 5038
+# The repository, read-only inside the chroot: AGI scripts run pbxhost from it
+# (the tree has python3 and the Debian packages they import).
+REPO = Path(__file__).resolve().parents[2]
+REPO_MOUNT = "/opt/pbxhost"
 ADMIN_USER = "testbed"
 
 ASTERISK_CONF = """\
@@ -120,6 +125,10 @@ class Asterisk:
             f"mount --bind /dev {t}/dev",
             f"mount -t tmpfs tmpfs {t}/tmp",
             f"mount -t tmpfs tmpfs {t}/run",
+            f"mount --bind {shlex.quote(str(REPO))} {t}{REPO_MOUNT}",
+            f"mount -o remount,bind,ro {t}{REPO_MOUNT}",
+            # inherited by AGI scripts; no .pyc written into the read-only repository
+            f"export PYTHONPATH={REPO_MOUNT} PYTHONDONTWRITEBYTECODE=1",
             f"exec {shlex.join(self.wrapper)} chroot {t} "
             "/usr/sbin/asterisk -f -C /srv/etc/asterisk/asterisk.conf",
         ])
@@ -128,6 +137,10 @@ class Asterisk:
                                     stdout=console, stderr=subprocess.STDOUT)
         self.ami = self.connect_ami(ADMIN_USER, self.admin_secret, timeout)
         self.ami.wait_event(lambda e: e["Event"] == "FullyBooted", timeout, "FullyBooted")
+        # Asterisk announces FullyBooted a moment before it registers its core CLI
+        # commands ("No such command 'core show version'" seen right after it).
+        poll(lambda: self.ami.command("core show version").startswith("Asterisk"), timeout,
+             "Asterisk's core CLI commands", interval=0.02)
         return self.ami
 
     def connect_ami(self, username: str, secret: str, timeout: float = 30) -> AmiClient:

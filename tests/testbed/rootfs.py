@@ -11,11 +11,13 @@ import subprocess
 from pathlib import Path
 
 # Bump when the package list changes so old caches are rebuilt, not trusted.
-TREE_NAME = "sid-asterisk-v1"
-PACKAGES = ("asterisk", "asterisk-modules", "asterisk-core-sounds-en")
+TREE_NAME = "sid-asterisk-v2"
+# python3 and python3-panoramisk: what `websms agi` (the plain AGI script) imports.
+PACKAGES = ("asterisk", "asterisk-modules", "asterisk-core-sounds-en", "python3",
+            "python3-panoramisk")
 DEFAULT_CACHE = "/var/cache/pbxhost-testbed"
 # Mount points the test bed binds over; they must exist in the tree.
-MOUNT_POINTS = ("srv/etc", "srv/var", "proc", "dev", "tmp", "run")
+MOUNT_POINTS = ("srv/etc", "srv/var", "proc", "dev", "tmp", "run", "opt/pbxhost")
 
 
 class RootfsError(RuntimeError):
