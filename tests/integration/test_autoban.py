@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from testbed.configs import TRANSPORTS, manager_conf, pjsip_user
+from testbed.daemon import Daemon
 from testbed.netns import Host
 from testbed.sip import Baresip, sipp_register
 from testbed.wait import poll
@@ -39,8 +40,8 @@ class Bed:
         self.confdir = tmp_path / "autoban-etc"
         self.confdir.mkdir()
         self.statefile = tmp_path / "state/state.json"
-        self.daemon: subprocess.Popen | None = None
-        self.logs: list[Path] = []
+        self.runner = Daemon(self.pbx_host, "pbxhost.autoban.daemon",
+                             self.confdir / "autoban.conf", tmp_path, "autoband")
         self.phones: list[Baresip] = []
 
     def write_conf(self, maxcount=3, watchtime="20m", jailtime="20m", repeatmult=6,
@@ -54,37 +55,25 @@ class Bed:
         return path
 
     @property
+    def daemon(self) -> subprocess.Popen | None:
+        return self.runner.proc
+
+    @property
     def log(self) -> str:
-        return "".join(p.read_text(errors="replace") for p in self.logs if p.exists())
+        return self.runner.text()
 
     def start_daemon(self, wait: str | None = "AMI connected") -> None:
-        logfile = self.tmp / f"autoband-{len(self.logs)}.log"
-        self.logs.append(logfile)
-        with open(logfile, "wb") as out:
-            self.daemon = self.pbx_host.popen(
-                sys.executable, "-m", "pbxhost.autoban.daemon", "-c",
-                str(self.confdir / "autoban.conf"), stdout=out, stderr=subprocess.STDOUT,
-                env={"SYSLOG_LEVEL": "8", "PATH": "/usr/sbin:/usr/bin:/sbin:/bin",
-                     "PYTHONPATH": str(Path(__file__).parents[2])})
+        self.runner.start({"SYSLOG_LEVEL": "8", "PATH": "/usr/sbin:/usr/bin:/sbin:/bin",
+                           "PYTHONPATH": str(Path(__file__).parents[2])})
         if wait:
-            self.wait_log(wait, logfile)
+            self.wait_log(wait)
 
     def stop_daemon(self, sig: int = signal.SIGTERM) -> int:
-        assert self.daemon is not None
-        self.daemon.send_signal(sig)
-        code = self.daemon.wait(10)
-        self.daemon = None
-        return code
+        return self.runner.stop(sig)
 
-    def wait_log(self, text: str, logfile: Path | None = None, timeout: float = 15) -> str:
-        def find() -> str | None:
-            path = logfile or self.logs[-1]
-            body = path.read_text(errors="replace") if path.exists() else ""
-            return next((ln for ln in body.splitlines() if text in ln), None)
-        try:
-            return poll(find, timeout, f"log line {text!r}")
-        except TimeoutError:
-            raise TimeoutError(f"no {text!r} in autoband log:\n{self.log[-3000:]}") from None
+    def wait_log(self, text: str, timeout: float = 15) -> str:
+        """A line of the current run's log (a restarted daemon must say it again)."""
+        return self.runner.wait_log(text, timeout, current=True)
 
     def cli(self, *words: str, check: bool = True) -> subprocess.CompletedProcess[str]:
         return self.pbx_host.run(sys.executable, "-m", "pbxhost.autoban.cli", "-c",
@@ -123,9 +112,7 @@ class Bed:
 def bed(net, start_asterisk, tmp_path):
     b = Bed(net, start_asterisk, tmp_path)
     yield b
-    if b.daemon is not None:
-        b.daemon.kill()
-        b.daemon.wait()
+    b.runner.kill()
 
 
 def assert_banned_then_released(bed: Bed, family: str, before: dict[str, int]) -> None:

@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 
 from testbed.asterisk import MODULES_CONF
+from testbed.daemon import Daemon
 from testbed.itsp import Answer, FakeItsp, WebhookClient, poll
 from testbed.sip import Baresip
 
@@ -96,8 +97,8 @@ class Bed:
         self.confdir.mkdir()
         self.tmpdir = tmp_path / "websmsd-tmp"   # TMPDIR of websmsd: must stay empty
         self.tmpdir.mkdir()
-        self.daemon: subprocess.Popen | None = None
-        self.logs: list[Path] = []
+        self.runner = Daemon(self.pbx_host, "pbxhost.websms.daemon",
+                             self.confdir / "websms.conf", self.tmp, "websmsd")
 
     # -- websms ------------------------------------------------------------------------
     def write_conf(self, websms: str = "", websmsd: str = "", astqueue: str = "") -> Path:
@@ -120,36 +121,25 @@ class Bed:
                 "PYTHONPATH": str(ROOT), "WEBSMSD_PORT": str(WEBHOOK_PORT),
                 "TMPDIR": str(self.tmpdir), "HOME": str(self.tmpdir)}
 
+    @property
+    def daemon(self) -> subprocess.Popen | None:
+        return self.runner.proc
+
+    @property
+    def log(self) -> str:
+        return self.runner.text()
+
     def start_daemon(self, wait: str | None = "AMI connected") -> None:
-        logfile = self.tmp / f"websmsd-{len(self.logs)}.log"
-        self.logs.append(logfile)
-        with open(logfile, "wb") as out:
-            self.daemon = self.pbx_host.popen(
-                sys.executable, "-m", "pbxhost.websms.daemon", "-c",
-                str(self.confdir / "websms.conf"), stdout=out, stderr=subprocess.STDOUT,
-                env=self.env)
+        self.runner.start(self.env)
         if wait:
             self.wait_log(wait)
 
     def stop_daemon(self, sig: int = signal.SIGTERM) -> int:
-        assert self.daemon is not None
-        self.daemon.send_signal(sig)
-        code = self.daemon.wait(10)
-        self.daemon = None
-        return code
-
-    @property
-    def log(self) -> str:
-        return "".join(p.read_text(errors="replace") for p in self.logs if p.exists())
+        return self.runner.stop(sig)
 
     def wait_log(self, text: str, timeout: float = 15, count: int = 1) -> str:
-        def find() -> str | None:
-            lines = [ln for ln in self.log.splitlines() if text in ln]
-            return lines[count - 1] if len(lines) >= count else None
-        try:
-            return str(poll(find, timeout, f"log line {text!r}"))
-        except TimeoutError:
-            raise TimeoutError(f"no {text!r} in websmsd log:\n{self.log[-4000:]}") from None
+        """The COUNT-th line with TEXT over every run (restarts count by COUNT)."""
+        return self.runner.wait_log(text, timeout, count)
 
     def cli(self, *words: str, check: bool = True) -> subprocess.CompletedProcess[str]:
         return self.pbx_host.run(sys.executable, "-m", "pbxhost.websms.cli", "-c",
@@ -188,9 +178,7 @@ def bed(net, start_asterisk, start_phone, tmp_path):
     b = Bed(net, start_asterisk, start_phone, tmp_path)
     b.net = net
     yield b
-    if b.daemon is not None:
-        b.daemon.kill()
-        b.daemon.wait()
+    b.runner.kill()
     b.itsp.close()
 
 

@@ -69,9 +69,7 @@ def agibed(net, start_asterisk, start_phone, tmp_path):
     (b.pbx.etc / "websms.conf").write_text(
         conf.replace(f"spooldir = {b.spool}\n", f"spooldir = {CHROOT_SPOOL}\n"))
     yield b
-    if b.daemon is not None:
-        b.daemon.kill()
-        b.daemon.wait()
+    b.runner.kill()
     b.itsp.close()
 
 
