@@ -176,8 +176,12 @@ def main() -> int:
             time.sleep(1)  # let everything settle before timing (not synchronisation)
             hello = ab(itsp_host, f"http://{pbx_host.v4}:{HELLO_PORT}/sms/in", args.requests,
                        body)
+            cpu = {"websmsd": procs[1].pid, "Asterisk": pbx.proc.pid, "baresip": phone.proc.pid}
+            before = {name: benchlib.cpu_seconds(pid) or 0.0 for name, pid in cpu.items()}
             websms = ab(itsp_host, f"http://{pbx_host.v4}:{PORT}/sms/in", args.requests, body)
             poll(lambda: phone.count >= args.requests, 120, f"{args.requests} at the phone")
+            per_sms = {name: ((benchlib.cpu_seconds(pid) or 0.0) - before[name])
+                       * 1000 / args.requests for name, pid in cpu.items()}
             delivered = phone.count
             client = WebhookClient(itsp_host, pbx_host.v4, PORT)
             start = time.monotonic()
@@ -204,6 +208,8 @@ def main() -> int:
          ["websmsd webhooks durably accepted, ab -c 8, /s", f"{websms:.0f}", ">= 1500"],
          ["websmsd / hello", benchlib.ratio(websms, hello), ""],
          ["delivered to the phone (of ab's)", f"{delivered} of {args.requests}", "all"],
+         *[[f"  CPU ms per SMS (accept + deliver): {name}", f"{ms:.2f}", ""]
+           for name, ms in per_sms.items()],
          ["accept -> phone p50 ms (8 keep-alive clients)", f"{pct(lat, 50):.1f}", ""],
          ["accept -> phone p99 ms", f"{pct(lat, 99):.1f}", "< 100"],
          ["  (that load's rate, /s)", f"{rate:.0f}", ""],

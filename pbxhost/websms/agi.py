@@ -204,7 +204,7 @@ class Handler:
             if local is not None:
                 sms = Sms(kind=INBOUND, id=new_id(), to=local, sender=req.sender, body=req.body,
                           created=now, expires=now + self.cfg.queue.expire)
-                self.outbox.spool.add(sms)
+                await self.outbox.spool.accept(sms)
                 self.deliver_local(sms)
                 log.info("SMS %s from %s to our user %s queued for its phones", sms.id,
                          req.sender, local)

@@ -119,8 +119,14 @@ def cmd_queue(args: argparse.Namespace) -> int:
             cli.fail(PROG, f"cannot request a flush in {spool.root}: {exc.strerror or exc}")
         print(f"flush requested in {spool.root}; websmsd tries every queued SMS within a second")
         return 0
-    rows = [("in", s) for s in spool.pending("in")] + [("out", s) for s in spool.pending("out")]
-    rows += [("failed", s) for s in spool.failed()]
+    failed = spool.failed()
+    inbound = {s.id: s for s in spool.journaled()}
+    inbound.update((s.id, s) for s in spool.pending("in"))  # a file wins over the journal
+    for sms in failed:
+        inbound.pop(sms.id, None)
+    rows = [("in", s) for s in sorted(inbound.values(), key=lambda s: (s.created, s.id))]
+    rows += [("out", s) for s in spool.pending("out")]
+    rows += [("failed", s) for s in failed]
     if args.json:
         print(json.dumps([{"queue": where, **json.loads(s.to_json())} for where, s in rows],
                          ensure_ascii=False, indent=1))

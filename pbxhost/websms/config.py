@@ -95,7 +95,6 @@ class Webhook:
     body_maxlen: int = 5000              # characters of an SMS text
     dedup_time: int = 7 * 86400          # provider ids remembered this long
     concat_timeout: int = 3600           # a multi-part SMS still incomplete: delivered anyway
-    threads: int = 8
 
 
 @dataclass(frozen=True)

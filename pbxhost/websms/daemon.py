@@ -1,12 +1,13 @@
-"""`websmsd`: one process, four named units of work sharing one spool and
-one AMI login (user `websms`):
+"""`websmsd`: one process, one asyncio event loop, four named units of work
+sharing one spool and one AMI login (user `websms`):
 
-    webhook    waitress threads: ITSP webhook → spool (fsync) → 2xx
-    delivery   asyncio task: spool in/ → AMI MessageSend to every reachable phone
-    fastagi    asyncio server on 127.0.0.1:4573: dialplan → spool out/ → ITSP
-    retry      asyncio task: out/ retries with backoff; failures told to the sender
+    webhook    HTTP server (httpd): ITSP webhook → journal (fdatasync) → 2xx
+    delivery   task: journal and in/ → AMI MessageSend to every reachable phone
+    fastagi    server on 127.0.0.1:4573: dialplan → spool out/ → ITSP
+    retry      task: out/ retries with backoff; failures told to the sender
 
-plus `ami` (the AMI session: ContactStatus events in, actions out) and
+plus `journal` (the thread that writes the webhook's SMS in batches),
+`ami` (the AMI session: ContactStatus events in, actions out) and
 `housekeeping` (flush requests, records left by the plain AGI script or by
 `websms` by hand, pruning of remembered provider ids, the status line).
 Why one process: the parts share the spool and the AMI session, a message
@@ -22,7 +23,7 @@ from pathlib import Path
 
 from pbxhost import cli, conf, service
 from pbxhost.ami import AmiClient
-from pbxhost.websms import agi, config, providers
+from pbxhost.websms import agi, config, httpd, providers, webhook
 from pbxhost.websms.config import WebsmsConfig
 from pbxhost.websms.deliver import Delivery
 from pbxhost.websms.inbound import Message
@@ -31,7 +32,6 @@ from pbxhost.websms.model import new_id as new_sms_id
 from pbxhost.websms.outbox import Outbox
 from pbxhost.websms.parts import Parts
 from pbxhost.websms.spool import Spool, SpoolError
-from pbxhost.websms.webhook import WebhookServer
 
 log = logging.getLogger("pbxhost.websms")
 EX_CONFIG = 78          # sysexits: configuration error (no restart loop)
@@ -59,8 +59,7 @@ class Websmsd:
         self.delivery = Delivery(cfg.queue, self.spool, self.ami)
         self.outbox = Outbox(cfg, self.spool, self.delivery.add)
         self.fastagi = agi.FastAgiServer(agi.Handler(cfg, self.outbox, self.delivery.add))
-        self.webhook: WebhookServer | None = None
-        self.loop: asyncio.AbstractEventLoop | None = None
+        self.webhook: httpd.HttpServer | None = None
         self.ami_state = "connecting"
 
     # -- glue between the units ------------------------------------------------------
@@ -72,31 +71,29 @@ class Websmsd:
         self.delivery.on_state(state)
         self._status()
 
-    def accept(self, msg: Message) -> bool:
-        """Webhook thread: store durably, then hand to the delivery task. A part
-        of a multi-part SMS is parked in parts/ until its set is whole."""
+    async def accept(self, msg: Message) -> bool:
+        """The webhook's SMS: durable in the journal, then to the delivery task.
+        A part of a multi-part SMS is parked in parts/ until its set is whole."""
         if msg.part is not None and msg.part.total > 1:
-            return self._accept_part(msg)
+            return await self._accept_part(msg)
         sms = inbound_sms(msg, self.cfg, time.time())
-        if not self.spool.add(sms):
+        if not await self.spool.accept(sms):
             return False
         log.info("SMS %s from %s to %s accepted (%s, %d chars)", sms.id, sms.sender, sms.to,
                  msg.client, len(sms.body), extra={"SMS_ID": sms.id, "SMS_TO": sms.to})
-        assert self.loop is not None
-        self.loop.call_soon_threadsafe(self.delivery.add, sms)
+        self.delivery.add(sms)
         return True
 
-    def _accept_part(self, msg: Message) -> bool:
+    async def _accept_part(self, msg: Message) -> bool:
+        """Parts are rare: files in parts/ and in/, written in a thread."""
         assert msg.part is not None
         part = providers.Inbound(msg.to, msg.sender, msg.body, msg.provider_id, msg.part)
-        new, whole = self.parts.add(msg.iface.name, part, time.time())
+        new, whole = await asyncio.to_thread(self.parts.add, msg.iface.name, part, time.time())
         if new:
             log.info("part %d of %d (ref %s) from %s to %s stored (%s)", msg.part.number,
                      msg.part.total, msg.part.ref, msg.sender, msg.to, msg.client,
                      extra={"SMS_TO": msg.to})
-        assert self.loop is not None
-        for sms in whole:
-            self.loop.call_soon_threadsafe(self.delivery.add, sms)
+        self.delivery.add_many(whole)
         return new
 
     def _sweep_parts(self) -> None:
@@ -148,14 +145,15 @@ class Websmsd:
 
     # -- life ----------------------------------------------------------------------------
     async def start(self) -> None:
-        self.loop = asyncio.get_running_loop()
         self.spool.prepare()
         self.parts.prepare()
+        self.delivery.add_many(self.spool.open_journal())
         waiting, sending = self.delivery.load(), self.outbox.load()
         await self.fastagi.start()
         if self.cfg.webhook.port is not None:
-            self.webhook = WebhookServer(self.cfg, self.accept)
-            self.webhook.start()
+            self.webhook = webhook.server(self.cfg, self.accept)
+            await self.webhook.start()
+            log.info("webhook listening on %s", self.webhook.where())
         else:
             log.log(service.NOTICE, "WEBSMSD_PORT unset or not a number: no webhook server")
         log.log(service.NOTICE, "websmsd started: %d SMS for phones and %d for the ITSP in %s; "
@@ -186,8 +184,10 @@ class Websmsd:
                     log.warning("units still running after %.0fs: %s", STOP_TIMEOUT,
                                 ", ".join(t.get_name() for t in stuck))
             if self.webhook is not None:
-                self.webhook.close()
+                await self.webhook.close()
             await self.fastagi.close()
+            if self.spool.journal is not None:
+                self.spool.journal.close()
 
 
 def main(argv: list[str] | None = None) -> int:

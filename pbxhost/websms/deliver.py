@@ -115,13 +115,16 @@ class Delivery:
     # -- input -------------------------------------------------------------------
     def add(self, sms: Sms) -> None:
         """A stored SMS to deliver (call in the event loop's thread)."""
-        self.pending[sms.id] = sms
-        self.due.add(sms.id)
+        self.add_many([sms])
+
+    def add_many(self, batch: list[Sms]) -> None:
+        for sms in batch:
+            self.pending[sms.id] = sms
+            self.due.add(sms.id)
         self.wakeup.set()
 
     def load(self) -> int:
-        for sms in self.spool.pending(INBOUND):
-            self.add(sms)
+        self.add_many(self.spool.pending(INBOUND))
         return len(self.pending)
 
     def flush(self) -> None:
@@ -259,12 +262,14 @@ class Delivery:
                 log.warning("SMS %s to %s: no such user (no hint in %s, no endpoint); "
                             "kept until it expires", sms.id, sms.to, self.queue.hint_context)
             self.retry_at[sms.id] = self.clock() + RETRY_REFUSED  # a config reload may add it
+            self.spool.park(sms)
             return None
         contacts = [c for c in await self.reachable(target) if c.uri not in sms.delivered]
         if not contacts and not sms.delivered:
             for aor in target.aors:
                 self.waiting.setdefault(aor, set()).add(sms.id)
             log.info("SMS %s to %s waits: no reachable phone", sms.id, sms.to)
+            self.spool.park(sms)
             return None
         return contacts
 
@@ -297,6 +302,8 @@ class Delivery:
             self.retry_at[sms.id] = self.clock() + RETRY_REFUSED
             if served:
                 self.spool.save(sms)  # progress survives a restart: sent once per contact
+            else:
+                self.spool.park(sms)
         if trouble is not None:
             raise trouble
 

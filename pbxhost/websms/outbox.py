@@ -94,7 +94,7 @@ class Outbox:
         """Spool, then try at once; QUEUED when not settled within WAIT seconds."""
         # a lease: other processes leave it alone while we try (unless we die)
         sms.next_try, sms.owner = self.clock() + self.cfg.queue.waittime, os.getpid()
-        self.spool.add(sms)
+        await asyncio.to_thread(self.spool.add, sms)  # the loop serves webhooks meanwhile
         self.pending[sms.id] = sms
         task = self._spawn(sms)
         try:

@@ -10,6 +10,7 @@ import contextlib
 import hashlib
 import itertools
 import json
+import re
 import signal
 import subprocess
 import sys
@@ -18,6 +19,7 @@ from pathlib import Path
 
 import pytest
 
+from pbxhost.websms.journal import read_live
 from testbed.asterisk import MODULES_CONF
 from testbed.daemon import Daemon
 from testbed.itsp import Answer, FakeItsp, WebhookClient, poll
@@ -150,6 +152,11 @@ class Bed:
         folder = self.spool / where
         return sorted(folder.iterdir()) if folder.exists() else []
 
+    def queued_in(self) -> list[str]:
+        """Ids of the SMS queued for phones: files in in/ and the journal's records."""
+        files = {p.stem for p in self.spool_files("in")}
+        return sorted(files | {s.id for s in read_live(self.spool / "journal")})
+
     # -- phones --------------------------------------------------------------------------
     def phone(self, user: str, role: str = "phone", octet: int = 30, net=None, port: int = 5060,
               transport: str = "udp", contacts: tuple[str, ...] = ()) -> Baresip:
@@ -227,7 +234,8 @@ def test_incoming_sms_reaches_phone_byte_exact(bed, form):
     assert reply.status == 200, reply
     assert_received(phone, body)
     bed.wait_log("delivered to")
-    assert bed.spool_files("in") == [] and bed.new_channels() == []
+    poll(lambda: bed.queued_in() == [], 5, "queue empty")  # marked done after the round
+    assert bed.new_channels() == []
 
 
 def test_1600_emoji_body_in_parts_to_udp_and_tcp_phones(bed):
@@ -276,11 +284,11 @@ def test_offline_phone_gets_it_when_it_registers(bed, delay):
     bed.start_daemon()
     assert bed.hook.post_form(incoming(body=MULTILINE), path="/sms/in").status == 200
     bed.wait_log("waits: no reachable phone")
-    assert len(bed.spool_files("in")) == 1
+    assert len(bed.queued_in()) == 1
     time.sleep(delay)  # the scenario: the phone is off for a while
     phone = bed.phone("jane")
     assert_received(phone, MULTILINE)
-    poll(lambda: bed.spool_files("in") == [], 5, "spool emptied")
+    poll(lambda: bed.queued_in() == [], 5, "spool emptied")
 
 
 def test_expired_sms_is_reported_not_dropped(bed):
@@ -290,7 +298,7 @@ def test_expired_sms_is_reported_not_dropped(bed):
     line = bed.wait_log("not delivered: expired")
     assert BOB in line and OUTSIDE in line
     failed = bed.spool_files("failed")
-    assert len(failed) == 1 and bed.spool_files("in") == []
+    assert len(failed) == 1 and bed.queued_in() == []
     record = json.loads(failed[0].read_text())
     assert record["body"] == "nobody home" and "expired" in record["error"]
     listing = bed.cli("queue").stdout
@@ -462,9 +470,12 @@ def test_hostile_requests_are_refused_and_change_nothing(bed):
     time.sleep(0.3)  # an extra channel would show as an event right after
     assert bed.new_channels() == []
     assert not [ln for ln in bed.pbx.log_lines("WARNING") if "manager.c" in ln]
-    poll(lambda: bed.spool_files("in") == [], 5, "spool empty")
+    poll(lambda: bed.queued_in() == [], 5, "spool empty")
     tree = sorted(str(p.relative_to(bed.spool)) for p in bed.spool.rglob("*"))
-    assert tree == ["archive", "failed", "in", "out", "parts", "seen", "tmp"]
+    segments = [p for p in tree if p.startswith("journal/")]
+    assert all(re.fullmatch(r"journal/[0-9a-f]{16}\.(wal|done)", p) for p in segments)
+    assert [p for p in tree if p not in segments] == [
+        "archive", "failed", "in", "journal", "out", "parts", "seen", "tmp"]
     assert list(bed.tmpdir.iterdir()) == []
     assert bed.daemon is not None and bed.daemon.poll() is None
     # and websms's own AMI login could not start a channel or run a command if it wanted to
@@ -496,7 +507,7 @@ def test_proxy_header_believed_only_from_the_proxy(bed):
     v6 = WebhookClient(proxy, bed.pbx_host.v6, WEBHOOK_PORT)
     assert v6.post_form(incoming(), path="/sms/in",
                         headers={"X-Forwarded-For": bed.itsp_host.v4}).status == 200
-    assert len(bed.spool_files("in")) == 2
+    assert len(bed.queued_in()) == 2
 
 
 def test_echo_probe_and_resp_ack(bed):
@@ -508,9 +519,9 @@ def test_echo_probe_and_resp_ack(bed):
     ack = bed.hook.post_form(incoming(), path="/sms/in")
     assert (ack.status, ack.body) == (200, b"<Response></Response>")
     assert ack.headers["Content-Type"] == "application/xml"
-    assert len(bed.spool_files("in")) == 1
+    assert len(bed.queued_in()) == 1
     assert bed.stop_daemon() == 0  # SIGTERM: a clean stop, the SMS stays queued
-    assert len(bed.spool_files("in")) == 1
+    assert len(bed.queued_in()) == 1
 
 
 # ---------------------------------------------------------------- nothing lost
@@ -533,7 +544,7 @@ def test_kill_9_between_accept_and_delivery_loses_nothing(bed):
     assert_received(phone, "in before the crash")
     poll(lambda: any(r.form().get("Body") == "out before the crash" and r.at > 0
                      for r in bed.itsp.requests[1:]), 15, "the outgoing SMS sent after restart")
-    poll(lambda: not bed.spool_files("in") and not bed.spool_files("out"), 5, "queues empty")
+    poll(lambda: not bed.queued_in() and not bed.spool_files("out"), 5, "queues empty")
 
 
 def test_asterisk_restart_loses_nothing(bed, start_asterisk):
@@ -549,6 +560,27 @@ def test_asterisk_restart_loses_nothing(bed, start_asterisk):
     bed.wait_log("AMI connected", timeout=40, count=2)
     phone = bed.phone("jane")
     assert_received(phone, "while Asterisk was down")
+
+
+def test_kill_9_with_sms_only_in_the_journal_loses_nothing(bed, start_asterisk):
+    bed.write_conf()
+    bed.start_daemon()
+    bed.pbx.stop()
+    bed.wait_log("AMI connection")  # lost: delivery pauses, the SMS stay in the journal
+    bodies = [f"journal {i}" for i in range(3)]
+    for body in bodies:
+        assert bed.hook.post_form(incoming(body=body), path="/sms/in").status == 200
+    assert len(read_live(bed.spool / "journal")) == 3 and bed.spool_files("in") == []
+    bed.stop_daemon(signal.SIGKILL)
+    bed.pbx = start_asterisk(bed.pbx_host, {
+        "pjsip.conf": PJSIP, "extensions.conf": EXTENSIONS, "manager.conf": MANAGER,
+        "modules.conf": MODULES})
+    bed.start_daemon()
+    assert "3 SMS for phones" in bed.wait_log("websmsd started", count=2)
+    phone = bed.phone("jane")
+    assert sorted(m.body.decode() for m in phone.wait_messages(3)) == bodies
+    poll(lambda: bed.queued_in() == [], 5, "queue empty")
+    assert len(phone.messages()) == 3  # each once
 
 
 @pytest.fixture
@@ -573,8 +605,10 @@ def test_full_spool_answers_503_and_keeps_nothing_half_written(bed, small_tmpfs)
             f.write(b"\0" * 4096)
     reply = bed.hook.post_form(incoming(body="disk full", sid="SM-full"), path="/sms/in")
     assert reply.status == 503 and reply.headers.get("Retry-After")
-    assert bed.spool_files("in") == [] and bed.spool_files("tmp") == []
+    assert bed.queued_in() == [] and bed.spool_files("tmp") == []
     assert bed.spool_files("seen") == [] and bed.spool_files("failed") == []
+    # the journal's failed append was cut off: not a byte of it is left
+    assert [p.stat().st_size for p in bed.spool_files("journal") if p.suffix == ".wal"] == [0]
     filler.unlink()
     # the ITSP tries again: now it is taken and delivered, once
     assert bed.hook.post_form(incoming(body="disk full", sid="SM-full"),

@@ -76,7 +76,7 @@ def test_twilio_signed_webhook_reaches_the_phone_and_gets_twiml(bed):
     assert_received(jane, TEXT)
     time.sleep(0.5)
     assert len(jane.wait_messages(1)) == 1  # the forged one never came
-    assert bed.spool_files("in") == []
+    assert bed.queued_in() == []
 
 
 def test_telnyx_ed25519_signed_json_reaches_the_phone(bed):
@@ -289,7 +289,7 @@ def test_documented_webhook_reaches_the_phone(bed, name, websmsd, secret, build,
     assert_received(jane, TEXT, sender=sender)
     time.sleep(0.3)
     assert len(jane.wait_messages(1)) == 1  # the forged one never came
-    assert bed.spool_files("in") == []
+    assert bed.queued_in() == []
 
 
 def test_vonage_parts_out_of_order_twice_and_a_restart_make_one_message(bed):
@@ -308,7 +308,7 @@ def test_vonage_parts_out_of_order_twice_and_a_restart_make_one_message(bed):
 
     post(3)
     post(1)
-    assert len(bed.spool_files("parts")) == 1 and bed.spool_files("in") == []
+    assert len(bed.spool_files("parts")) == 1 and bed.queued_in() == []
     bed.stop_daemon(signal.SIGKILL)  # parts were answered 2xx: they are on disk
     bed.start_daemon(wait=None)
     bed.wait_log("AMI connected", count=2)
@@ -319,7 +319,7 @@ def test_vonage_parts_out_of_order_twice_and_a_restart_make_one_message(bed):
     assert_received(jane, "".join(texts), sender=N_OUTSIDE)
     time.sleep(0.5)
     assert len(jane.wait_messages(1)) == 1  # one MESSAGE, not one per part
-    assert bed.spool_files("parts") == [] and bed.spool_files("in") == []
+    assert bed.spool_files("parts") == [] and bed.queued_in() == []
 
 
 # ---------------------------------------------------------------- outgoing, the other presets

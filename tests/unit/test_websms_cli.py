@@ -3,6 +3,7 @@ migration, and usage errors."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 
 import pytest
@@ -42,6 +43,20 @@ def test_queue_lists_both_directions_with_control_characters_escaped(conf, tmp_p
     assert run(["queue", "--json", "-c", str(conf)]) == 0
     doc = json.loads(capsys.readouterr().out)
     assert sorted(d["queue"] for d in doc) == ["in", "out"] and evil in [d["body"] for d in doc]
+
+
+def test_queue_lists_what_the_daemon_holds_in_its_journal(conf, tmp_path, capsys):
+    spool = Spool(tmp_path / "spool")
+    spool.prepare()
+    spool.open_journal()
+    held, parked = (Sms(kind=INBOUND, id=new_id(), to="jane", sender="+1555", body=text,
+                        created=float(n), expires=9e9) for n, text in enumerate(("a", "b")))
+    asyncio.run(spool.accept(held))
+    asyncio.run(spool.accept(parked))
+    spool.park(parked)  # in in/ now, and marked done in the journal
+    assert run(["queue", "--json", "-c", str(conf)]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert [(d["queue"], d["body"]) for d in doc] == [("in", "a"), ("in", "b")]
 
 
 def test_flush_request(conf, tmp_path, capsys):

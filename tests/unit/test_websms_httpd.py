@@ -1,0 +1,229 @@
+"""websmsd's HTTP server on a real loopback socket: what the handler gets,
+keep-alive and pipelining, chunked bodies, 100-continue, the parser's
+refusals, slow senders, too many connections, a failing handler, and a
+client that goes away while its request is being stored."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import re
+from collections.abc import AsyncIterator, Awaitable, Callable
+
+import pytest
+
+from pbxhost.websms.httpd import HttpServer, Reply, render
+from pbxhost.websms.inbound import Request
+
+OK = Reply(200, b"OK\n", (("Content-Type", "text/plain"),))
+
+
+@contextlib.asynccontextmanager
+async def served(handler: Callable[[Request], Awaitable[Reply]] | None = None,
+                 **kw) -> AsyncIterator[tuple[HttpServer, list[Request]]]:
+    seen: list[Request] = []
+
+    async def record(req: Request) -> Reply:
+        seen.append(req)
+        return OK
+    server = HttpServer(handler or record, "127.0.0.1", 0, max_body=kw.pop("max_body", 1000),
+                        **kw)
+    await server.start()
+    try:
+        yield server, seen
+    finally:
+        await server.close()
+
+
+def port(server: HttpServer) -> int:
+    assert server.server is not None
+    return server.server.sockets[0].getsockname()[1]
+
+
+async def exchange(server: HttpServer, data: bytes, read_until_close: bool = True) -> bytes:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port(server))
+    writer.write(data)
+    await writer.drain()
+    try:
+        if read_until_close:
+            return await asyncio.wait_for(reader.read(), 5)
+        return await asyncio.wait_for(reader.read(65536), 5)
+    finally:
+        writer.close()
+
+
+def post(body: bytes, path: str = "/sms/in", version: str = "1.1", extra: str = "") -> bytes:
+    return (f"POST {path} HTTP/{version}\r\nHost: pbx\r\n"
+            f"Content-Type: application/x-www-form-urlencoded\r\n"
+            f"Content-Length: {len(body)}\r\n{extra}\r\n").encode() + body
+
+
+def status_lines(data: bytes) -> list[str]:
+    return [m.decode() for m in re.findall(rb"HTTP/1\.1 \d{3} [^\r]*", data)]
+
+
+def test_the_handler_gets_the_request_as_sent():
+    async def scenario() -> None:
+        async with served() as (server, seen):
+            data = await exchange(server, post(b"To=%2B1&Body=x", path="//sms/%C3%A9?a=1",
+                                               version="1.0", extra="X-Real-IP: 192.0.2.9\r\n"))
+            assert data.startswith(b"HTTP/1.1 200 OK\r\n") and data.endswith(b"\r\n\r\nOK\n")
+            assert b"Connection: close\r\n" in data and b"Content-Length: 3\r\n" in data
+            [req] = seen
+            assert (req.method, req.path, req.query) == ("POST", "/sms/é", "a=1")
+            assert req.body == b"To=%2B1&Body=x" and req.remote_addr == "127.0.0.1"
+            assert req.content_type == "application/x-www-form-urlencoded"
+            assert req.headers["HTTP_X_REAL_IP"] == "192.0.2.9"
+            assert "HTTP_CONTENT_LENGTH" not in req.headers
+    asyncio.run(scenario())
+
+
+def test_keep_alive_and_pipelined_requests_are_answered_in_order():
+    async def echo(req: Request) -> Reply:
+        await asyncio.sleep(0.01 if req.body == b"first" else 0)
+        return Reply(200, req.body)
+
+    async def scenario() -> None:
+        async with served(echo) as (server, _):
+            pipelined = post(b"first") + b"\r\n" + post(b"second") + post(b"third", extra=(
+                "Connection: close\r\n"))
+            data = await exchange(server, pipelined)
+            assert status_lines(data) == ["HTTP/1.1 200 OK"] * 3
+            assert data.index(b"first") < data.index(b"second") < data.index(b"third")
+            assert data.count(b"Connection: keep-alive") == 2
+    asyncio.run(scenario())
+
+
+def test_chunked_body_and_expect_100_continue():
+    async def scenario() -> None:
+        async with served() as (server, seen):
+            reader, writer = await asyncio.open_connection("127.0.0.1", port(server))
+            writer.write(b"POST /sms/in HTTP/1.1\r\nHost: pbx\r\nExpect: 100-continue\r\n"
+                         b"Transfer-Encoding: chunked\r\nConnection: close\r\n\r\n")
+            assert await asyncio.wait_for(reader.readline(), 5) == b"HTTP/1.1 100 Continue\r\n"
+            writer.write(b"4\r\nBody\r\n3\r\n=hi\r\n0\r\n\r\n")
+            data = await asyncio.wait_for(reader.read(), 5)
+            writer.close()
+            assert status_lines(data) == ["HTTP/1.1 200 OK"]
+            assert seen[0].body == b"Body=hi"
+    asyncio.run(scenario())
+
+
+@pytest.mark.parametrize("request_bytes, status", [
+    (post(b"x" * 1001), 413),                                        # body over the limit
+    (b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n" + b"3e9\r\n" + b"x" * 1001, 413),
+    (b"GET / HTTP/1.1\r\nX-Big: " + b"a" * 20000 + b"\r\n\r\n", 431),  # headers over 16 KiB
+    (b"GET / HTTP/1.1\r\nContent-Length: -1\r\n\r\n", 400),
+    (b"GET / HTTP/1.1\r\nContent-Length: 1e3\r\n\r\n", 400),
+    (b"GET /\nX HTTP/1.1\r\n\r\n", 400),                               # a bare LF in the line
+    (b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03\r\n\r\n", 400),    # TLS to a plain port
+    (b"POST / HTTP/1.1\r\nTransfer-Encoding: gzip\r\n\r\n", 501),
+])
+def test_what_the_parser_refuses_gets_its_status_and_the_connection_closes(request_bytes, status):
+    async def scenario() -> None:
+        async with served() as (server, seen):
+            data = await exchange(server, request_bytes)
+            assert status_lines(data)[0].split()[1] == str(status)
+            assert b"Connection: close" in data
+            assert seen == []
+    asyncio.run(scenario())
+
+
+def test_a_body_of_exactly_the_limit_is_taken():
+    async def scenario() -> None:
+        async with served() as (server, seen):
+            data = await exchange(server, post(b"x" * 1000, extra="Connection: close\r\n"))
+            assert status_lines(data) == ["HTTP/1.1 200 OK"] and len(seen[0].body) == 1000
+    asyncio.run(scenario())
+
+
+def test_a_slow_sender_is_cut_off():
+    async def scenario() -> None:
+        async with served(timeout=0.3) as (server, seen):
+            reader, writer = await asyncio.open_connection("127.0.0.1", port(server))
+            writer.write(b"POST /sms/in HTTP/1.1\r\nContent-Length: 10\r\n\r\nabc")
+            assert await asyncio.wait_for(reader.read(), 5) == b""  # closed, nothing answered
+            writer.close()
+            assert seen == []
+    asyncio.run(scenario())
+
+
+def test_connections_over_the_limit_get_503():
+    async def scenario() -> None:
+        async with served(max_connections=2) as (server, _):
+            held = [await asyncio.open_connection("127.0.0.1", port(server)) for _ in range(2)]
+            data = await exchange(server, post(b"x"))
+            assert status_lines(data) == ["HTTP/1.1 503 Service Unavailable"]
+            assert b"Retry-After: 10" in data
+            for _, writer in held:
+                writer.close()
+    asyncio.run(scenario())
+
+
+def test_a_failing_handler_is_a_500_and_the_server_goes_on():
+    calls = []
+
+    async def flaky(req: Request) -> Reply:
+        calls.append(req)
+        if len(calls) == 1:
+            raise RuntimeError("boom")
+        return OK
+
+    async def scenario() -> None:
+        async with served(flaky) as (server, _):
+            first = await exchange(server, post(b"a"))
+            assert status_lines(first) == ["HTTP/1.1 500 Internal Server Error"]
+            assert b"boom" not in first
+            second = await exchange(server, post(b"b", extra="Connection: close\r\n"))
+            assert status_lines(second) == ["HTTP/1.1 200 OK"]
+    asyncio.run(scenario())
+
+
+def test_a_client_gone_mid_way_does_not_stop_the_store():
+    stored = asyncio.Event()
+
+    async def slow_store(req: Request) -> Reply:
+        await asyncio.sleep(0.2)  # the journal's write
+        stored.set()
+        return OK
+
+    async def scenario() -> None:
+        async with served(slow_store) as (server, _):
+            _, writer = await asyncio.open_connection("127.0.0.1", port(server))
+            writer.write(post(b"To=%2B1"))
+            await writer.drain()
+            await asyncio.sleep(0.05)
+            writer.close()  # the ITSP gives up; it will send the request again
+            await asyncio.wait_for(stored.wait(), 5)
+    asyncio.run(scenario())
+
+
+def test_head_has_no_body_and_close_waits_for_requests_being_answered():
+    release = asyncio.Event()
+
+    async def held(req: Request) -> Reply:
+        if req.method == "POST":
+            await release.wait()
+        return OK
+
+    async def scenario() -> None:
+        async with served(held) as (server, _):
+            head = await exchange(server, b"HEAD / HTTP/1.0\r\n\r\n")
+            assert head.endswith(b"Content-Length: 3\r\nConnection: close\r\n\r\n")
+            reader, writer = await asyncio.open_connection("127.0.0.1", port(server))
+            writer.write(post(b"x"))
+            await writer.drain()
+            await asyncio.sleep(0.05)
+            closing = asyncio.ensure_future(server.close())
+            await asyncio.sleep(0.05)
+            release.set()
+            await closing
+            data = await asyncio.wait_for(reader.read(), 5)
+            assert status_lines(data) == ["HTTP/1.1 200 OK"] and b"Connection: close" in data
+            writer.close()
+    asyncio.run(scenario())
+
+
+def test_render_refuses_a_header_with_a_line_break():
+    with pytest.raises(ValueError):
+        render(Reply(200, b"", (("X-A", "b\r\nSet-Cookie: x"),)), keep_alive=False)
