@@ -11,8 +11,10 @@ import re
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 import pytest
+from hypothesis import event, given, settings
+from hypothesis import strategies as st
 
-from pbxhost.websms.httpd import HttpServer, Reply, render
+from pbxhost.websms.httpd import CONTINUE, HttpServer, Reply, _Connection, render
 from pbxhost.websms.inbound import Request
 
 OK = Reply(200, b"OK\n", (("Content-Type", "text/plain"),))
@@ -227,3 +229,79 @@ def test_head_has_no_body_and_close_waits_for_requests_being_answered():
 def test_render_refuses_a_header_with_a_line_break():
     with pytest.raises(ValueError):
         render(Reply(200, b"", (("X-A", "b\r\nSet-Cookie: x"),)), keep_alive=False)
+
+
+# ---------------------------------------------------------------- fuzz: bytes in any pieces
+
+class FakeTransport(asyncio.Transport):
+    def __init__(self) -> None:
+        super().__init__()
+        self.out = bytearray()
+        self.closed = False
+
+    def write(self, data) -> None:  # type: ignore[override]
+        assert not self.closed, "written after close"
+        self.out += data
+
+    def close(self) -> None:
+        self.closed = True
+
+    def is_closing(self) -> bool:
+        return self.closed
+
+    def pause_reading(self) -> None:
+        pass
+
+    def resume_reading(self) -> None:
+        pass
+
+    def get_extra_info(self, name, default=None):
+        return ("192.0.2.20", 40000) if name == "peername" else default
+
+
+PIECES = [b"POST /sms/in HTTP/1.1\r\n", b"GET / HTTP/1.0\r\n", b"Content-Length: 5\r\n",
+          b"Transfer-Encoding: chunked\r\n", b"Expect: 100-continue\r\n",
+          b"Connection: close\r\n", b"\r\n", b"hello", b"5\r\nhello\r\n0\r\n\r\n", b"\n", b"\r",
+          b"\x00", b"\xff\xfe", b" ", b":", b"X-A: b\r\n", b"Content-Length: 99999999\r\n"]
+
+
+WHOLE = st.builds(lambda body, extra: post(body, extra=extra), st.binary(max_size=30),
+                  st.sampled_from(["", "Connection: close\r\n", "Expect: 100-continue\r\n",
+                                   "X-Forwarded-For: 192.0.2.1\r\n"]))
+
+
+@settings(max_examples=400, deadline=None, database=None)
+@given(st.lists(st.one_of(WHOLE, st.sampled_from(PIECES), st.binary(max_size=40)), max_size=10),
+       st.integers(min_value=1, max_value=64))
+def test_any_bytes_in_any_pieces_get_answers_or_a_close(pieces, chunk):
+    """Whatever arrives, in whatever pieces: the server never raises, every
+    answer is a whole HTTP/1.1 response (or a 100 Continue), and the handler
+    gets only requests the parser completed."""
+    data = b"".join(pieces)
+    seen: list[Request] = []
+
+    async def record(req: Request) -> Reply:
+        assert isinstance(req.body, bytes) and req.method and req.path.startswith("/")
+        seen.append(req)
+        return OK
+
+    async def scenario() -> FakeTransport:
+        server = HttpServer(record, "127.0.0.1", 0, max_body=1000, timeout=5)
+        conn = _Connection(server)
+        transport = FakeTransport()
+        conn.connection_made(transport)
+        for start in range(0, len(data), chunk):
+            conn.data_received(data[start:start + chunk])
+            await asyncio.sleep(0)  # requests being answered run
+        for _ in range(3):
+            await asyncio.sleep(0)
+        conn.connection_lost(None)
+        return transport
+
+    transport = asyncio.run(scenario())
+    out = bytes(transport.out).replace(CONTINUE, b"")
+    answers = re.findall(rb"HTTP/1\.1 (\d{3}) ", out)
+    event(f"handled {min(len(seen), 2)}+, answers {sorted(set(answers))[:3]}")
+    assert len(answers) >= len(seen)
+    assert out == b"" or out.startswith(b"HTTP/1.1 ")
+    assert all(b"\r\n\r\n" in part for part in out.split(b"HTTP/1.1 ")[1:])
