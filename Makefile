@@ -33,7 +33,7 @@ $(STAMP): $(wildcard packaging/*-test-deps.txt) setup.cfg
 deps: $(STAMP)
 
 lint: deps
-	$(VENV)/bin/ruff check pbxhost tests bench
+	$(VENV)/bin/ruff check pbxhost tests bench demo
 
 test-unit: deps
 	timeout $(UNIT_BUDGET) $(PYTEST) -q tests/unit
@@ -43,8 +43,8 @@ test-integration: deps
 
 test: lint test-unit test-integration
 
-demo:
-	@echo "make demo: not yet — it arrives with the packaging issue (.deb in a booted container)."
+demo: $(STAMP)
+	$(VPY) demo/run.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info

@@ -17,6 +17,7 @@ from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+NAME = "bench"  # how messages start (demo/run.py uses this module too)
 for _path in (ROOT / "tests", ROOT):
     if str(_path) not in sys.path:
         sys.path.insert(0, str(_path))
@@ -26,10 +27,10 @@ for _path in (ROOT / "tests", ROOT):
 def require(commands: Iterable[str], hint: str) -> None:
     """Exit with one clear line unless we are root and COMMANDS are installed."""
     if os.geteuid() != 0:
-        sys.exit("bench: needs root (network namespaces, mounts, nftables)")
+        sys.exit(f"{NAME}: needs root (network namespaces, mounts, nftables)")
     missing = [c for c in commands if shutil.which(c) is None]
     if missing:
-        sys.exit(f"bench: missing {', '.join(missing)}; {hint}")
+        sys.exit(f"{NAME}: missing {', '.join(missing)}; {hint}")
 
 
 def stop(proc: subprocess.Popen | None, timeout: float = 10) -> int | None:
@@ -59,7 +60,7 @@ def run_main(main: Callable[[], int]) -> int:
     try:
         return main()
     except KeyboardInterrupt as exc:
-        print(f"bench: interrupted ({str(exc) or 'Ctrl-C'}); namespaces and processes cleaned up",
+        print(f"{NAME}: interrupted ({str(exc) or 'Ctrl-C'}); namespaces and processes cleaned up",
               file=sys.stderr)
         return 130
 

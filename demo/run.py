@@ -1,0 +1,214 @@
+"""`make demo`: the PBX as a user gets it, on this machine, in network
+namespaces: Asterisk 22 on the seeded configuration suite, autoban and
+websms from this source tree, two phones, a password guesser and an ITSP.
+
+    .venv/bin/python demo/run.py [--workdir DIR] [--stay]
+
+What it shows, step by step, with the daemons' own log lines:
+  1. `pbxhost seed` writes the suite with fresh passwords and AMI secrets;
+  2. Asterisk, autoband and websmsd start on it (what listens where);
+  3. john and jane register their phones with the seeded passwords;
+  4. a stranger guesses jane's password: autoban jails it; john texts jane;
+  5. the ITSP posts an SMS for jane: her phone shows it;
+  6. jane texts an outside number: the ITSP gets the POST.
+With --stay (the default when run from a terminal) everything keeps running
+until Ctrl-C, with the daemons' logs followed. Nothing outside the work
+directory and the namespaces is changed; all of it goes away at the end.
+Needs root (namespaces, nftables) and the test bed's packages (`make deps`)."""
+
+from __future__ import annotations
+
+import argparse
+import re
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "bench"))
+import benchlib  # noqa: E402  (puts tests/ (the test bed) and the repository on sys.path)
+
+from pbxhost import conf  # noqa: E402
+from pbxhost.host import seed  # noqa: E402
+from testbed import rootfs  # noqa: E402
+from testbed.asterisk import Asterisk  # noqa: E402
+from testbed.daemon import Daemon  # noqa: E402
+from testbed.itsp import FakeItsp, WebhookClient  # noqa: E402
+from testbed.netns import Network  # noqa: E402
+from testbed.sip import Baresip, sipp_register  # noqa: E402
+
+JOHN, JANE = "+12025550160", "+12025550183"   # the suite's example users' numbers
+OUTSIDE = "+15017122661"
+WEBHOOK_PORT = 8088
+# SYSLOG_LEVEL 7 (info): the demo shows AMI logins and each SMS taken, too
+ENV = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "PYTHONPATH": str(ROOT), "SYSLOG_LEVEL": "7"}
+
+
+def say(step: str) -> None:
+    print(f"\n== {step}", flush=True)
+
+
+def show(text: str, indent: str = "   ") -> None:
+    for line in text.rstrip().splitlines():
+        print(indent + line, flush=True)
+
+
+def command(module: str, *args: str) -> list[str]:
+    """A pbxhost console script, run from this tree."""
+    return [sys.executable, "-c", f"import sys; from {module} import main; sys.exit(main())",
+            *args]
+
+
+def seeded(dest: Path, hostname: str) -> tuple[dict[str, str], str]:
+    run = subprocess.run(command("pbxhost.host.cli", "seed", "--dest", str(dest)),
+                         capture_output=True, text=True, check=True,
+                         env={**ENV, "HOSTNAME": hostname})
+    return {p.name: p.read_text() for p in sorted(dest.glob("*.conf"))}, run.stdout
+
+
+def admin_changes(texts: dict[str, str], work: Path, itsp: FakeItsp, itsp_addr: str) -> None:
+    """What the admin sets after seeding: the ITSP's API and where state goes."""
+    websms = texts["websms.conf"]
+    for key, value in (("url_host", itsp.url), ("url_path", "/api/sms"),
+                       ("auth_user", "demo-account"), ("auth_secret", "demo-api-key")):
+        websms = seed.set_option(websms, "websms", key, value)
+    websms = seed.set_option(websms, "websmsd", "url_path", "/sms/in")
+    websms = seed.set_option(websms, "websmsd", "remt_addr", itsp_addr)
+    texts["websms.conf"] = seed.set_option(websms, "astqueue", "spooldir", str(work / "spool"))
+    texts["autoban.conf"] = seed.set_option(texts["autoban.conf"], "autoban", "statefile",
+                                            str(work / "autoban-state.json"))
+    # the suite logs to syslog; the demo shows Asterisk's notices from a file too
+    texts["logger.conf"] += "\n[logfiles](+)\nmessages.log => notice,warning,error\n"
+
+
+def listening(host) -> str:
+    """Sockets listening in the PBX's namespace, and whose they are."""
+    out = set()
+    for line in host.run("ss", "-Htlnup").stdout.splitlines():
+        fields = line.split()
+        owner = re.search(r'users:\(\("([^"]+)"', line)
+        out.add(f"{fields[0]:<4} {fields[4]:<22} {owner.group(1) if owner else ''}")
+    return "\n".join(sorted(out))
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--workdir", type=Path, help="keep configs and logs here")
+    ap.add_argument("--stay", action=argparse.BooleanOptionalAction, default=sys.stdin.isatty(),
+                    help="keep the PBX running until Ctrl-C (default: when on a terminal)")
+    args = ap.parse_args()
+    benchlib.NAME = "demo"
+    benchlib.require(["sipp", "baresip", "nft", "debootstrap"], "`make deps` installs them")
+    benchlib.sigterm_raises()
+    work = args.workdir or Path(tempfile.mkdtemp(prefix="pbxhost-demo-"))
+    work.mkdir(parents=True, exist_ok=True)
+    say("the Asterisk 22 tree (built once, about a minute; cached after)")
+    tree = rootfs.ensure_rootfs()
+    show(", ".join(f"{k} {v}" for k, v in rootfs.versions(tree).items()))
+    daemons: list[Daemon] = []
+    phones: list[Baresip] = []
+    with Network() as net:
+        pbx_host, john_host, jane_host = (net.host("pbx", 10), net.host("john", 30),
+                                          net.host("jane", 31))
+        itsp_host, stranger = net.host("itsp", 50), net.host("stranger", 66)
+        itsp = FakeItsp(itsp_host, work)
+        pbx = None
+        try:
+            say(f"1. pbxhost seed: the configuration suite for {pbx_host.v4}")
+            texts, report = seeded(work / "seeded", pbx_host.v4)
+            show(report)
+            users = conf.load(work / "seeded" / "pjsip_wizard.conf")
+            password = {u: users.section(u).get("inbound_auth/password")
+                        for u in ("john.doe", "jane.doe")}
+            admin_changes(texts, work, itsp, itsp_host.v4)
+            etc = work / "asterisk" / "etc" / "asterisk"
+
+            say("2. Asterisk 22, autoband and websmsd start")
+            pbx = Asterisk(tree, pbx_host, work / "asterisk", texts)
+            pbx.start()
+            show(pbx.ami.command("core show version").splitlines()[0])
+            autoband = Daemon(pbx_host, "pbxhost.autoban.daemon", etc / "autoban.conf", work,
+                              "autoband")
+            websmsd = Daemon(pbx_host, "pbxhost.websms.daemon", etc / "websms.conf", work,
+                             "websmsd")
+            autoband.start(ENV)
+            websmsd.start({**ENV, "WEBSMSD_PORT": str(WEBHOOK_PORT)})
+            daemons += [autoband, websmsd]
+            for daemon in daemons:
+                show(daemon.wait_log("started", timeout=45).split(" ", 2)[-1])
+                daemon.wait_log("AMI connected", timeout=45)
+            show(listening(pbx_host))
+
+            say("3. john and jane register their phones (baresip) with the seeded passwords")
+            for user, host, texts_to in (("john.doe", john_host, JANE),
+                                         ("jane.doe", jane_host, OUTSIDE)):
+                phone = Baresip(host, work, user, password[user], pbx_host.v4, trace=True,
+                                contacts=(f"sip:{texts_to}@{pbx_host.v4}",))
+                phones.append(phone)
+                phone.wait_registered()
+            show(pbx.ami.command("pjsip show contacts"))
+
+            say(f"4. a stranger ({stranger.v4}) guesses jane's password")
+            guesses = sipp_register(stranger, pbx_host.v4, "jane.doe", "123456", work,
+                                    calls=20, rate=20, timeout=8)
+            show("sipp: " + ("every attempt answered" if guesses.returncode == 0
+                             else "no answer any more: its packets are dropped"))
+            show(autoband.wait_log(f"jailed {stranger.v4}", timeout=10).split(" ", 2)[-1])
+            show(pbx_host.run(*command("pbxhost.autoban.cli", "-c", str(etc / "autoban.conf"),
+                                       "show"), env=ENV).stdout)
+            phones[0].send_message("Lunch at 12?")
+            [got] = phones[1].wait_messages(1)
+            show(f"meanwhile john texts jane: her phone got {got.body.decode()!r} "
+                 f"from {got.sender}")
+
+            say(f"5. the ITSP ({itsp_host.v4}) posts an SMS for jane ({JANE})")
+            hook = WebhookClient(itsp_host, pbx_host.v4, WEBHOOK_PORT)
+            text = "Your parcel arrives today 📦, between 10:00 and 12:00."
+            reply = hook.post_form({"To": JANE, "From": OUTSIDE, "Body": text,
+                                    "MessageSid": "SM-demo-1"}, path="/sms/in")
+            show(f"webhook answered {reply.status} (after the SMS was on disk)")
+            got = phones[1].wait_messages(2)[1]
+            show(f"jane's phone got a MESSAGE from {got.sender}: {got.body.decode()!r}")
+            show(websmsd.wait_log("delivered").split(" ", 2)[-1])
+
+            say(f"6. jane texts {OUTSIDE} (outside): websms posts it to the ITSP's API")
+            phones[1].send_message("Thanks! I'll be home.")
+            [request] = itsp.wait_requests(1)
+            show(f"the ITSP got {request.method} {request.path} "
+                 f"(Authorization: {request.headers.get('Authorization', '-')[:10]}…): "
+                 f"{request.form()}")
+            show(websmsd.wait_log("sent via").split(" ", 2)[-1])
+
+            print(f"\nconfigs and logs: {work}", flush=True)
+            if args.stay:
+                follow(daemons)
+            return 0
+        finally:
+            for phone in phones:
+                phone.stop()
+            for daemon in daemons:
+                daemon.kill()
+            itsp.close()
+            if pbx is not None:
+                pbx.stop()
+
+
+def follow(daemons: list[Daemon]) -> None:
+    """The daemons' new log lines until Ctrl-C."""
+    print("The PBX keeps running. New log lines follow; Ctrl-C stops everything.", flush=True)
+    seen = {d.name: len(d.text()) for d in daemons}
+    try:
+        while True:
+            for daemon in daemons:
+                text = daemon.text()
+                show(text[seen[daemon.name]:], indent=f"   {daemon.name}: ")
+                seen[daemon.name] = len(text)
+            time.sleep(0.5)  # a display refresh, not synchronisation
+    except KeyboardInterrupt:
+        print("\nstopping", flush=True)
+
+
+if __name__ == "__main__":
+    sys.exit(benchlib.run_main(main))
