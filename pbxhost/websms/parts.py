@@ -81,8 +81,9 @@ def set_name(iface: str, to: str, sender: str, ref: str, total: int) -> str:
 
 
 class Parts:
-    """The parked parts of one spool. Thread-safe: webhook threads add parts,
-    the event loop sweeps; one lock keeps a set from being joined twice."""
+    """The parked parts of one spool. Thread-safe: parts are added in worker
+    threads (their files are written there), the event loop sweeps; one lock
+    keeps a set from being joined twice."""
 
     def __init__(self, spool: Spool, timeout: float = 3600.0, expire: float = 3 * 86400.0
                  ) -> None:

@@ -76,8 +76,8 @@ class Verified:
 
 class ReplayGuard:
     """Signed requests already taken, each until its expiry; at most CAPACITY
-    (the oldest are forgotten first). Thread-safe: waitress calls it from
-    several threads."""
+    (the oldest are forgotten first). Thread-safe, though websmsd calls it
+    from its event loop only."""
 
     def __init__(self, capacity: int = 100_000) -> None:
         self.capacity = capacity
