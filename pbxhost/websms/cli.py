@@ -15,6 +15,7 @@ from pbxhost import cli, conf, service
 from pbxhost.websms import agi, config, inbound, send
 from pbxhost.websms.model import OUTBOUND, Sms
 from pbxhost.websms.outbox import Outbox, outgoing
+from pbxhost.websms.parts import Parts, Piece
 from pbxhost.websms.send import Outcome
 from pbxhost.websms.spool import Spool, SpoolError
 
@@ -109,6 +110,23 @@ def _line(sms: Sms, where: str, now: float) -> str:
             f"({arrow})  {_state(sms, where, now)}  \"{_preview(sms.body)}\"")
 
 
+def _part_line(name: str, pieces: list[Piece], now: float) -> str:
+    first = pieces[0]
+    have = ", ".join(str(p.number) for p in pieces)
+    text = "".join(p.body for p in pieces)
+    return (f"parts  {name}  {_ago(now - min(p.received for p in pieces)):>4} ago  "
+            f"{first.sender} → {first.to} (phone)  parts {have} of {first.total}, waiting for "
+            f"the rest  \"{_preview(text)}\"")
+
+
+def _part_doc(name: str, pieces: list[Piece]) -> dict[str, object]:
+    first = pieces[0]
+    return {"queue": "parts", "set": name, "to": first.to, "sender": first.sender,
+            "iface": first.iface, "total": first.total, "parts": [p.number for p in pieces],
+            "received": min(p.received for p in pieces),
+            "body": "".join(p.body for p in pieces)}
+
+
 def cmd_queue(args: argparse.Namespace) -> int:
     cfg = _load(_config_path(args.config))
     spool = Spool(cfg.queue.spooldir)
@@ -127,16 +145,21 @@ def cmd_queue(args: argparse.Namespace) -> int:
     rows = [("in", s) for s in sorted(inbound.values(), key=lambda s: (s.created, s.id))]
     rows += [("out", s) for s in spool.pending("out")]
     rows += [("failed", s) for s in failed]
+    sets = Parts(spool).incomplete()  # multi-part SMS still waiting for parts
     if args.json:
-        print(json.dumps([{"queue": where, **json.loads(s.to_json())} for where, s in rows],
+        docs = [{"queue": where, **json.loads(s.to_json())} for where, s in rows]
+        print(json.dumps(docs + [_part_doc(name, pieces) for name, pieces in sets],
                          ensure_ascii=False, indent=1))
         return 0
     now = time.time()
     for where, sms in rows:
         print(_line(sms, where, now))
+    for name, pieces in sets:
+        print(_part_line(name, pieces, now))
     counts = {w: sum(1 for x, _ in rows if x == w) for w in ("in", "out", "failed")}
-    print(f"{counts['in']} for phones, {counts['out']} for the ITSP, {counts['failed']} failed "
-          f"({spool.root}, {datetime.now():%Y-%m-%d %H:%M})")
+    partial = f", {len(sets)} multi-part incomplete" if sets else ""
+    print(f"{counts['in']} for phones, {counts['out']} for the ITSP, {counts['failed']} failed"
+          f"{partial} ({spool.root}, {datetime.now():%Y-%m-%d %H:%M})")
     return 0
 
 

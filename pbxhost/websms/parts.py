@@ -199,6 +199,23 @@ class Parts:
                 queued += self._settle(folder, now)
         return queued
 
+    def incomplete(self) -> list[tuple[str, list[Piece]]]:
+        """The sets waiting for parts, each with its parts so far, oldest first.
+        Read-only (for `websms queue`): an unreadable part is skipped here."""
+        try:
+            folders = sorted(p for p in self.root.iterdir() if p.is_dir())
+        except FileNotFoundError:
+            return []
+        sets = []
+        for folder in folders:
+            pieces = []
+            for path in folder.glob("*.json"):
+                with contextlib.suppress(OSError, ValueError, TypeError):
+                    pieces.append(Piece.from_json(path.read_bytes()))
+            if pieces:
+                sets.append((folder.name, sorted(pieces, key=lambda p: p.number)))
+        return sorted(sets, key=lambda s: min(p.received for p in s[1]))
+
     def waiting(self) -> int:
         """Sets waiting for parts."""
         try:

@@ -8,8 +8,9 @@ import json
 
 import pytest
 
-from pbxhost.websms import cli
+from pbxhost.websms import cli, providers
 from pbxhost.websms.model import INBOUND, OUTBOUND, Sms, new_id
+from pbxhost.websms.parts import Parts
 from pbxhost.websms.spool import Spool
 
 
@@ -57,6 +58,24 @@ def test_queue_lists_what_the_daemon_holds_in_its_journal(conf, tmp_path, capsys
     assert run(["queue", "--json", "-c", str(conf)]) == 0
     doc = json.loads(capsys.readouterr().out)
     assert [(d["queue"], d["body"]) for d in doc] == [("in", "a"), ("in", "b")]
+
+
+def test_queue_lists_multi_part_sms_waiting_for_parts(conf, tmp_path, capsys):
+    spool = Spool(tmp_path / "spool")
+    spool.prepare()
+    parts = Parts(spool)
+    for number, text in ((3, "world"), (1, "Hello ")):
+        part = providers.Part("08B5", 3, number)
+        new, whole = parts.add("", providers.Inbound("jane", "+1555", text, f"0A0{number}",
+                                                     part), 1000.0 + number)
+        assert new and whole == []
+    assert run(["-c", str(conf), "queue"]) == 0
+    out = capsys.readouterr().out
+    assert "parts 1, 3 of 3, waiting for the rest" in out and '"Hello world"' in out
+    assert "0 for phones, 0 for the ITSP, 0 failed, 1 multi-part incomplete" in out
+    assert run(["queue", "--json", "-c", str(conf)]) == 0
+    [doc] = json.loads(capsys.readouterr().out)
+    assert (doc["queue"], doc["parts"], doc["total"], doc["to"]) == ("parts", [1, 3], 3, "jane")
 
 
 def test_flush_request(conf, tmp_path, capsys):
