@@ -191,8 +191,8 @@ class _Connection(asyncio.Protocol):
 
     async def _serve(self, parsed: HTTPRequestParser) -> None:
         keep_alive = not parsed.connection_close
+        refused = _refusal(parsed)
         try:
-            refused = _refusal(parsed)
             if refused is not None:
                 keep_alive = False
                 reply = Reply(refused[0], f"{refused[1]}\n".encode())
