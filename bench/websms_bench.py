@@ -182,6 +182,7 @@ def main() -> int:
             poll(lambda: phone.count >= args.requests, 120, f"{args.requests} at the phone")
             per_sms = {name: ((benchlib.cpu_seconds(pid) or 0.0) - before[name])
                        * 1000 / args.requests for name, pid in cpu.items()}
+            peak_rss = (benchlib.vm_kib(procs[1].pid, "VmHWM") or 0) / 1024
             delivered = phone.count
             client = WebhookClient(itsp_host, pbx_host.v4, PORT)
             start = time.monotonic()
@@ -210,6 +211,7 @@ def main() -> int:
          ["delivered to the phone (of ab's)", f"{delivered} of {args.requests}", "all"],
          *[[f"  CPU ms per SMS (accept + deliver): {name}", f"{ms:.2f}", ""]
            for name, ms in per_sms.items()],
+         ["  websmsd peak RSS MB (VmHWM)", f"{peak_rss:.1f}", ""],
          ["accept -> phone p50 ms (8 keep-alive clients)", f"{pct(lat, 50):.1f}", ""],
          ["accept -> phone p99 ms", f"{pct(lat, 99):.1f}", "< 100"],
          ["  (that load's rate, /s)", f"{rate:.0f}", ""],
