@@ -6,14 +6,15 @@ request.
 Why not waitress's own server: it hands every request from its socket
 thread to a worker thread and back, and websmsd's worker then waits for the
 journal's commit. With the GIL, those hand-offs cost more CPU than the
-webhook itself: 0.75 ms per request against 0.25 ms here, where the loop
-parses every request that arrived, the journal commits them together, and
-the answers go out (bench/README.md).
+webhook itself: 0.75 ms of CPU per request, against 0.36-0.43 ms here, where
+the loop parses every request that has arrived, the journal commits them
+together, and the answers go out (docs/websms.md, "Benchmark").
 
 Per connection: one request at a time (pipelined ones wait, reading is
 paused meanwhile); a request must be complete within TIMEOUT of the
 connection or of the previous answer (a slow sender is cut off); at most
-MAX_CONNECTIONS at once (503 beyond); `Expect: 100-continue` is answered; a
+MAX_CONNECTIONS at once (503 beyond), and a peer that ADMIT refuses gets
+403 before anything is read; `Expect: 100-continue` is answered; a
 request the parser refuses gets its status (400, 413, 431, 501) and the
 connection is closed."""
 
@@ -35,6 +36,7 @@ from pbxhost.websms.inbound import Request
 
 log = logging.getLogger("pbxhost.websms.httpd")
 TIMEOUT = 30.0
+LINGER = 2.0          # a refused connection is closed after this at the latest
 MAX_CONNECTIONS = 100
 MAX_HEADER = 16384
 SERVER = "websmsd"
@@ -128,6 +130,7 @@ class _Connection(asyncio.Protocol):
         self.parser = HTTPRequestParser(server.adj)
         self.buffer = bytearray()
         self.busy = False         # a request is being answered
+        self.refused = False      # answered at once (403, 503), closing
         self.continued = False    # 100 Continue sent for the request being read
         self.timer: asyncio.TimerHandle | None = None
 
@@ -136,15 +139,31 @@ class _Connection(asyncio.Protocol):
         assert isinstance(transport, asyncio.Transport)
         self.transport, self.peer = transport, _peer(transport)
         self.server.connections.add(self)
-        if len(self.server.connections) > self.server.max_connections:
-            log.warning("HTTP client %s refused: %d connections open", self.peer,
+        if self.server.admit is not None and not self.server.admit(self.peer):
+            log.warning("HTTP connection from %s refused: not an allowed source", self.peer)
+            self._refuse(Reply(403, b"source not allowed\n"))
+        elif len(self.server.connections) > self.server.max_connections:
+            log.warning("HTTP connection from %s refused: %d connections open", self.peer,
                         len(self.server.connections) - 1)
-            self._finish(Reply(503, b"too many connections\n", (("Retry-After", "10"),)),
-                         keep_alive=False)
-            return
-        self._arm()
+            self._refuse(Reply(503, b"too many connections\n", (("Retry-After", "10"),)))
+        else:
+            self._arm()
+
+    def _refuse(self, reply: Reply) -> None:
+        """Answer at once, before any request is read, and close once the client
+        has had it: what it sends meanwhile is dropped, and the close waits for its
+        EOF (or LINGER), so that it does not reset the connection under the answer."""
+        assert self.transport is not None
+        self.refused = True
+        self.server.connections.discard(self)  # not counted while it lingers
+        self.transport.write(render(reply, keep_alive=False))
+        if self.transport.can_write_eof():
+            self.transport.write_eof()
+        self.timer = asyncio.get_running_loop().call_later(LINGER, self.transport.close)
 
     def data_received(self, data: bytes) -> None:
+        if self.refused:
+            return
         self.buffer += data
         self._parse()
 
@@ -223,8 +242,10 @@ class _Connection(asyncio.Protocol):
 
 class HttpServer:
     def __init__(self, handler: Handler, host: str | None, port: int, max_body: int,
-                 timeout: float = TIMEOUT, max_connections: int = MAX_CONNECTIONS) -> None:
-        self.handler, self.host, self.port = handler, host, port
+                 timeout: float = TIMEOUT, max_connections: int = MAX_CONNECTIONS,
+                 admit: Callable[[str], bool] | None = None) -> None:
+        """ADMIT: whether a peer address may send requests at all (None: any)."""
+        self.handler, self.host, self.port, self.admit = handler, host, port, admit
         self.timeout, self.max_connections = timeout, max_connections
         # bodies stay in memory (never a temp file): the overflow limit is above any body
         self.adj = Adjustments(max_request_body_size=max_body + 1,

@@ -133,6 +133,20 @@ def client_address(req: Request, webhook: Webhook) -> IPAddress:
     return hops[0] if hops else peer
 
 
+def admits_peer(peer: str, webhook: Webhook, interfaces: tuple[Incoming, ...]) -> bool:
+    """Worth reading a request from PEER (the TCP peer) at all: an interface takes
+    any source, PEER is in an interface's remt_addr, or it is a trusted proxy.
+    Decided when the connection opens, so strangers cannot hold connections."""
+    if any(not iface.remt_addr for iface in interfaces):
+        return True
+    try:
+        addr = _address(peer)
+    except ValueError:
+        return False
+    return _within(addr, webhook.prox_addr) or any(_within(addr, iface.remt_addr)
+                                                   for iface in interfaces)
+
+
 def choose_interface(path: str, client: IPAddress,
                      interfaces: tuple[Incoming, ...]) -> Incoming:
     path_matches = [i for i in interfaces if not i.url_path or path in i.url_path]

@@ -90,7 +90,9 @@ def server(cfg: WebsmsConfig, accept: Accept) -> httpd.HttpServer:
 
     async def handler(req: inbound.Request) -> Reply:
         return await handle(cfg, accept, req)
-    return httpd.HttpServer(handler, host, hook.port, max_body=hook.req_maxsize)
+    def admit(peer: str) -> bool:
+        return inbound.admits_peer(peer, hook, cfg.incoming)
+    return httpd.HttpServer(handler, host, hook.port, max_body=hook.req_maxsize, admit=admit)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -12,6 +12,7 @@ import itertools
 import json
 import re
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -490,6 +491,26 @@ def test_hostile_requests_are_refused_and_change_nothing(bed):
             assert reply["Response"] == "Error", (action, reply)
     finally:
         websms.close()
+
+
+def test_a_stranger_cannot_hold_the_webhooks_connections(bed):
+    bed.write_conf()
+    bed.start_daemon()
+    held: list[socket.socket] = []
+    try:
+        for _ in range(150):  # more than the server's 100, each with a request that stalls
+            sock = bed.attacker.socket(socket.AF_INET, socket.SOCK_STREAM)
+            sock.settimeout(5)
+            sock.connect((bed.pbx_host.v4, WEBHOOK_PORT))
+            sock.sendall(b"POST /sms/in HTTP/1.1\r\nContent-Length: 100\r\n\r\nTo=")
+            held.append(sock)
+        # each is answered at once, before the server waits for the rest of it
+        assert all(s.recv(200).startswith(b"HTTP/1.1 403 Forbidden") for s in held)
+        # while they are all still open, the ITSP gets through
+        assert bed.hook.post_form(incoming(body="still open"), path="/sms/in").status == 200
+    finally:
+        for sock in held:
+            sock.close()
 
 
 def test_proxy_header_believed_only_from_the_proxy(bed):

@@ -162,6 +162,23 @@ def test_connections_over_the_limit_get_503():
     asyncio.run(scenario())
 
 
+def test_a_source_not_admitted_gets_403_before_anything_is_read():
+    async def scenario() -> None:
+        async with served(admit=lambda peer: peer != "127.0.0.1") as (server, seen):
+            start = asyncio.get_running_loop().time()
+            data = await exchange(server, post(b"x" * 500))
+            assert status_lines(data) == ["HTTP/1.1 403 Forbidden"]
+            assert data.endswith(b"source not allowed\n") and seen == []
+            while server.connections and asyncio.get_running_loop().time() - start < 5:
+                await asyncio.sleep(0.01)
+            # closed at the client's EOF, not at the LINGER deadline
+            assert not server.connections and asyncio.get_running_loop().time() - start < 1
+        async with served(admit=lambda peer: peer == "127.0.0.1") as (server, seen):
+            data = await exchange(server, post(b"x", extra="Connection: close\r\n"))
+            assert status_lines(data) == ["HTTP/1.1 200 OK"] and len(seen) == 1
+    asyncio.run(scenario())
+
+
 def test_a_failing_handler_is_a_500_and_the_server_goes_on():
     calls = []
 

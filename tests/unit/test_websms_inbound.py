@@ -24,6 +24,7 @@ from pbxhost.websms.inbound import (
     Message,
     Refused,
     Request,
+    admits_peer,
     parse,
     valid_party,
 )
@@ -198,6 +199,18 @@ def test_interface_by_path_then_address():
     assert isinstance(msg, Message) and (msg.iface.name, msg.body) == ("a", "via a")
     msg = post(form, path="/in", peer="198.51.100.5", ifaces=(a, b))
     assert isinstance(msg, Message) and (msg.iface.name, msg.body) == ("b", "Hi ✓")
+
+
+def test_which_peers_may_connect_at_all():
+    a = Incoming(name="a", remt_addr=(NET("192.0.2.0/24"),))
+    b = Incoming(name="b", remt_addr=(NET("2001:db8::/32"),))
+    proxied = Webhook(port=80, prox_addr=(NET("10.0.0.0/8"),))
+    for peer, admitted in (("192.0.2.7", True), ("2001:db8::7", True), ("::ffff:192.0.2.7", True),
+                           ("198.51.100.1", False), ("10.1.2.3", True), ("", False),
+                           ("bogus", False)):
+        assert admits_peer(peer, proxied, (a, b)) is admitted, peer
+    assert not admits_peer("10.1.2.3", HOOK, (a, b))               # no proxy trusted
+    assert admits_peer("198.51.100.1", HOOK, (a, Incoming(name="any")))  # one takes anyone
 
 
 # ---------------------------------------------------------------- fuzz
