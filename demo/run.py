@@ -13,7 +13,8 @@ What it shows, step by step, with the daemons' own log lines:
   6. jane texts an outside number: the ITSP gets the POST.
 With --stay (the default when run from a terminal) everything keeps running
 until Ctrl-C, with the daemons' logs followed. Nothing outside the work
-directory and the namespaces is changed; all of it goes away at the end.
+directory and the namespaces is changed; the namespaces and processes go
+away at the end, the work directory (configs, logs) stays.
 Needs root (namespaces, nftables) and the test bed's packages (`make deps`)."""
 
 from __future__ import annotations
@@ -123,11 +124,11 @@ def main() -> int:
             password = {u: users.section(u).get("inbound_auth/password")
                         for u in ("john.doe", "jane.doe")}
             admin_changes(texts, work, itsp, itsp_host.v4)
-            etc = work / "asterisk" / "etc" / "asterisk"
 
             say("2. Asterisk 22, autoband and websmsd start")
             pbx = Asterisk(tree, pbx_host, work / "asterisk", texts)
             pbx.start()
+            etc = pbx.etc  # the suite as Asterisk reads it (/srv/etc/asterisk in its chroot)
             show(pbx.ami.command("core show version").splitlines()[0])
             autoband = Daemon(pbx_host, "pbxhost.autoban.daemon", etc / "autoban.conf", work,
                               "autoband")
