@@ -14,7 +14,15 @@ INTEGRATION_BUDGET := 1200
 
 PYTEST := $(VPY) -m pytest -p no:cacheprovider -ra
 
-.PHONY: all deps lint test test-unit test-integration demo clean
+# `make install-data DESTDIR=D PREFIX=/usr`: everything that is not the Python
+# package (pybuild, gpep517 + installer or pip install that), in one layout for
+# the system tests, the .deb and the .apk.
+PREFIX ?= /usr/local
+DESTDIR ?=
+UNITDIR ?= $(PREFIX)/lib/systemd/system
+DATADIR := $(DESTDIR)$(PREFIX)/share
+
+.PHONY: all deps lint test test-unit test-integration test-system demo clean install-data
 
 all: test
 
@@ -33,7 +41,7 @@ $(STAMP): $(wildcard packaging/*-test-deps.txt) setup.cfg
 deps: $(STAMP)
 
 lint: deps
-	$(VENV)/bin/ruff check pbxhost tests bench demo
+	$(VENV)/bin/ruff check pbxhost tests bench demo packaging
 
 test-unit: deps
 	timeout $(UNIT_BUDGET) $(PYTEST) -q tests/unit
@@ -42,6 +50,20 @@ test-integration: deps
 	timeout $(INTEGRATION_BUDGET) $(PYTEST) -v --timeout=300 tests/integration
 
 test: lint test-unit test-integration
+
+install-data:
+	install -d $(DESTDIR)$(UNITDIR)/asterisk.service.d $(DATADIR)/pbxhost/asterisk \
+		$(DATADIR)/doc/pbxhost/providers $(DATADIR)/man/man1 $(DATADIR)/asterisk/agi-bin \
+		$(DESTDIR)$(PREFIX)/lib/sysusers.d $(DESTDIR)$(PREFIX)/lib/tmpfiles.d
+	install -m 0644 units/*.service units/*.timer units/*.target $(DESTDIR)$(UNITDIR)/
+	install -m 0644 units/asterisk.service.d/*.conf $(DESTDIR)$(UNITDIR)/asterisk.service.d/
+	install -m 0644 etc/asterisk/*.conf $(DATADIR)/pbxhost/asterisk/
+	install -m 0644 README.md docs/*.md $(DATADIR)/doc/pbxhost/
+	install -m 0644 docs/providers/*.md $(DATADIR)/doc/pbxhost/providers/
+	install -m 0755 packaging/agi-bin/websms $(DATADIR)/asterisk/agi-bin/websms
+	install -m 0644 packaging/sysusers.d/*.conf $(DESTDIR)$(PREFIX)/lib/sysusers.d/
+	install -m 0644 packaging/tmpfiles.d/*.conf $(DESTDIR)$(PREFIX)/lib/tmpfiles.d/
+	$(PY) packaging/manpages.py $(DATADIR)/man/man1
 
 demo: $(STAMP)
 	$(VPY) demo/run.py

@@ -11,11 +11,12 @@ import os
 import signal
 import sys
 from collections.abc import Coroutine, Mapping
-from typing import Any
+from typing import Any, NoReturn
+
+from pbxhost import settings
 
 NOTICE = 25  # syslog's "notice": between INFO and WARNING; what an admin wants to see
 logging.addLevelName(NOTICE, "NOTICE")
-DEFAULT_SYSLOG_LEVEL = 6  # notice and worse: bans and connections show in journalctl
 
 # SYSLOG_LEVEL as in the seed: 0 nothing, 1 emerg, 2 alert, 3 crit, 4 err,
 # 5 warning, 6 notice, 7 info, 8 debug (each "or worse").
@@ -25,10 +26,8 @@ _LEVELS = {0: logging.CRITICAL + 10, 1: logging.CRITICAL, 2: logging.CRITICAL,
 
 
 def log_level(env: Mapping[str, str] = os.environ) -> int:
-    raw = env.get("SYSLOG_LEVEL", "").strip()
-    if raw.isdigit() and int(raw) in _LEVELS:
-        return _LEVELS[int(raw)]
-    return _LEVELS[DEFAULT_SYSLOG_LEVEL]
+    """The logging level SYSLOG_LEVEL selects; settings.SettingError when invalid."""
+    return _LEVELS[settings.syslog_level(env)]
 
 
 class _SyslogPrefixFormatter(logging.Formatter):
@@ -43,7 +42,8 @@ class _SyslogPrefixFormatter(logging.Formatter):
 
 
 def setup_logging(name: str, env: Mapping[str, str] = os.environ) -> logging.Logger:
-    """Log to the journal natively when run by systemd, else to stderr."""
+    """Log to the journal natively when run by systemd, else to stderr.
+    An invalid SYSLOG_LEVEL is logged (one line naming it) and exits EX_CONFIG."""
     handler: logging.Handler
     journal = None
     if env.get("JOURNAL_STREAM"):
@@ -60,8 +60,19 @@ def setup_logging(name: str, env: Mapping[str, str] = os.environ) -> logging.Log
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     root = logging.getLogger()
     root.handlers[:] = [handler]
-    root.setLevel(log_level(env))
+    try:
+        root.setLevel(log_level(env))
+    except settings.SettingError as exc:
+        root.setLevel(logging.ERROR)
+        config_error(logging.getLogger(name), exc)
     return logging.getLogger(name)
+
+
+def config_error(log: logging.Logger, exc: Exception) -> NoReturn:
+    """The one way a service stops on a broken setting or config file: one
+    line naming it, exit 78 (the units' RestartPreventExitStatus)."""
+    log.error("not started: %s", exc, extra={"CONFIG_ERROR": getattr(exc, "name", "")})
+    raise SystemExit(settings.EX_CONFIG)
 
 
 class Notifier:

@@ -18,7 +18,13 @@ from pbxhost.autoban.policy import Settings
 log = logging.getLogger("pbxhost.autoban")
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 LOOPBACK = (ipaddress.ip_network("127.0.0.0/8"), ipaddress.ip_network("::1/128"))
-DEFAULT_STATEFILE = Path("/srv/var/lib/autoban/state.json")
+# The state file: on the /srv volume when pbxhost laid it out (its tmpfiles.d
+# makes the dir), else in the unit's StateDirectory (autoban alone on a host).
+SRV_STATEDIR, VAR_STATEDIR = Path("/srv/var/lib/autoban"), Path("/var/lib/autoban")
+
+
+def default_statefile() -> Path:
+    return (SRV_STATEDIR if SRV_STATEDIR.is_dir() else VAR_STATEDIR) / "state.json"
 
 
 @dataclass(frozen=True)
@@ -30,7 +36,7 @@ class AutobanConfig:
     trusttime: int = 0                     # 0: no trust after a successful login
     whitelist: tuple[str, ...] = ()        # as written: addresses, prefixes, ranges
     blacklist: tuple[str, ...] = ()
-    statefile: Path = DEFAULT_STATEFILE
+    statefile: Path = field(default_factory=default_statefile)
     table: str = "autoban"
 
 
@@ -68,7 +74,7 @@ def load(path: Path) -> AutobanConfig:
         trusttime=ab.get_duration("trusttime", 0) or 0,
         whitelist=_entries(ab.getall("whitelist")),
         blacklist=_entries(ab.getall("blacklist")),
-        statefile=Path(ab.get_str("statefile", str(DEFAULT_STATEFILE)) or DEFAULT_STATEFILE),
+        statefile=Path(ab.get_str("statefile", "") or default_statefile()),
         table=ab.get_str("table", "autoban") or "autoban",
     )
 

@@ -23,7 +23,6 @@ from pbxhost.autoban.events import ATTACK_EVENTS, Address, parse_remote_address
 from pbxhost.autoban.firewall import Delete, Element, Firewall, FirewallError, Put
 
 log = logging.getLogger("pbxhost.autoban")
-EX_CONFIG = 78  # sysexits: configuration error (the unit does not restart-loop on it)
 GUARD_INTERVAL = 1.0
 SAVE_DELAY = 0.5
 RESTORE_BATCH = 250
@@ -240,8 +239,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         cfg = config.load(path)
     except conf.ConfigError as exc:
-        log.error("autoban not started: %s", exc)
-        return EX_CONFIG
+        service.config_error(log, exc)
     notifier = service.Notifier()
     if not cfg.enabled:
         why = "disabled: enabled = no" if path.exists() else f"disabled: no {path}"

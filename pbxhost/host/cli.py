@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from pbxhost import cli
+from pbxhost import cli, settings
 from pbxhost.host import seed
 
 
@@ -30,8 +30,10 @@ def main(argv: list[str] | None = None) -> int:
 def run_seed(dest: Path) -> int:
     try:
         result = seed.seed(dest, env=os.environ)
+    except settings.SettingError as exc:
+        cli.fail("pbxhost seed", str(exc), settings.EX_CONFIG)
     except (seed.SeedError, OSError) as exc:
         cli.fail("pbxhost seed", str(exc))
-    # The one report of the generated secrets: the journal keeps it.
+    # The journal keeps the report; the passwords are only in the secrets file.
     print(result.report(), flush=True)
     return 0

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from pbxhost import conf
+from pbxhost import conf, settings
 from pbxhost.ami import AmiSettings
 from pbxhost.conf import ConfigError, Network, Section
 from pbxhost.websms import providers, signatures
@@ -303,16 +303,8 @@ def _incoming(section: Section | None, idx: str | None) -> Incoming:
     )
 
 
-def websmsd_port(env: Mapping[str, str]) -> int | None:
-    """WEBSMSD_PORT; unset or not a port number disables the webhook server."""
-    raw = env.get("WEBSMSD_PORT", "").strip()
-    if raw.isascii() and raw.isdigit() and 0 < int(raw) < 65536:
-        return int(raw)
-    return None
-
-
 def _webhook(section: Section | None, env: Mapping[str, str]) -> Webhook:
-    port = websmsd_port(env)
+    port = settings.websmsd_port(env)
     if section is None:
         return Webhook(port=port)
     for key in ("prox_addr", "prox_header"):
@@ -410,7 +402,7 @@ def load(path: Path, env: Mapping[str, str] = os.environ) -> WebsmsConfig:
     if not path.exists():
         migrated = migrate_sms_conf(path)
         if migrated is None:
-            return WebsmsConfig(path=path, webhook=Webhook(port=websmsd_port(env)))
+            return WebsmsConfig(path=path, webhook=Webhook(port=settings.websmsd_port(env)))
         return parse(migrated, path, env)
     return parse(conf.load(path), path, env)
 

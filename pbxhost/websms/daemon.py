@@ -21,7 +21,7 @@ import logging
 import time
 from pathlib import Path
 
-from pbxhost import cli, conf, service
+from pbxhost import cli, conf, service, settings
 from pbxhost.ami import AmiClient
 from pbxhost.websms import agi, config, httpd, providers, webhook
 from pbxhost.websms.config import WebsmsConfig
@@ -34,7 +34,6 @@ from pbxhost.websms.parts import Parts
 from pbxhost.websms.spool import Spool, SpoolError
 
 log = logging.getLogger("pbxhost.websms")
-EX_CONFIG = 78          # sysexits: configuration error (no restart loop)
 EX_UNAVAILABLE = 69     # a port or the spool is not usable
 HOUSEKEEPING = 1.0
 RESCAN = 2.0
@@ -198,9 +197,8 @@ def main(argv: list[str] | None = None) -> int:
     path = cli.find_config(config.CONFIG_NAME, args.config)
     try:
         cfg = config.load(Path(path))
-    except conf.ConfigError as exc:
-        log.error("websmsd not started: %s", exc)
-        return EX_CONFIG
+    except (conf.ConfigError, settings.SettingError) as exc:
+        service.config_error(log, exc)
     if not cfg.ami.secret:
         log.warning("no [asmanager] secret in %s: AMI login will be refused", path)
     try:

@@ -12,6 +12,7 @@ import pytest
 
 from pbxhost import conf
 from pbxhost.host import cli, seed
+from pbxhost.settings import SettingError
 
 SUITE = Path(__file__).parents[2] / "etc/asterisk"
 # design.md, "The config suite's file names"
@@ -99,8 +100,12 @@ def test_hostname_fills_domain_and_external_addresses_not_comments():
     out = seed.fill_hostname(text, "pbx.example.org")
     assert out == ("[t](!)\ndomain = pbx.example.org\nexternal_media_address = pbx.example.org\n"
                    ";domain = example.com\n")
-    with pytest.raises(seed.SeedError, match="not a host name"):
-        seed.fill_hostname(text, "pbx; rm -rf /")
+
+
+def test_a_bad_hostname_seeds_nothing(tmp_path):
+    with pytest.raises(SettingError, match="HOSTNAME"):
+        run(tmp_path / "etc", HOSTNAME="pbx; rm -rf /")
+    assert list((tmp_path / "etc").iterdir()) == []
 
 
 # ---------------------------------------------------------------- seeding
@@ -139,13 +144,19 @@ def test_files_are_private(tmp_path):
         assert mode == (0o600 if path.name == "autoban.conf" else 0o640), path
 
 
-def test_the_report_names_each_generated_secret_once(tmp_path):
-    result = run(tmp_path)
+def test_the_passwords_go_to_a_root_only_file_never_to_the_report(tmp_path):
+    dest = tmp_path / "etc" / "asterisk"
+    result = run(dest)
     report = result.report()
+    secrets = (tmp_path / "etc" / seed.SECRETS)
+    assert stat.S_IMODE(secrets.stat().st_mode) == 0o600
     for user in USERS:
-        assert report.count(password_of(tmp_path, user)) == 1
+        password = password_of(dest, user)
+        assert password not in report
+        assert f"{user} = {password}\n" in secrets.read_text()
+    assert str(secrets) in report and "root only" in report
     assert "AMI user autoban: secret generated" in report
-    assert secret_of(tmp_path / "manager.conf", "autoban") not in report  # stays in the files
+    assert secret_of(dest / "manager.conf", "autoban") not in report  # stays in the files
 
 
 def test_the_lock_stops_a_second_seeding(tmp_path):
@@ -283,7 +294,8 @@ def test_pbxhost_seed_reports_once_then_says_it_is_done(tmp_path, capsys, monkey
     assert cli.main(["seed", "--dest", str(tmp_path)]) == 0
     first = capsys.readouterr().out
     assert f"{tmp_path}: seeded {len(CONTRACT_FILES)} files" in first
-    assert password_of(tmp_path, "jane.doe") in first
+    assert password_of(tmp_path, "jane.doe") not in first
+    assert str(tmp_path.parent / seed.SECRETS) in first
     assert cli.main(["seed", "--dest", str(tmp_path)]) == 0
     second = capsys.readouterr().out
     assert "already seeded" in second and password_of(tmp_path, "jane.doe") not in second
@@ -293,9 +305,9 @@ def test_pbxhost_seed_with_a_bad_hostname_fails_in_one_line(tmp_path, capsys, mo
     monkeypatch.setenv("HOSTNAME", "bad host")
     with pytest.raises(SystemExit) as exc:
         cli.main(["seed", "--dest", str(tmp_path)])
-    assert exc.value.code == 1
+    assert exc.value.code == 78
     err = capsys.readouterr().err
-    assert err.count("\n") == 1 and "not a host name" in err
+    assert err.count("\n") == 1 and "HOSTNAME" in err
     assert list(tmp_path.iterdir()) == []  # nothing half-done
 
 

@@ -12,10 +12,19 @@ from pbxhost import service
 @pytest.mark.parametrize(("raw", "level"), [
     ("0", logging.CRITICAL + 10), ("1", logging.CRITICAL), ("3", logging.CRITICAL),
     ("4", logging.ERROR), ("5", logging.WARNING), ("6", service.NOTICE), ("7", logging.INFO),
-    ("8", logging.DEBUG), ("", service.NOTICE), ("9", service.NOTICE), ("debug", service.NOTICE),
+    ("8", logging.DEBUG), ("", service.NOTICE), (" 7 ", logging.INFO),
 ])
 def test_syslog_level_mapping(raw, level):
     assert service.log_level({"SYSLOG_LEVEL": raw}) == level
+
+
+@pytest.mark.parametrize("raw", ["9", "debug", "-1", "6.0", "٣"])
+def test_invalid_syslog_level_is_one_line_naming_it_and_exit_78(raw, capsys):
+    with pytest.raises(SystemExit) as stop:
+        service.setup_logging("autoban", {"SYSLOG_LEVEL": raw})
+    assert stop.value.code == 78
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "SYSLOG_LEVEL" in err[0] and "0 to 8" in err[0]
 
 
 def test_stderr_under_systemd_carries_syslog_priority_prefix(capsys, monkeypatch):

@@ -43,13 +43,6 @@ def test_missing_file_is_all_defaults(tmp_path):
     assert cfg.outgoing == (config.Outgoing(),) and cfg.webhook.port == 8080
 
 
-@pytest.mark.parametrize(("raw", "port"), [("80", 80), ("8080", 8080), ("", None),
-                                           ("http", None), ("0", None), ("70000", None),
-                                           (" 81 ", 81), ("８０", None)])
-def test_websmsd_port(raw, port):
-    assert config.websmsd_port({"WEBSMSD_PORT": raw}) == port
-
-
 def test_several_interfaces_by_index(tmp_path):
     cfg = load("""\
 [websms]
