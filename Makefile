@@ -22,7 +22,7 @@ DESTDIR ?=
 UNITDIR ?= $(PREFIX)/lib/systemd/system
 DATADIR := $(DESTDIR)$(PREFIX)/share
 
-.PHONY: all deps lint test test-unit test-integration test-system demo clean install-data
+.PHONY: all deps lint test test-unit test-integration test-system demo clean install-data deb repo
 
 all: test
 
@@ -65,8 +65,17 @@ install-data:
 	install -m 0644 packaging/tmpfiles.d/*.conf $(DESTDIR)$(PREFIX)/lib/tmpfiles.d/
 	$(PY) packaging/manpages.py $(DATADIR)/man/man1
 
+# `make deb`: the .debs of the working tree (uncommitted files too) in dist/,
+# built in a cached sid build tree, lintian clean; `make repo`: dist/ as a
+# signed apt repository in dist/repo (packaging/deb.py, README "Install").
+deb:
+	$(PY) packaging/deb.py deb
+
+repo:
+	$(PY) packaging/deb.py repo
+
 demo: $(STAMP)
 	$(VPY) demo/run.py
 
 clean:
-	rm -rf $(VENV) build *.egg-info
+	rm -rf $(VENV) build dist *.egg-info

@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import fcntl
 import os
+import shlex
 import shutil
 import subprocess
+from collections.abc import Sequence
 from pathlib import Path
 
 # Bump when the package list changes so old caches are rebuilt, not trusted.
@@ -30,32 +32,64 @@ def cache_dir() -> Path:
 
 def ensure_rootfs() -> Path:
     """Return the cached tree, building it first when it is missing."""
-    cache = cache_dir()
-    cache.mkdir(parents=True, exist_ok=True)
-    tree = cache / TREE_NAME
-    with open(cache / f"{TREE_NAME}.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)  # one builder; the others wait and reuse
-        if not (tree / ".pbxhost-complete").exists():
-            _build(tree)
+    tree = ensure_tree(TREE_NAME, PACKAGES, mount_points=MOUNT_POINTS)
     check(tree)
     return tree
 
 
-def _build(tree: Path) -> None:
+def ensure_tree(name: str, packages: Sequence[str], suite: str = "sid",
+                mount_points: Sequence[str] = (), apt_packages: Sequence[str] = ()) -> Path:
+    """The cached debootstrap tree NAME (SUITE with PACKAGES, then APT_PACKAGES by
+    apt-get in the tree), built once under a lock: the first caller builds it, the
+    others wait and reuse it. debootstrap does not resolve virtual packages
+    (perl-openssl-abi-3, python3-cffi-backend-api-*): what needs them goes in
+    APT_PACKAGES."""
+    cache = cache_dir()
+    cache.mkdir(parents=True, exist_ok=True)
+    tree = cache / name
+    with open(cache / f"{name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # one builder; the others wait and reuse
+        if not (tree / ".pbxhost-complete").exists():
+            _build(tree, packages, suite, mount_points, apt_packages)
+    return tree
+
+
+def _build(tree: Path, packages: Sequence[str], suite: str,
+           mount_points: Sequence[str], apt_packages: Sequence[str] = ()) -> None:
     if shutil.which("debootstrap") is None:
         raise RootfsError("debootstrap is not installed")
     tmp = tree.with_name(tree.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     shutil.rmtree(tree, ignore_errors=True)
-    cmd = ["debootstrap", "--variant=minbase", f"--include={','.join(PACKAGES)}", "sid", str(tmp)]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
+    cmd = ["debootstrap", "--variant=minbase", f"--include={','.join(packages)}", suite, str(tmp)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=1800)
     if proc.returncode != 0:
         tail = (proc.stdout + proc.stderr).strip().splitlines()[-3:]
         raise RootfsError(f"debootstrap failed ({proc.returncode}): {' | '.join(tail)}")
-    for mount_point in MOUNT_POINTS:
+    for mount_point in mount_points:
         (tmp / mount_point).mkdir(parents=True, exist_ok=True)
+    # The suite's Release file can be older than this machine's clock: apt in the
+    # tree would refuse it (testbed.md, "Packages").
+    (tmp / "etc/apt/apt.conf.d/99pbxhost-no-valid-until").write_text(
+        'Acquire::Check-Valid-Until "false";\n')
+    if apt_packages:
+        _apt_install(tmp, apt_packages)
     (tmp / ".pbxhost-complete").touch()
     tmp.rename(tree)  # atomic: a half-built tree is never mistaken for a cached one
+
+
+def _apt_install(tree: Path, packages: Sequence[str]) -> None:
+    t = shlex.quote(str(tree))
+    script = (f"mount -t proc proc {t}/proc && mount --bind /dev {t}/dev && "
+              f"chroot {t} apt-get update -qq && chroot {t} apt-get install -y -qq "
+              f"--no-install-recommends {shlex.join(packages)}")
+    proc = subprocess.run(["unshare", "--mount", "--propagation", "private", "sh", "-ec", script],
+                          capture_output=True, text=True, timeout=1800,
+                          env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"})
+    if proc.returncode != 0:
+        tail = (proc.stdout + proc.stderr).strip().splitlines()[-3:]
+        raise RootfsError(f"apt-get install in {tree} failed ({proc.returncode}): "
+                          f"{' | '.join(tail)}")
 
 
 def versions(tree: Path) -> dict[str, str]:
