@@ -1,0 +1,126 @@
+"""`make deb` from the working tree: four lintian-clean packages, each with its
+files and dependencies (dpkg-deb reads them back), every unit in one package,
+nothing under /etc/asterisk, no systemctl in our maintainer scripts."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+DIST = ROOT / "dist"
+VERSION = "0.1.0"
+PACKAGES = ("python3-pbxhost", "pbxhost-autoban", "pbxhost-websms", "pbxhost")
+
+pytestmark = [
+    pytest.mark.integration,
+    pytest.mark.skipif(os.geteuid() != 0, reason="make deb needs root (debootstrap, chroot)"),
+]
+
+
+@pytest.fixture(scope="module")
+def debs() -> dict[str, Path]:
+    proc = subprocess.run(["make", "-C", str(ROOT), "deb"], capture_output=True, text=True,
+                          timeout=1800)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    found = {p.name.split("_")[0]: p for p in DIST.glob("*.deb")}
+    assert set(found) == set(PACKAGES)
+    return found
+
+
+def files(deb: Path) -> set[str]:
+    out = subprocess.run(["dpkg-deb", "--fsys-tarfile", str(deb)], check=True,
+                         capture_output=True).stdout
+    names = subprocess.run(["tar", "-t"], input=out, check=True, capture_output=True).stdout
+    return {n.decode().removeprefix(".").rstrip("/") for n in names.splitlines()} - {""}
+
+
+def field(deb: Path, name: str) -> list[str]:
+    value = subprocess.run(["dpkg-deb", "-f", str(deb), name], check=True,
+                           capture_output=True, text=True).stdout.strip()
+    return [part.strip() for part in value.split(",")] if value else []
+
+
+def test_lintian_reports_no_error_and_no_warning(debs):
+    report = (DIST / "lintian.txt").read_text().splitlines()
+    assert not [line for line in report if line.startswith(("E:", "W:"))], report
+
+
+def test_every_package_is_architecture_all_of_this_version(debs):
+    for deb in debs.values():
+        assert field(deb, "Architecture") == ["all"]
+        assert field(deb, "Version") == [VERSION]
+
+
+def test_python3_pbxhost_holds_the_modules_and_their_dependencies(debs):
+    deb = debs["python3-pbxhost"]
+    got = files(deb)
+    assert "/usr/lib/python3/dist-packages/pbxhost/autoban/daemon.py" in got
+    assert "/usr/lib/python3/dist-packages/pbxhost/host/seed.py" in got
+    assert not [f for f in got if f.startswith(("/usr/bin/", "/usr/share/pbxhost"))]
+    depends = field(deb, "Depends")
+    for dep in ("python3-panoramisk", "python3-waitress", "python3-sdnotify", "python3-systemd"):
+        assert dep in depends
+
+
+def test_pbxhost_autoban_stands_alone_without_asterisk(debs):
+    deb = debs["pbxhost-autoban"]
+    got = files(deb)
+    for path in ("/usr/bin/autoband", "/usr/bin/autoban", "/usr/lib/systemd/system/autoban.service",
+                 "/usr/share/man/man1/autoband.1.gz", "/usr/share/man/man1/autoban.1.gz"):
+        assert path in got
+    depends = field(deb, "Depends")
+    assert {"nftables", "python3-nftables", f"python3-pbxhost (= {VERSION})"} <= set(depends)
+    assert not [d for d in depends if d.startswith("asterisk")]
+
+
+def test_pbxhost_websms_has_its_user_unit_and_agi_script(debs):
+    deb = debs["pbxhost-websms"]
+    got = files(deb)
+    for path in ("/usr/bin/websmsd", "/usr/bin/websms", "/usr/lib/systemd/system/websmsd.service",
+                 "/usr/lib/sysusers.d/pbxhost-websms.conf", "/usr/share/asterisk/agi-bin/websms",
+                 "/usr/share/man/man1/websmsd.1.gz"):
+        assert path in got
+    assert {"python3-cryptography", f"python3-pbxhost (= {VERSION})"} <= set(field(deb, "Depends"))
+
+
+def test_pbxhost_has_the_defaults_and_host_set_up(debs):
+    deb = debs["pbxhost"]
+    got = files(deb)
+    defaults = {f"/usr/share/pbxhost/asterisk/{p.name}" for p in (ROOT / "etc/asterisk").iterdir()}
+    assert defaults <= got
+    for path in ("/usr/bin/pbxhost", "/usr/bin/minivm-send",
+                 "/usr/lib/systemd/system/asterisk.service.d/pbxhost.conf",
+                 "/usr/lib/systemd/system/pbxhost-seed.service",
+                 "/usr/lib/systemd/system/pbxhost.target",
+                 "/usr/lib/systemd/system/minivm-send-retry.timer",
+                 "/usr/lib/sysusers.d/pbxhost.conf", "/usr/lib/tmpfiles.d/pbxhost.conf"):
+        assert path in got
+    assert "asterisk (>= 1:22)" in field(deb, "Depends")
+    assert set(field(deb, "Recommends")) == {"pbxhost-autoban", "pbxhost-websms"}
+    assert field(deb, "Provides") == ["asterisk-config-custom"]
+
+
+def test_every_unit_is_shipped_by_exactly_one_package(debs):
+    units = {str(p.relative_to(ROOT / "units")) for p in (ROOT / "units").rglob("*")
+             if p.is_file()}
+    shipped = [f.removeprefix("/usr/lib/systemd/system/") for deb in debs.values()
+               for f in files(deb) if f.startswith("/usr/lib/systemd/system/")
+               and not f.endswith(".service.d")]
+    assert sorted(shipped) == sorted(units)
+
+
+def test_nothing_is_installed_under_etc(debs):
+    for name, deb in debs.items():
+        assert not [f for f in files(deb) if f.startswith("/etc")], name
+
+
+def test_our_maintainer_scripts_never_call_systemctl():
+    scripts = [p for p in (ROOT / "packaging/debian").iterdir()
+               if p.suffix in (".preinst", ".postinst", ".prerm", ".postrm")]
+    assert scripts
+    for script in scripts:
+        assert "systemctl" not in script.read_text(), script
