@@ -138,22 +138,40 @@ def _gpg(keydir: Path, *args: str, **kw) -> subprocess.CompletedProcess[bytes]:
                           check=True, capture_output=True, **kw)
 
 
-def signing_key(cache: Path | None = None) -> tuple[Path, str]:
-    """(gpg home, fingerprint) of the repository's key, made on first use."""
-    keydir = (cache or rootfs.cache_dir()) / KEY_DIR
+def signing_key() -> tuple[Path, str]:
+    """(gpg home, fingerprint) of the repository's signing key: the first secret
+    key of $PBXHOST_REPO_GNUPGHOME (a publisher's own key), else of a gpg home
+    in the test bed's cache, where a key is made on first use."""
+    custom = os.environ.get("PBXHOST_REPO_GNUPGHOME")
+    keydir = Path(custom) if custom else rootfs.cache_dir() / KEY_DIR
     keydir.mkdir(parents=True, exist_ok=True, mode=0o700)
-    listing = _gpg(keydir, "--with-colons", "--list-secret-keys", KEY_UID).stdout.decode() \
-        if (keydir / "pubring.kbx").exists() else ""
-    if "fpr:" not in listing:
+    fprs = _secret_keys(keydir)
+    if not fprs and not custom:
         _gpg(keydir, "--passphrase", "", "--quick-generate-key", KEY_UID, "ed25519",
              "sign", "never")
-        listing = _gpg(keydir, "--with-colons", "--list-secret-keys", KEY_UID).stdout.decode()
-    fpr = next(line.split(":")[9] for line in listing.splitlines() if line.startswith("fpr:"))
-    return keydir, fpr
+        fprs = _secret_keys(keydir)
+    if not fprs:
+        raise BuildError(f"no secret key in {keydir} ($PBXHOST_REPO_GNUPGHOME)")
+    return keydir, fprs[0]
+
+
+def _secret_keys(keydir: Path) -> list[str]:
+    listing = subprocess.run(["gpg", "--batch", "--homedir", str(keydir), "--with-colons",
+                              "--list-secret-keys"], capture_output=True, text=True).stdout
+    # the first fpr after each sec line is the primary key's
+    fprs, want = [], False
+    for line in listing.splitlines():
+        kind = line.split(":", 1)[0]
+        if kind == "sec":
+            want = True
+        elif kind == "fpr" and want:
+            fprs.append(line.split(":")[9])
+            want = False
+    return fprs
 
 
 def make_repo(dist: Path) -> Path:
-    """DIST's .debs as a flat-free apt repository in DIST/repo:
+    """DIST's .debs as an apt repository (suite stable, component main) in DIST/repo:
     pool/, dists/stable/main/binary-all/Packages, Release, InRelease, Release.gpg
     and pbxhost-archive-keyring.gpg (the public key, for signed-by=)."""
     debs = sorted(dist.glob("*.deb"))

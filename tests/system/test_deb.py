@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -124,3 +125,48 @@ def test_our_maintainer_scripts_never_call_systemctl():
     assert scripts
     for script in scripts:
         assert "systemctl" not in script.read_text(), script
+
+
+# ---------------------------------------------------------------- make repo
+
+APT_SIMULATE = """
+mkdir -p /tmp/lists/partial /tmp/cache/archives/partial /tmp/parts
+echo "deb [signed-by=/build/pbxhost-archive-keyring.gpg] file:/build stable main" \
+    > /tmp/parts/pbxhost.list
+O="-o Dir::State::Lists=/tmp/lists -o Dir::Cache=/tmp/cache -o Dir::Etc::SourceParts=/tmp/parts"
+apt-get $O update
+apt-get $O -s install pbxhost pbxhost-autoban pbxhost-websms
+"""
+
+
+@pytest.fixture(scope="module")
+def repo(debs) -> Path:
+    proc = subprocess.run(["make", "-C", str(ROOT), "repo"], capture_output=True, text=True,
+                          timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return DIST / "repo"
+
+
+def test_repo_is_signed_by_the_exported_key(repo):
+    release = repo / "dists/stable"
+    verify = subprocess.run(
+        ["gpgv", "--keyring", str(repo / "pbxhost-archive-keyring.gpg"),
+         str(release / "Release.gpg"), str(release / "Release")], capture_output=True, text=True)
+    assert verify.returncode == 0, verify.stderr
+    packages = (release / "main/binary-all/Packages").read_text()
+    assert {f"Package: {name}" for name in PACKAGES} <= set(packages.splitlines())
+
+
+def test_apt_resolves_the_three_from_the_repo_and_the_debian_archive(repo):
+    """As a user's apt would: the signed repository beside Debian's (sid, the build
+    tree's sources); a simulated install, the build tree is not changed."""
+    sys.path.insert(0, str(ROOT / "packaging"))
+    import deb
+
+    proc = deb.in_tree(deb.build_tree(), repo, APT_SIMULATE, check=False)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out[-3000:]
+    inst = {line.split()[1] for line in out.splitlines() if line.startswith("Inst ")}
+    assert {*PACKAGES, "asterisk", "nftables"} <= inst  # the tree has python3-nftables
+    # pbxhost provides asterisk-config-custom: Debian's stock /etc/asterisk stays out
+    assert "asterisk-config" not in inst
