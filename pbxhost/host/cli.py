@@ -20,10 +20,14 @@ def main(argv: list[str] | None = None) -> int:
         "HOSTNAME sets the SIP domain and external addresses.")
     seed_p.add_argument("--dest", type=Path, default=seed.DEST,
                         help=f"config dir (default {seed.DEST})")
+    seed_p.add_argument("--diff", action="store_true",
+                        help="copy nothing: show DEST's files against the defaults as a "
+                        "seeding would write them now (after an upgrade: what changed), "
+                        "secrets masked; exit 0 when the same, 1 when not, 2 on trouble")
     sub.add_parser("tls", help="make or extract the TLS certificate")
     args = p.parse_args(argv)
     if args.command == "seed":
-        return run_seed(args.dest)
+        return run_diff(args.dest) if args.diff else run_seed(args.dest)
     cli.not_yet("pbxhost", args.command)
 
 
@@ -37,3 +41,14 @@ def run_seed(dest: Path) -> int:
     # The journal keeps the report; the passwords are only in the secrets file.
     print(result.report(), flush=True)
     return 0
+
+
+def run_diff(dest: Path) -> int:
+    try:
+        result = seed.diff(dest, env=os.environ)
+    except settings.SettingError as exc:
+        cli.fail("pbxhost seed --diff", str(exc), settings.EX_CONFIG)
+    except (seed.SeedError, OSError) as exc:
+        cli.fail("pbxhost seed --diff", str(exc), 2)
+    print(result.report(), flush=True)
+    return 0 if result.same else 1

@@ -19,6 +19,7 @@ existing file), and only then is the lock written.
 
 from __future__ import annotations
 
+import difflib
 import grp
 import json
 import logging
@@ -322,3 +323,117 @@ def seed(dest: Path = DEST, source: Path = DEFAULTS,
     result.copied = list(_install(staging, dest))
     write_secrets(result)
     return result
+
+
+# ---------------------------------------------------------------- seed --diff
+# After an upgrade the defaults may have changed, but seeding never rewrites a
+# file of the config dir: `pbxhost seed --diff` shows the user's files against
+# the defaults as a seeding would write them now. Secrets never show: every
+# value of a key named *secret or *password (and minivm-send's -p in mailcmd)
+# is masked on both sides, and the defaults get the seed's generated secrets
+# (masked) where it puts them. So a generated secret is no difference, a secret
+# the user set where the default has none shows as a masked line, and the diff
+# never prints a secret. HOSTNAME is the environment's, else the one the
+# seeding wrote (the user's external_signaling_address, empty in the defaults):
+# a shell has no pbxhost.env, and the seeded host name is no difference either.
+
+MASK = "********"
+_ASSIGNMENT = re.compile(r"^(?P<head>\s*(?P<key>[\w/.-]+)\s*(?:\[[^\]]*\]\s*)?=>?\s*)"
+                         r"(?P<value>[^;\n]*?)(?P<tail>\s*(?:;.*)?)$")
+_PASSWORD_OPTION = re.compile(r"(\s(?:-p|--password)(?:\s+|=))(?!-)\S+")
+
+
+def mask_secrets(text: str) -> str:
+    """TEXT with every secret value replaced by MASK (empty values stay empty)."""
+    out = []
+    for line in text.splitlines(keepends=True):
+        m = _ASSIGNMENT.match(line.rstrip("\n"))
+        if m and m["value"]:
+            key = m["key"].lower()
+            if key.endswith(("secret", "password")):
+                line = f"{m['head']}{MASK}{m['tail']}" + ("\n" if line.endswith("\n") else "")
+            elif key == "mailcmd":
+                line = _PASSWORD_OPTION.sub(rf"\g<1>{MASK}", line)
+        out.append(line)
+    return "".join(out)
+
+
+def seeded_defaults(source: Path = DEFAULTS,
+                    env: Mapping[str, str] = os.environ) -> dict[str, str]:
+    """The defaults as a seeding would write them now (HOSTNAME applied, every
+    generated secret in place), secrets masked."""
+    texts = _defaults(source)
+    hostname = settings.hostname(env)
+    if hostname and "pjsip_transport.conf" in texts:
+        texts["pjsip_transport.conf"] = fill_hostname(texts["pjsip_transport.conf"], hostname)
+    if USER_FILE in texts:
+        texts[USER_FILE], _ = fill_user_passwords(texts[USER_FILE])
+    for user, other in AMI_PAIRS:
+        if "manager.conf" in texts:
+            texts["manager.conf"] = set_option(texts["manager.conf"], user, "secret", MASK)
+        if other in texts:
+            texts[other] = set_option(texts[other], "asmanager", "secret", MASK)
+    return {name: mask_secrets(text) for name, text in texts.items()}
+
+
+@dataclass
+class SeedDiff:
+    dest: Path
+    source: Path
+    changed: dict[str, str] = field(default_factory=dict)  # file -> unified diff
+    only_defaults: list[str] = field(default_factory=list)  # FORCE_CONFIG would copy them
+    only_dest: list[str] = field(default_factory=list)      # the user's own files
+
+    @property
+    def same(self) -> bool:
+        return not (self.changed or self.only_defaults or self.only_dest)
+
+    def report(self) -> str:
+        if self.same:
+            return f"{self.dest}: the same as the defaults in {self.source} (secrets aside)"
+        parts = [self.changed[name] for name in sorted(self.changed)]
+        parts += [f"only in the defaults: {name} (FORCE_CONFIG=1 `pbxhost seed` copies it)\n"
+                  for name in self.only_defaults]
+        parts += [f"only in {self.dest}: {name}\n" for name in self.only_dest]
+        return "".join(parts).rstrip("\n")
+
+
+def diff(dest: Path = DEST, source: Path = DEFAULTS,
+         env: Mapping[str, str] = os.environ) -> SeedDiff:
+    """DEST's files against the defaults as seeded now: `---` is the user's
+    file, `+++` the default (a `+` line is in the default, not in DEST)."""
+    if not dest.is_dir():
+        raise SeedError(f"{dest} does not exist: nothing seeded to compare")
+    defaults = seeded_defaults(source, {**env, "HOSTNAME": _seeded_hostname(dest, env)})
+    mine = {p.name for p in dest.iterdir()
+            if p.is_file() and not p.name.startswith(".")} - {SECRETS}
+    result = SeedDiff(dest, source)
+    result.only_defaults = sorted(set(defaults) - mine)
+    result.only_dest = sorted(mine - set(defaults))
+    for name in sorted(mine & set(defaults)):
+        text = mask_secrets((dest / name).read_text(errors="replace"))
+        lines = difflib.unified_diff(
+            _lines(text), _lines(defaults[name]),
+            fromfile=str(dest / name), tofile=f"{source / name} (default)")
+        if patch := "".join(lines):
+            result.changed[name] = patch
+    return result
+
+
+def _seeded_hostname(dest: Path, env: Mapping[str, str]) -> str:
+    if hostname := settings.hostname(env):
+        return hostname
+    try:
+        text = (dest / "pjsip_transport.conf").read_text(errors="replace")
+    except FileNotFoundError:
+        return ""
+    found = re.search(r"(?m)^\s*external_signaling_address\s*=\s*([^\s;]+)", text)
+    try:  # a value the seeding could not have written is no HOSTNAME: it shows
+        return settings.hostname({"HOSTNAME": found[1]}) if found else ""
+    except settings.SettingError:
+        return ""
+
+
+def _lines(text: str) -> list[str]:
+    """Lines that all end in a newline, so a missing last one makes no odd diff."""
+    return [line if line.endswith("\n") else line + "\n" for line in text.splitlines()]

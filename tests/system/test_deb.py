@@ -98,7 +98,8 @@ def test_pbxhost_has_the_defaults_and_host_set_up(debs):
                  "/usr/lib/systemd/system/pbxhost-seed.service",
                  "/usr/lib/systemd/system/pbxhost.target",
                  "/usr/lib/systemd/system/minivm-send-retry.timer",
-                 "/usr/lib/sysusers.d/pbxhost.conf", "/usr/lib/tmpfiles.d/pbxhost.conf"):
+                 "/usr/lib/sysusers.d/pbxhost.conf", "/usr/lib/tmpfiles.d/pbxhost.conf",
+                 "/usr/share/doc/pbxhost/NEWS.Debian.gz"):
         assert path in got
     assert "asterisk (>= 1:22)" in field(deb, "Depends")
     assert set(field(deb, "Recommends")) == {"pbxhost-autoban", "pbxhost-websms"}
