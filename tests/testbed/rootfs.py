@@ -8,6 +8,7 @@ import fcntl
 import os
 import shutil
 import subprocess
+from collections.abc import Callable
 from pathlib import Path
 
 # Bump when the package list changes so old caches are rebuilt, not trusted.
@@ -29,31 +30,42 @@ def cache_dir() -> Path:
 
 
 def ensure_rootfs() -> Path:
-    """Return the cached tree, building it first when it is missing."""
+    """Return the Asterisk tree, building it first when it is missing."""
+    return ensure_tree(TREE_NAME, PACKAGES, MOUNT_POINTS)
+
+
+def ensure_tree(name: str, packages: tuple[str, ...], mount_points: tuple[str, ...] = (),
+                after: Callable[[Path], None] | None = None) -> Path:
+    """The cached sid tree NAME with PACKAGES, built once (AFTER runs on it
+    before it is marked complete), shared by every test run."""
     cache = cache_dir()
     cache.mkdir(parents=True, exist_ok=True)
-    tree = cache / TREE_NAME
-    with open(cache / f"{TREE_NAME}.lock", "w") as lock:
+    tree = cache / name
+    with open(cache / f"{name}.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # one builder; the others wait and reuse
         if not (tree / ".pbxhost-complete").exists():
-            _build(tree)
-    check(tree)
+            _build(tree, packages, mount_points, after)
+    if "asterisk" in packages:
+        check(tree)
     return tree
 
 
-def _build(tree: Path) -> None:
+def _build(tree: Path, packages: tuple[str, ...], mount_points: tuple[str, ...],
+           after: Callable[[Path], None] | None) -> None:
     if shutil.which("debootstrap") is None:
         raise RootfsError("debootstrap is not installed")
     tmp = tree.with_name(tree.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     shutil.rmtree(tree, ignore_errors=True)
-    cmd = ["debootstrap", "--variant=minbase", f"--include={','.join(PACKAGES)}", "sid", str(tmp)]
+    cmd = ["debootstrap", "--variant=minbase", f"--include={','.join(packages)}", "sid", str(tmp)]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
     if proc.returncode != 0:
         tail = (proc.stdout + proc.stderr).strip().splitlines()[-3:]
         raise RootfsError(f"debootstrap failed ({proc.returncode}): {' | '.join(tail)}")
-    for mount_point in MOUNT_POINTS:
+    for mount_point in mount_points:
         (tmp / mount_point).mkdir(parents=True, exist_ok=True)
+    if after is not None:
+        after(tmp)
     (tmp / ".pbxhost-complete").touch()
     tmp.rename(tree)  # atomic: a half-built tree is never mistaken for a cached one
 
