@@ -55,8 +55,25 @@ class BuildError(RuntimeError):
 
 
 def build_tree() -> Path:
-    return rootfs.ensure_tree(BUILD_TREE, BASE_PACKAGES, mount_points=MOUNT_POINTS,
-                              apt_packages=BUILD_PACKAGES)
+    return rootfs.ensure_tree(BUILD_TREE, BASE_PACKAGES, MOUNT_POINTS, after=_install_build_deps)
+
+
+def _install_build_deps(tree: Path) -> None:
+    """apt-get in the fresh tree: what debootstrap cannot resolve (virtual
+    packages: perl-openssl-abi-3, python3-cffi-backend-api-*)."""
+    # sid's Release file can be older than this machine's clock (testbed.md)
+    (tree / "etc/apt/apt.conf.d/99pbxhost-no-valid-until").write_text(
+        'Acquire::Check-Valid-Until "false";\n')
+    t = shlex.quote(str(tree))
+    script = (f"mount -t proc proc {t}/proc && mount --bind /dev {t}/dev && "
+              f"chroot {t} apt-get update -qq && chroot {t} apt-get install -y -qq "
+              f"--no-install-recommends {shlex.join(BUILD_PACKAGES)}")
+    proc = subprocess.run(["unshare", "--mount", "--propagation", "private", "sh", "-ec", script],
+                          capture_output=True, text=True, timeout=1800,
+                          env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"})
+    if proc.returncode != 0:
+        raise rootfs.RootfsError(f"apt-get install in {tree} failed ({proc.returncode}): "
+                                 f"{(proc.stdout + proc.stderr)[-2000:]}")
 
 
 def in_tree(tree: Path, workdir: Path, script: str, *, env: dict[str, str] | None = None,

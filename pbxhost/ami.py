@@ -10,7 +10,7 @@ import asyncio
 import codecs
 import logging
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from panoramisk import actions
@@ -147,17 +147,23 @@ class AmiClient:
             await asyncio.sleep(backoff)
             backoff = min(backoff * 2, self.settings.backoff_max)
 
-    async def _session(self) -> None:
+    async def login(self) -> _Protocol:
+        """Connect and log in (AmiError when refused); the session is then live."""
         s = self.settings
         loop = asyncio.get_running_loop()
         _, protocol = await asyncio.wait_for(
             loop.create_connection(lambda: _Protocol(self), s.host, s.port), s.ping_timeout)
         self.protocol = protocol
+        reply = await self.action({"Action": "Login", "Username": s.username,
+                                   "Secret": s.secret, "Events": s.events}, s.ping_timeout)
+        if not reply.success:
+            raise AmiError(f"AMI login as {s.username!r} refused: {reply.get('Message')}")
+        return protocol
+
+    async def _session(self) -> None:
+        s = self.settings
         try:
-            reply = await self.action({"Action": "Login", "Username": s.username,
-                                       "Secret": s.secret, "Events": s.events}, s.ping_timeout)
-            if not reply.success:
-                raise AmiError(f"AMI login as {s.username!r} refused: {reply.get('Message')}")
+            protocol = await self.login()
             log.info("AMI connected to %s:%s as %s", s.host, s.port, s.username)
             self.connected.set()
             self.on_state("connected")
@@ -168,5 +174,22 @@ class AmiClient:
             raise AmiError("AMI connection closed by Asterisk")
         finally:
             self.connected.clear()
-            protocol.close()
+            if self.protocol is not None:
+                self.protocol.close()
             self.protocol = None
+
+
+async def check_login(settings: AmiSettings, timeout: float = 5) -> str | None:
+    """None when SETTINGS log in to AMI, else why not (for health checks)."""
+    client = AmiClient(replace(settings, events="off", ping_timeout=timeout), lambda e: None)
+    try:
+        await client.login()
+        await client.action({"Action": "Logoff"}, timeout)
+        return None
+    except AmiError as exc:
+        return str(exc)
+    except (OSError, TimeoutError) as exc:
+        return f"AMI {settings.host}:{settings.port} unreachable: {exc.strerror or exc}"
+    finally:
+        if client.protocol is not None:
+            client.protocol.close()

@@ -1,4 +1,4 @@
-"""`pbxhost`: host tasks (seeding /srv/etc, TLS certificates)."""
+"""`pbxhost`: host tasks (seeding /srv/etc, TLS certificates, health)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import os
 from pathlib import Path
 
 from pbxhost import cli, settings
-from pbxhost.host import seed
+from pbxhost.host import seed, status
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -25,9 +25,17 @@ def main(argv: list[str] | None = None) -> int:
                         "seeding would write them now (after an upgrade: what changed), "
                         "secrets masked; exit 0 when the same, 1 when not, 2 on trouble")
     sub.add_parser("tls", help="make or extract the TLS certificate")
+    status_p = sub.add_parser(
+        "status", help="the PBX's health (exit 0 when healthy)",
+        description="Asterisk, the AMI logins, autoban's table, websmsd and the seeding, "
+        "on one screen; exit 0 when healthy, 1 naming what is not (the container's "
+        "health check).")
+    status_p.add_argument("--json", action="store_true", help="machine-readable output")
     args = p.parse_args(argv)
     if args.command == "seed":
         return run_diff(args.dest) if args.diff else run_seed(args.dest)
+    if args.command == "status":
+        return status.main(args.json)
     cli.not_yet("pbxhost", args.command)
 
 

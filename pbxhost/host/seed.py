@@ -304,7 +304,11 @@ def seed(dest: Path = DEST, source: Path = DEFAULTS,
          env: Mapping[str, str] = os.environ) -> SeedResult:
     """Seed DEST from SOURCE; see the module's doc for the rules."""
     result = SeedResult(dest)
-    dest.mkdir(parents=True, exist_ok=True)
+    if not dest.exists():
+        # whatever the umask: Asterisk and websms must reach their files, which
+        # carry their own modes (0640 to a group, 0600)
+        dest.mkdir(parents=True)
+        dest.chmod(0o755)
     staging = dest / STAGING
     if (staging / COMPLETE).exists():
         _resume(staging, result)

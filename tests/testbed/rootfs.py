@@ -6,10 +6,9 @@ from __future__ import annotations
 
 import fcntl
 import os
-import shlex
 import shutil
 import subprocess
-from collections.abc import Sequence
+from collections.abc import Callable
 from pathlib import Path
 
 # Bump when the package list changes so old caches are rebuilt, not trusted.
@@ -31,65 +30,44 @@ def cache_dir() -> Path:
 
 
 def ensure_rootfs() -> Path:
-    """Return the cached tree, building it first when it is missing."""
-    tree = ensure_tree(TREE_NAME, PACKAGES, mount_points=MOUNT_POINTS)
-    check(tree)
-    return tree
+    """Return the Asterisk tree, building it first when it is missing."""
+    return ensure_tree(TREE_NAME, PACKAGES, MOUNT_POINTS)
 
 
-def ensure_tree(name: str, packages: Sequence[str], suite: str = "sid",
-                mount_points: Sequence[str] = (), apt_packages: Sequence[str] = ()) -> Path:
-    """The cached debootstrap tree NAME (SUITE with PACKAGES, then APT_PACKAGES by
-    apt-get in the tree), built once under a lock: the first caller builds it, the
-    others wait and reuse it. debootstrap does not resolve virtual packages
-    (perl-openssl-abi-3, python3-cffi-backend-api-*): what needs them goes in
-    APT_PACKAGES."""
+def ensure_tree(name: str, packages: tuple[str, ...], mount_points: tuple[str, ...] = (),
+                after: Callable[[Path], None] | None = None, suite: str = "sid") -> Path:
+    """The cached tree NAME of SUITE (sid unless told) with PACKAGES, built once
+    (AFTER runs on it before it is marked complete), shared by every test run."""
     cache = cache_dir()
     cache.mkdir(parents=True, exist_ok=True)
     tree = cache / name
     with open(cache / f"{name}.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # one builder; the others wait and reuse
         if not (tree / ".pbxhost-complete").exists():
-            _build(tree, packages, suite, mount_points, apt_packages)
+            _build(tree, packages, mount_points, after, suite)
+    if "asterisk" in packages:
+        check(tree)
     return tree
 
 
-def _build(tree: Path, packages: Sequence[str], suite: str,
-           mount_points: Sequence[str], apt_packages: Sequence[str] = ()) -> None:
+def _build(tree: Path, packages: tuple[str, ...], mount_points: tuple[str, ...],
+           after: Callable[[Path], None] | None, suite: str = "sid") -> None:
     if shutil.which("debootstrap") is None:
         raise RootfsError("debootstrap is not installed")
     tmp = tree.with_name(tree.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     shutil.rmtree(tree, ignore_errors=True)
     cmd = ["debootstrap", "--variant=minbase", f"--include={','.join(packages)}", suite, str(tmp)]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=1800)
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
     if proc.returncode != 0:
         tail = (proc.stdout + proc.stderr).strip().splitlines()[-3:]
         raise RootfsError(f"debootstrap failed ({proc.returncode}): {' | '.join(tail)}")
     for mount_point in mount_points:
         (tmp / mount_point).mkdir(parents=True, exist_ok=True)
-    # The suite's Release file can be older than this machine's clock: apt in the
-    # tree would refuse it (testbed.md, "Packages").
-    (tmp / "etc/apt/apt.conf.d/99pbxhost-no-valid-until").write_text(
-        'Acquire::Check-Valid-Until "false";\n')
-    if apt_packages:
-        _apt_install(tmp, apt_packages)
+    if after is not None:
+        after(tmp)
     (tmp / ".pbxhost-complete").touch()
     tmp.rename(tree)  # atomic: a half-built tree is never mistaken for a cached one
-
-
-def _apt_install(tree: Path, packages: Sequence[str]) -> None:
-    t = shlex.quote(str(tree))
-    script = (f"mount -t proc proc {t}/proc && mount --bind /dev {t}/dev && "
-              f"chroot {t} apt-get update -qq && chroot {t} apt-get install -y -qq "
-              f"--no-install-recommends {shlex.join(packages)}")
-    proc = subprocess.run(["unshare", "--mount", "--propagation", "private", "sh", "-ec", script],
-                          capture_output=True, text=True, timeout=1800,
-                          env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"})
-    if proc.returncode != 0:
-        tail = (proc.stdout + proc.stderr).strip().splitlines()[-3:]
-        raise RootfsError(f"apt-get install in {tree} failed ({proc.returncode}): "
-                          f"{' | '.join(tail)}")
 
 
 def versions(tree: Path) -> dict[str, str]:

@@ -1,0 +1,76 @@
+"""Fixtures of the system tier: the product installed into a sid system booted
+with systemd as PID 1, one host of the test LAN (tests/testbed/system.py)."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from testbed import system
+from testbed.netns import Host, Network, sweep_stale
+from testbed.sip import Baresip
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    here = Path(__file__).parent
+    for item in items:
+        if here in Path(item.fspath).parents:
+            item.add_marker(pytest.mark.integration)  # root only; counted like integration
+
+
+@pytest.fixture(scope="session")
+def base() -> Path:
+    if os.geteuid() != 0:
+        pytest.skip("the system tier needs root (nspawn, overlayfs, namespaces)")
+    sweep_stale()
+    try:
+        return system.ensure_base()
+    except (system.rootfs.RootfsError, OSError) as exc:
+        pytest.exit(f"sid system tree unusable: {exc}", returncode=3)
+
+
+@pytest.fixture(scope="session")
+def source_install(base: Path, tmp_path_factory) -> Path:
+    """The install layer of a source install (pip + make install-data), made once."""
+    upper = tmp_path_factory.mktemp("source-install") / "layer"
+    with system.Overlay([base], upper) as merged:
+        system.install_from_source(merged)
+    return upper
+
+
+@pytest.fixture
+def net(base: Path) -> Iterator[Network]:
+    with Network() as network:
+        yield network
+
+
+@pytest.fixture
+def boot(tmp_path: Path) -> Iterator[Callable[..., system.BootedSystem]]:
+    """boot(layers, host, ...) -> a booted system, powered off at teardown."""
+    machines: list[system.BootedSystem] = []
+
+    def start(layers: list[Path], host: Host, **kw) -> system.BootedSystem:
+        machine = system.BootedSystem(layers, host, tmp_path / f"machine-{len(machines)}", **kw)
+        machines.append(machine)
+        return machine.boot()
+
+    yield start
+    for machine in machines:
+        machine.poweroff()
+
+
+@pytest.fixture
+def start_phone(tmp_path: Path) -> Iterator[Callable[..., Baresip]]:
+    phones: list[Baresip] = []
+
+    def start(host: Host, user: str, password: str, pbx: str, **kw) -> Baresip:
+        phone = Baresip(host, tmp_path, user, password, pbx, **kw)
+        phones.append(phone)
+        return phone
+
+    yield start
+    for phone in phones:
+        phone.stop()
