@@ -20,6 +20,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -121,12 +122,15 @@ def stage_source(dest: Path, root: Path = ROOT) -> Path:
     return src
 
 
-def build(dist: Path) -> list[Path]:
-    """The .debs of the working tree in DIST (older .debs there are replaced)."""
+def build(dist: Path, edit: Callable[[Path], None] | None = None) -> list[Path]:
+    """The .debs of the working tree in DIST (older .debs there are replaced);
+    EDIT changes the build copy first (the tests' next version)."""
     tree = build_tree()
     with tempfile.TemporaryDirectory(prefix="pbxhost-deb-") as tmp:
         work = Path(tmp)
-        stage_source(work)
+        src = stage_source(work)
+        if edit is not None:
+            edit(src)
         in_tree(tree, work, "cd pbxhost && dpkg-buildpackage -us -uc -b")
         debs = sorted(work.glob("*.deb"))
         if not debs:
@@ -187,14 +191,14 @@ def _secret_keys(keydir: Path) -> list[str]:
     return fprs
 
 
-def make_repo(dist: Path) -> Path:
+def make_repo(dist: Path, repo: Path | None = None) -> Path:
     """DIST's .debs as an apt repository (suite stable, component main) in DIST/repo:
     pool/, dists/stable/main/binary-all/Packages, Release, InRelease, Release.gpg
     and pbxhost-archive-keyring.gpg (the public key, for signed-by=)."""
     debs = sorted(dist.glob("*.deb"))
     if not debs:
         raise BuildError(f"no .deb in {dist}: run `make deb` first")
-    repo = dist / "repo"
+    repo = repo or dist / "repo"
     shutil.rmtree(repo, ignore_errors=True)
     pool = repo / "pool" / "main"
     pool.mkdir(parents=True)

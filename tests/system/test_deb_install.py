@@ -1,0 +1,183 @@
+"""The .debs as users get them: from the signed repository of `make repo`, by
+apt, in a sid system booted with systemd (Debian's stock Asterisk already
+running on /etc/asterisk). One machine goes through install, upgrade to a
+second version built here (a changed default and a changed unit), remove and
+purge, in that order.
+
+The test LAN has no route to the Debian archive: apt sees only our repository,
+and the dependencies are in the base tree (tests/system/test_deb.py resolves
+them from the archive)."""
+
+from __future__ import annotations
+
+import shutil
+import sys
+from pathlib import Path
+
+import pytest
+
+from testbed import system
+from testbed.wait import poll
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT / "packaging"))
+import deb  # noqa: E402  (packaging/deb.py: make deb, make repo)
+
+PACKAGES = ("pbxhost", "pbxhost-autoban", "pbxhost-websms")
+OURS = ("pbxhost-seed.service", "asterisk.service", "autoban.service", "websmsd.service")
+REPO_IN_MACHINE = "/opt/pbxhost-repo"
+SOURCES = f"""Types: deb
+URIs: file:{REPO_IN_MACHINE}
+Suites: stable
+Components: main
+Signed-By: {REPO_IN_MACHINE}/pbxhost-archive-keyring.gpg
+"""
+# systemd's "unit started" journal message
+STARTED = "39f53479d3a045ac8e11786248231fbf"
+NEXT = "0.1.1"
+DEFAULT_CHANGE = f"; {NEXT}: a changed default\n"
+UNIT_CHANGE = f"Environment=PBXHOST_TEST_RELEASE={NEXT}"
+USER_EDIT = "; the admin's own line\n"
+GUESSER = "192.0.2.99"
+
+
+def next_version(src: Path) -> None:
+    """The build copy as the next release: a changelog entry, a changed default
+    file and a changed unit."""
+    changelog = src / "debian/changelog"
+    changelog.write_text(
+        f"pbxhost ({NEXT}) unstable; urgency=medium\n\n"
+        "  * Test release: a changed default, a changed unit.\n\n"
+        " -- pbxhost developers <pbxhost@example.org>  Thu, 26 Nov 2026 17:00:00 +0000\n\n"
+        + changelog.read_text())
+    rtp = src / "etc/asterisk/rtp.conf"
+    rtp.write_text(rtp.read_text() + DEFAULT_CHANGE)
+    unit = src / "units/websmsd.service"
+    unit.write_text(unit.read_text().replace("[Service]\n", f"[Service]\n{UNIT_CHANGE}\n", 1))
+
+
+@pytest.fixture(scope="module")
+def repos(tmp_path_factory) -> dict[str, Path]:
+    work = tmp_path_factory.mktemp("repos")
+    out = {}
+    for version, edit in (("0.1.0", None), (NEXT, next_version)):
+        dist = work / version
+        deb.build(dist, edit)
+        out[version] = deb.make_repo(dist)
+    return out
+
+
+def publish(pbx: system.BootedSystem, repo: Path) -> None:
+    target = pbx.root / REPO_IN_MACHINE.lstrip("/")
+    shutil.rmtree(target, ignore_errors=True)
+    shutil.copytree(repo, target)
+    pbx.write("/etc/apt/sources.list.d/pbxhost.sources", SOURCES)
+    pbx.write("/etc/apt/apt.conf.d/99test-offline", 'Dir::Etc::SourceList "/dev/null";\n')
+    pbx.run("apt-get", "update", timeout=120)
+
+
+def apt(pbx: system.BootedSystem, *args: str) -> str:
+    return pbx.run("env", "DEBIAN_FRONTEND=noninteractive", "apt-get", "-y", *args,
+                   timeout=600).stdout
+
+
+def version(pbx: system.BootedSystem, package: str) -> str:
+    return pbx.run("dpkg-query", "-W", "-f", "${db:Status-Status} ${Version}", package,
+                   check=False).stdout.strip()
+
+
+def started_since(pbx: system.BootedSystem, unit: str, since: str) -> int:
+    return sum(1 for e in pbx.journal("-u", unit, "--since", f"@{since}")
+               if e.get("MESSAGE_ID") == STARTED)
+
+
+def asterisk_cmdline(pbx: system.BootedSystem) -> str:
+    pid = pbx.unit("asterisk.service")["MainPID"]
+    return pbx.run("cat", f"/proc/{pid}/cmdline").stdout.replace("\0", " ")
+
+
+def passwords(pbx: system.BootedSystem) -> dict[str, str]:
+    return dict(line.split(" = ", 1) for line in pbx.read("/srv/etc/pbxhost-secrets").splitlines()
+                if " = " in line and not line.startswith("#"))
+
+
+@pytest.fixture(scope="module")
+def pbx(base, repos, tmp_path_factory):
+    from testbed.netns import Network  # the module's own LAN, up while its machine runs
+
+    with Network() as net:
+        machine = system.BootedSystem([base], net.host("pbx", 10),
+                                      tmp_path_factory.mktemp("machine"))
+        machine.boot()
+        try:
+            machine.net = net  # type: ignore[attr-defined]
+            yield machine
+        finally:
+            machine.poweroff()
+
+
+def test_install_from_the_repository_gives_a_running_seeded_pbx(pbx, repos, start_phone):
+    assert "asterisk" in asterisk_cmdline(pbx)  # Debian's own, on /etc/asterisk
+    pbx.write("/srv/etc/pbxhost.env", f"HOSTNAME={pbx.host.v4}\n")
+    publish(pbx, repos["0.1.0"])
+    apt(pbx, "install", *PACKAGES)
+    for package in (*PACKAGES, "python3-pbxhost"):
+        assert version(pbx, package) == "installed 0.1.0"
+    # pbxhost provides asterisk-config-custom: the stock /etc/asterisk goes
+    assert not version(pbx, "asterisk-config").startswith("installed")
+    pbx.wait_active(*OURS, timeout=60)
+    assert "-C /srv/etc/asterisk/asterisk.conf" in asterisk_cmdline(pbx)  # restarted on ours
+    assert (pbx.root / "srv/etc/asterisk/.pbxhost-seeded").exists()
+    assert "websms" in pbx.run("id", "-nG", "asterisk").stdout.split()
+    poll(lambda: pbx.run("pbxhost", "status", check=False).returncode == 0 or None, 60,
+         "pbxhost status exit 0")
+    assert pbx.failed_units() == []
+    phone_host = pbx.net.host("jane", 31)
+    start_phone(phone_host, "jane.doe", passwords(pbx)["jane.doe"], pbx.host.v4).wait_registered()
+
+
+def test_upgrade_keeps_the_users_files_and_jails_and_restarts_each_daemon_once(pbx, repos):
+    local = pbx.root / "srv/etc/asterisk/extensions_local.conf"
+    local.write_text(local.read_text() + USER_EDIT)
+    edited = local.read_bytes()
+    pbx.run("autoban", "add", "jail", "=", GUESSER)
+    asterisk_pid = pbx.unit("asterisk.service")["MainPID"]
+    since = pbx.run("date", "+%s").stdout.strip()
+
+    publish(pbx, repos[NEXT])
+    apt(pbx, "upgrade")
+    for package in (*PACKAGES, "python3-pbxhost"):
+        assert version(pbx, package) == f"installed {NEXT}"
+    pbx.wait_active(*OURS, timeout=60)
+
+    assert local.read_bytes() == edited
+    diff = pbx.run("pbxhost", "seed", "--diff", check=False)
+    assert diff.returncode == 1, diff.stderr
+    assert f"\n+{DEFAULT_CHANGE}" in diff.stdout       # the new default
+    assert f"\n-{USER_EDIT}" in diff.stdout            # the admin's own line
+    env = pbx.run("systemctl", "show", "websmsd.service", "-p", "Environment").stdout
+    assert f"PBXHOST_TEST_RELEASE={NEXT}" in env       # the changed unit is in effect
+    for unit in ("autoban.service", "websmsd.service"):
+        assert started_since(pbx, unit, since) == 1, unit
+    assert pbx.unit("asterisk.service")["MainPID"] == asterisk_pid  # calls in progress kept
+    assert GUESSER in pbx.run("autoban", "list", "jail").stdout
+
+
+def test_remove_stops_our_units_and_purge_leaves_only_srv(pbx):
+    apt(pbx, "remove", *PACKAGES)
+    for unit in ("autoban.service", "websmsd.service", "pbxhost-seed.service"):
+        assert pbx.unit(unit)["ActiveState"] in ("inactive", "failed"), unit
+    assert pbx.run("nft", "list", "table", "inet", "autoban", check=False).returncode != 0
+    assert (pbx.root / "srv/etc/asterisk/.pbxhost-seeded").exists()
+
+    apt(pbx, "purge", *PACKAGES, "python3-pbxhost")
+    for package in (*PACKAGES, "python3-pbxhost"):
+        assert not version(pbx, package).startswith("installed"), package
+    assert not (pbx.root / "var/lib/autoban").exists()
+    wants = pbx.root / "etc/systemd/system/multi-user.target.wants"
+    assert not [p.name for p in wants.iterdir()
+                if p.name in ("autoban.service", "websmsd.service", "pbxhost.target")]
+    # the user's data stays: configuration, secrets, state
+    for path in ("srv/etc/asterisk/pjsip_endpoint.conf", "srv/etc/pbxhost-secrets",
+                 "srv/var/lib/asterisk"):
+        assert (pbx.root / path).exists(), path
