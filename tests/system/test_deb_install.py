@@ -39,6 +39,7 @@ DEFAULT_CHANGE = f"; {NEXT}: a changed default\n"
 UNIT_CHANGE = f"Environment=PBXHOST_TEST_RELEASE={NEXT}"
 USER_EDIT = "; the admin's own line\n"
 GUESSER = "192.0.2.99"
+QUEUED_SMS = "queued before the upgrade"
 
 
 def next_version(src: Path) -> None:
@@ -136,11 +137,15 @@ def test_install_from_the_repository_gives_a_running_seeded_pbx(pbx, repos, star
     start_phone(phone_host, "jane.doe", passwords(pbx)["jane.doe"], pbx.host.v4).wait_registered()
 
 
-def test_upgrade_keeps_the_users_files_and_jails_and_restarts_each_daemon_once(pbx, repos):
+def test_upgrade_keeps_users_files_jails_and_queued_sms_and_restarts_each_daemon_once(pbx, repos):
     local = pbx.root / "srv/etc/asterisk/extensions_local.conf"
     local.write_text(local.read_text() + USER_EDIT)
     edited = local.read_bytes()
     pbx.run("autoban", "add", "jail", "=", GUESSER)
+    # the ITSP (websms.conf's default url_host) is down: the SMS is queued
+    pbx.run("runuser", "-u", "websms", "--", "websms", "+12025550183", "+12025550160",
+            QUEUED_SMS, check=False)
+    assert QUEUED_SMS in pbx.run("websms", "queue", "list").stdout
     asterisk_pid = pbx.unit("asterisk.service")["MainPID"]
     since = pbx.run("date", "+%s").stdout.strip()
 
@@ -161,6 +166,7 @@ def test_upgrade_keeps_the_users_files_and_jails_and_restarts_each_daemon_once(p
         assert started_since(pbx, unit, since) == 1, unit
     assert pbx.unit("asterisk.service")["MainPID"] == asterisk_pid  # calls in progress kept
     assert GUESSER in pbx.run("autoban", "list", "jail").stdout
+    assert QUEUED_SMS in pbx.run("websms", "queue", "list").stdout
 
 
 def test_remove_stops_our_units_and_purge_leaves_only_srv(pbx):
@@ -181,3 +187,54 @@ def test_remove_stops_our_units_and_purge_leaves_only_srv(pbx):
     for path in ("srv/etc/asterisk/pjsip_endpoint.conf", "srv/etc/pbxhost-secrets",
                  "srv/var/lib/asterisk"):
         assert (pbx.root / path).exists(), path
+
+
+# ---------------------------------------------------------------- autoban alone
+
+AMI_SECRET = "autoban-test-secret"
+STOCK_PJSIP = """[transport-udp]
+type = transport
+protocol = udp
+bind = 0.0.0.0:5060
+"""
+AUTOBAN_AMI_USER = f"""[autoban]
+secret = {AMI_SECRET}
+read = security
+write =
+"""
+
+
+def test_autoban_alone_on_debians_stock_asterisk_jails_a_guesser(base, repos, tmp_path):
+    """Stock asterisk-config in /etc/asterisk, an AMI user for autoban
+    (manager.d/, which the stock manager.conf includes) and a SIP transport to
+    attack; no /srv: autoban finds /etc/asterisk/autoban.conf."""
+    from pbxhost.host import seed
+    from testbed.netns import Network
+    from testbed.sip import sipp_register
+
+    autoban_conf = seed.set_option((ROOT / "etc/asterisk/autoban.conf").read_text(),
+                                   "asmanager", "secret", AMI_SECRET)
+    with Network() as net:
+        pbx = system.BootedSystem([base], net.host("pbx", 10), tmp_path / "machine")
+        pbx.boot()
+        try:
+            assert version(pbx, "asterisk-config").startswith("installed")
+            pbx.write("/etc/asterisk/pjsip.conf", STOCK_PJSIP)
+            pbx.write("/etc/asterisk/manager.d/autoban.conf", AUTOBAN_AMI_USER)
+            pbx.write("/etc/asterisk/autoban.conf", autoban_conf, 0o600)
+            pbx.run("systemctl", "restart", "asterisk.service")
+            publish(pbx, repos["0.1.0"])
+            apt(pbx, "install", "pbxhost-autoban")
+            assert not version(pbx, "pbxhost").startswith("installed")
+            assert not (pbx.root / "srv/etc/asterisk").exists()
+            pbx.wait_active("asterisk.service", "autoban.service", timeout=60)
+            guesser = net.host("guesser", 66)
+            poll(lambda: "autoban" in pbx.run("asterisk", "-rx", "manager show connected",
+                                              check=False).stdout or None,
+                 30, "autoban logged in to AMI")
+            sipp_register(guesser, pbx.host.v4, "jane.doe", "not-her-password", tmp_path,
+                          expect=401, calls=12, rate=20, timeout=20)
+            poll(lambda: guesser.v4 in pbx.run("autoban", "list", "jail").stdout or None, 30,
+                 f"{guesser.v4} jailed")
+        finally:
+            pbx.poweroff()
