@@ -5,6 +5,7 @@ nothing under /etc/asterisk, no systemctl in our maintainer scripts."""
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -171,3 +172,41 @@ def test_apt_resolves_the_three_from_the_repo_and_the_debian_archive(repo):
     assert {*PACKAGES, "asterisk", "nftables"} <= inst  # the tree has python3-nftables
     # pbxhost provides asterisk-config-custom: Debian's stock /etc/asterisk stays out
     assert "asterisk-config" not in inst
+
+
+def test_apt_installs_the_three_into_a_sid_tree_without_asterisk(repo, tmp_path):
+    """A real install, as an image build does it (no systemd running: nothing
+    starts). asterisk depends on asterisk-config-custom, which pbxhost provides,
+    and pbxhost depends on asterisk: dpkg may configure either first, and both
+    must end configured with Asterisk's user as Asterisk's package makes it."""
+    sys.path.insert(0, str(ROOT / "packaging"))
+    import deb
+
+    from testbed import system
+
+    with system.Overlay([deb.build_tree()], tmp_path / "disk") as merged, \
+            system.chroot_mounts(merged):
+        shutil.copytree(repo, merged / "opt/pbxhost-repo")
+        (merged / "etc/apt/sources.list.d/pbxhost.list").write_text(
+            "deb [signed-by=/opt/pbxhost-repo/pbxhost-archive-keyring.gpg] "
+            "file:/opt/pbxhost-repo stable main\n")
+
+        def run(script: str) -> str:
+            proc = subprocess.run(["chroot", str(merged), "sh", "-ec", script],
+                                  capture_output=True, text=True, timeout=900,
+                                  env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin",
+                                       "DEBIAN_FRONTEND": "noninteractive", "LC_ALL": "C.UTF-8"})
+            assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
+            return proc.stdout
+
+        run("apt-get update -qq && apt-get install -y -qq pbxhost pbxhost-autoban pbxhost-websms")
+        status = run("dpkg-query -W -f '${Package} ${db:Status-Status}\\n'")
+        installed = dict(line.split() for line in status.splitlines())
+        for name in (*PACKAGES, "asterisk"):
+            assert installed.get(name) == "installed", name
+        assert "asterisk-config" not in installed
+        user = run("getent passwd asterisk").split(":")
+        assert user[5] == "/var/lib/asterisk" and int(user[2]) < 1000  # a system user
+        assert "websms" in run("id -nG asterisk").split()
+        assert run("stat -c %U /srv/var/lib/asterisk").strip() == "asterisk"  # tmpfiles ran
+        assert (merged / "etc/systemd/system/multi-user.target.wants/autoban.service").is_symlink()
