@@ -238,3 +238,50 @@ def test_autoban_alone_on_debians_stock_asterisk_jails_a_guesser(base, repos, tm
                  f"{guesser.v4} jailed")
         finally:
             pbx.poweroff()
+
+
+# ---------------------------------------------------------------- back up and restore
+
+BACKUP = ("systemctl stop pbxhost.target", "tar -C / -cpzf /root/pbxhost-backup.tar.gz srv",
+          "systemctl start pbxhost.target")
+RESTORE = ("systemctl stop pbxhost.target", "tar -C / -xpzf /root/pbxhost-backup.tar.gz",
+           "systemd-tmpfiles --create pbxhost.conf", "systemctl start pbxhost.target")
+
+
+def test_backup_restores_onto_a_new_host_as_the_readme_says(base, repos, tmp_path, start_phone):
+    """README "Back up and restore", command by command: the new host runs on
+    the old host's configuration and passwords, owners and modes kept."""
+    from testbed.netns import Network
+
+    with Network() as net:
+        old = system.BootedSystem([base], net.host("old", 10), tmp_path / "old")
+        new = system.BootedSystem([base], net.host("new", 11), tmp_path / "new")
+        try:
+            for machine in (old.boot(), new.boot()):
+                publish(machine, repos["0.1.0"])
+                apt(machine, "install", *PACKAGES)
+                machine.wait_active(*OURS, timeout=60)
+            old_passwords = passwords(old)
+            assert passwords(new) != old_passwords  # each seeded its own
+            for command in BACKUP:
+                old.run(*command.split())
+            backup = (old.root / "root/pbxhost-backup.tar.gz").read_bytes()
+            (new.root / "root/pbxhost-backup.tar.gz").write_bytes(backup)
+            for command in RESTORE:
+                new.run(*command.split())
+            new.wait_active(*OURS, timeout=60)
+            assert passwords(new) == old_passwords
+            listing = new.run("stat", "-c", "%n %U %G %a", "/srv/etc/asterisk/websms.conf",
+                              "/srv/etc/asterisk/pjsip_endpoint.conf",
+                              "/srv/var/lib/asterisk").stdout
+            assert listing.splitlines() == [
+                "/srv/etc/asterisk/websms.conf root websms 640",
+                "/srv/etc/asterisk/pjsip_endpoint.conf root asterisk 640",
+                "/srv/var/lib/asterisk asterisk asterisk 750"]
+            poll(lambda: new.run("pbxhost", "status", check=False).returncode == 0 or None, 60,
+                 "pbxhost status exit 0 on the restored host")
+            start_phone(net.host("jane", 31), "jane.doe", old_passwords["jane.doe"],
+                        new.host.v4).wait_registered()
+        finally:
+            new.poweroff()
+            old.poweroff()
