@@ -131,6 +131,7 @@ def test_our_maintainer_scripts_never_call_systemctl():
 
 # ---------------------------------------------------------------- make repo
 
+APT_ENV = {"DEBIAN_FRONTEND": "noninteractive", "LC_ALL": "C.UTF-8"}
 APT_SIMULATE = """
 mkdir -p /tmp/lists/partial /tmp/cache/archives/partial /tmp/parts
 echo "deb [signed-by=/build/pbxhost-archive-keyring.gpg] file:/build stable main" \
@@ -192,12 +193,7 @@ def test_apt_installs_the_three_into_a_sid_tree_without_asterisk(repo, tmp_path)
             "file:/opt/pbxhost-repo stable main\n")
 
         def run(script: str) -> str:
-            proc = subprocess.run(["chroot", str(merged), "sh", "-ec", script],
-                                  capture_output=True, text=True, timeout=900,
-                                  env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin",
-                                       "DEBIAN_FRONTEND": "noninteractive", "LC_ALL": "C.UTF-8"})
-            assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
-            return proc.stdout
+            return system.chroot(merged, "sh", "-ec", script, env=APT_ENV)
 
         run("apt-get update -qq && apt-get install -y -qq pbxhost pbxhost-autoban pbxhost-websms")
         status = run("dpkg-query -W -f '${Package} ${db:Status-Status}\\n'")
@@ -210,3 +206,6 @@ def test_apt_installs_the_three_into_a_sid_tree_without_asterisk(repo, tmp_path)
         assert "websms" in run("id -nG asterisk").split()
         assert run("stat -c %U /srv/var/lib/asterisk").strip() == "asterisk"  # tmpfiles ran
         assert (merged / "etc/systemd/system/multi-user.target.wants/autoban.service").is_symlink()
+        # removing pbxhost gives Asterisk Debian's stock configuration back (README)
+        removal = run("apt-get -s remove pbxhost")
+        assert "\nInst asterisk-config " in removal and "\nRemv asterisk " not in removal
