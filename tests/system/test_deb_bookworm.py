@@ -38,7 +38,7 @@ def debs(tmp_path_factory) -> dict[str, Path]:
 @pytest.fixture(scope="module")
 def bookworm(debs, tmp_path_factory):
     """A bookworm tree (an overlay over the cached one, with /proc, /dev and
-    /sys); yields run(script) -> CompletedProcess of it in the tree."""
+    /sys); yields run(script) -> its output, run in the tree."""
     tree = rootfs.ensure_tree(BOOKWORM_TREE, ("python3", "ca-certificates"), suite="bookworm")
     upper = tmp_path_factory.mktemp("bookworm") / "disk"
     with system.Overlay([tree], upper) as merged, system.chroot_mounts(merged):
