@@ -136,9 +136,9 @@ def build(dist: Path, edit: Callable[[Path], None] | None = None) -> list[Path]:
         if not debs:
             raise BuildError("dpkg-buildpackage made no .deb")
         changes = next(work.glob("*.changes"))
-        # Errors and warnings fail the build; an override names tag, path and reason
-        # (debian/*.lintian-overrides). Info tags are kept in dist/lintian.txt.
-        # as nobody: lintian unpacks what it checks, and warns when run as root
+        # Errors and warnings fail the build (an override, in debian/PKG.lintian-
+        # overrides, names its tag, path and reason); info tags go to
+        # dist/lintian.txt. As nobody: lintian unpacks what it checks.
         work.chmod(0o755)
         lint = in_tree(tree, work, "setpriv --reuid=nobody --regid=nogroup --clear-groups "
                        "env HOME=/tmp lintian --fail-on error,warning --display-info "
@@ -210,8 +210,8 @@ def make_repo(dist: Path, repo: Path | None = None) -> Path:
     binary = repo / "dists" / REPO_SUITE / "main" / "binary-all"
     binary.mkdir(parents=True)
     tree = build_tree()
-    in_tree(tree, repo, "apt-ftparchive packages pool > dists/stable/main/binary-all/Packages"
-            " && gzip -9nk dists/stable/main/binary-all/Packages")
+    packages = binary.relative_to(repo) / "Packages"
+    in_tree(tree, repo, f"apt-ftparchive packages pool > {packages} && gzip -9nk {packages}")
     release_opts = " ".join(f"-o APT::FTPArchive::Release::{k}={shlex.quote(v)}" for k, v in {
         "Origin": REPO_ORIGIN, "Label": REPO_ORIGIN, "Suite": REPO_SUITE,
         "Codename": REPO_SUITE, "Architectures": "all", "Components": "main",
