@@ -11,6 +11,7 @@ import os
 import signal
 import sys
 from collections.abc import Coroutine, Mapping
+from pathlib import Path
 from typing import Any, NoReturn
 
 from pbxhost import settings
@@ -25,32 +26,45 @@ _LEVELS = {0: logging.CRITICAL + 10, 1: logging.CRITICAL, 2: logging.CRITICAL,
            7: logging.INFO, 8: logging.DEBUG}
 
 
+JOURNAL_SOCKET = Path("/run/systemd/journal/socket")
+
+
 def log_level(env: Mapping[str, str] = os.environ) -> int:
     """The logging level SYSLOG_LEVEL selects; settings.SettingError when invalid."""
     return _LEVELS[settings.syslog_level(env)]
 
 
+_PRIORITIES = ((logging.CRITICAL, 2), (logging.ERROR, 3), (logging.WARNING, 4),
+               (NOTICE, 5), (logging.INFO, 6))
+
+
+def syslog_priority(levelno: int) -> int:
+    """The syslog priority of a logging level (NOTICE included, which
+    systemd-python's JournalHandler would send as a warning)."""
+    return next((p for lvl, p in _PRIORITIES if levelno >= lvl), 7)
+
+
 class _SyslogPrefixFormatter(logging.Formatter):
     """`<N>message`: journald reads the priority from the prefix on stderr."""
 
-    PRIORITIES = ((logging.CRITICAL, 2), (logging.ERROR, 3), (logging.WARNING, 4),
-                  (NOTICE, 5), (logging.INFO, 6))
-
     def format(self, record: logging.LogRecord) -> str:
-        prio = next((p for lvl, p in self.PRIORITIES if record.levelno >= lvl), 7)
-        return f"<{prio}>{super().format(record)}"
+        return f"<{syslog_priority(record.levelno)}>{super().format(record)}"
 
 
-def setup_logging(name: str, env: Mapping[str, str] = os.environ) -> logging.Logger:
+def setup_logging(name: str, env: Mapping[str, str] = os.environ,
+                  journal_outside_units: bool = False) -> logging.Logger:
     """Log to the journal natively when run by systemd, else to stderr.
+    JOURNAL_OUTSIDE_UNITS: also to the journal when started by another program
+    on a systemd host (minivm-send, run by Asterisk, whose output goes nowhere).
     An invalid SYSLOG_LEVEL is logged (one line naming it) and exits EX_CONFIG."""
     handler: logging.Handler
     journal = None
-    if env.get("JOURNAL_STREAM"):
+    if env.get("JOURNAL_STREAM") or (journal_outside_units and JOURNAL_SOCKET.exists()):
         with contextlib.suppress(ImportError):
             from systemd import journal  # type: ignore[no-redef]
     if journal is not None:
         handler = journal.JournalHandler(SYSLOG_IDENTIFIER=name)
+        handler.map_priority = syslog_priority  # type: ignore[method-assign]
         handler.setFormatter(logging.Formatter("%(message)s"))
     elif env.get("JOURNAL_STREAM"):
         handler = logging.StreamHandler(sys.stderr)

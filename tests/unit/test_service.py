@@ -42,3 +42,20 @@ def test_level_filters(capsys):
     log.error("shown")
     err = capsys.readouterr().err
     assert "shown" in err and "hidden" not in err
+
+
+@pytest.mark.parametrize(("level", "priority"), [
+    (logging.CRITICAL, 2), (logging.ERROR, 3), (logging.WARNING, 4), (service.NOTICE, 5),
+    (logging.INFO, 6), (logging.DEBUG, 7)])
+def test_journal_priorities_include_notice(level, priority):
+    assert service.syslog_priority(level) == priority
+
+
+def test_the_journal_handler_sends_notice_as_priority_5():
+    pytest.importorskip("systemd.journal")
+    sent = []
+    log = service.setup_logging("autoban", {"JOURNAL_STREAM": "8:1", "SYSLOG_LEVEL": "7"})
+    logging.getLogger().handlers[0].send = lambda *_, **kw: sent.append(kw)
+    log.log(service.NOTICE, "jailed")
+    log.info("connected")
+    assert [kw["PRIORITY"] for kw in sent] == ["5", "6"]
