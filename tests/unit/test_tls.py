@@ -230,6 +230,15 @@ def test_first_run_makes_a_self_signed_pair_then_keeps_it(tmp_path):
     assert tls.certificate_info(dest / tls.CERT).names == ("192.0.2.10",)
 
 
+def test_a_self_signed_certificate_ending_in_2_days_is_renewed(tmp_path):
+    """What the daily timer's run does to a certificate made to expire in 2 days."""
+    tls.install(tls.self_signed(HOST, 2048, 2), tmp_path, None)
+    old = tls.certificate_info(tmp_path / tls.CERT)
+    assert run(tmp_path) == 0
+    new = tls.certificate_info(tmp_path / tls.CERT)
+    assert new.serial != old.serial and new.days_left == 29
+
+
 def test_run_takes_acme_and_a_bad_acme_json_leaves_the_pair(ca, tmp_path, caplog):
     dest, acme_file = tmp_path / "ssl", tmp_path / "acme.json"
     assert run(dest) == 0
