@@ -55,7 +55,7 @@ install-data:
 	install -d $(DESTDIR)$(UNITDIR)/asterisk.service.d $(DATADIR)/pbxhost/asterisk \
 		$(DATADIR)/doc/pbxhost/providers $(DATADIR)/man/man1 $(DATADIR)/asterisk/agi-bin \
 		$(DESTDIR)$(PREFIX)/lib/sysusers.d $(DESTDIR)$(PREFIX)/lib/tmpfiles.d
-	install -m 0644 units/*.service units/*.timer units/*.target $(DESTDIR)$(UNITDIR)/
+	install -m 0644 units/*.service units/*.timer units/*.path units/*.target $(DESTDIR)$(UNITDIR)/
 	install -m 0644 units/asterisk.service.d/*.conf $(DESTDIR)$(UNITDIR)/asterisk.service.d/
 	install -m 0644 etc/asterisk/*.conf $(DATADIR)/pbxhost/asterisk/
 	install -m 0644 README.md docs/*.md $(DATADIR)/doc/pbxhost/

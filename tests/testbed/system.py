@@ -138,7 +138,8 @@ def source_copy(dest: Path) -> Path:
 
 
 OUR_UNITS = ("pbxhost.target", "pbxhost-seed.service", "autoban.service",
-             "websmsd.service", "minivm-send-retry.timer")
+             "websmsd.service", "minivm-send-retry.timer", "pbxhost-tls.service",
+             "pbxhost-tls.timer", "pbxhost-acme.path")
 
 
 def install_from_source(tree: Path) -> None:
