@@ -11,6 +11,7 @@ RUFF_VERSION := 0.17.6
 # Time budget per tier (seconds) so the whole run fits CI's 90 minutes.
 UNIT_BUDGET := 120
 INTEGRATION_BUDGET := 1200
+SYSTEM_BUDGET := 1800
 
 PYTEST := $(VPY) -m pytest -p no:cacheprovider -ra
 
@@ -49,7 +50,11 @@ test-unit: deps
 test-integration: deps
 	timeout $(INTEGRATION_BUDGET) $(PYTEST) -v --timeout=300 tests/integration
 
-test: lint test-unit test-integration
+# the product installed into a sid system booted with systemd (systemd-nspawn)
+test-system: deps
+	timeout $(SYSTEM_BUDGET) $(PYTEST) -v --timeout=600 tests/system
+
+test: lint test-unit test-integration test-system
 
 install-data:
 	install -d $(DESTDIR)$(UNITDIR)/asterisk.service.d $(DATADIR)/pbxhost/asterisk \

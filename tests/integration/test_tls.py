@@ -11,20 +11,15 @@ from __future__ import annotations
 
 import os
 import shlex
-import socket
-import ssl
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-from cryptography import x509
-
 from pbxhost.host import tls
 from testbed.configs import pjsip_user
 from testbed.media import RtpCounter, tone, write_wav
-from testbed.netns import Host, in_netns
-from testbed.tlsca import TestCA, acme_v2
+from testbed.tlsca import TestCA, acme_v2, served
 from testbed.wait import poll
 
 ROOT = Path(__file__).parents[2]
@@ -42,29 +37,6 @@ def pbxhost_tls(dest: Path, *args: str, **env: str) -> subprocess.CompletedProce
          "tls", "--dest", str(dest), "--key-group", "", *args],
         capture_output=True, text=True, timeout=60, cwd=ROOT,
         env={"PATH": os.environ["PATH"], "PYTHONPATH": str(ROOT), **env})
-
-
-def served(client: Host, address: str, cafile: Path | None = None) -> int | None:
-    """The serial of the certificate served on ADDRESS:5061, seen from CLIENT's
-    namespace (verified against CAFILE, host name included, when given); None
-    while nothing answers (the listener restarting)."""
-    def handshake() -> int | None:
-        family = socket.AF_INET6 if ":" in address else socket.AF_INET
-        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-        if cafile is None:
-            ctx.check_hostname, ctx.verify_mode = False, ssl.CERT_NONE
-        else:
-            ctx.load_verify_locations(cafile)
-        try:
-            with socket.socket(family) as raw:
-                raw.settimeout(3)
-                raw.connect((address, 5061))
-                with ctx.wrap_socket(raw, server_hostname=address) as conn:
-                    der = conn.getpeercert(binary_form=True)
-        except ConnectionError:
-            return None
-        return x509.load_der_x509_certificate(der).serial_number
-    return in_netns(client.ns, handshake)
 
 
 def test_a_new_certificate_is_served_without_dropping_a_call(net, start_asterisk, start_phone,

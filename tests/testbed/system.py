@@ -274,7 +274,8 @@ class BootedSystem:
         return [json.loads(line) for line in out.splitlines() if line.strip()]
 
     def write(self, path: str, text: str, mode: int = 0o644) -> None:
-        """A file inside, as its admin would write it (root-owned)."""
+        """A file on the machine's disk, as its admin would write it (root-owned;
+        not under /run or /tmp, the machine's own tmpfs)."""
         target = self.root / path.lstrip("/")
         target.parent.mkdir(parents=True, exist_ok=True)
         target.write_text(text)

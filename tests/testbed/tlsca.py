@@ -7,12 +7,17 @@ import base64
 import datetime as dt
 import ipaddress
 import json
+import socket
+import ssl
 from dataclasses import dataclass
+from pathlib import Path
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
+
+from .netns import Host, in_netns
 
 DAY = dt.timedelta(days=1)
 
@@ -90,3 +95,26 @@ def acme_v2(**resolvers: list[tuple[tuple[str, ...], Issued]] | None) -> bytes:
         {"domain": {"main": names[0], **({"sans": list(names[1:])} if names[1:] else {})},
          "certificate": b64(i.cert_pem), "key": b64(i.key_pem), "Store": "default"}
         for names, i in certs]} for name, certs in resolvers.items()}, indent=1).encode()
+
+
+def served(client: Host, address: str, cafile: Path | None = None) -> int | None:
+    """The serial of the certificate served on ADDRESS:5061, seen from CLIENT's
+    namespace (verified against CAFILE, host name included, when given); None
+    while nothing answers (the listener restarting)."""
+    def handshake() -> int | None:
+        family = socket.AF_INET6 if ":" in address else socket.AF_INET
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        if cafile is None:
+            ctx.check_hostname, ctx.verify_mode = False, ssl.CERT_NONE
+        else:
+            ctx.load_verify_locations(cafile)
+        try:
+            with socket.socket(family) as raw:
+                raw.settimeout(3)
+                raw.connect((address, 5061))
+                with ctx.wrap_socket(raw, server_hostname=address) as conn:
+                    der = conn.getpeercert(binary_form=True)
+        except ConnectionError:
+            return None
+        return x509.load_der_x509_certificate(der).serial_number
+    return in_netns(client.ns, handshake)
