@@ -15,6 +15,13 @@ TREE_NAME = "sid-asterisk-v2"
 # python3 and python3-panoramisk: what `websms agi` (the plain AGI script) imports.
 PACKAGES = ("asterisk", "asterisk-modules", "asterisk-core-sounds-en", "python3",
             "python3-panoramisk")
+# The OpenRC tree (Alpine's init system on Debian: openrc-run, supervise-daemon)
+# with what the .apk's Python package imports. Debian's openrc conflicts with
+# systemd-sysv, which minbase does not install. python3 is 3.14 in sid, as in
+# Alpine 3.24, so the .apk's bytecode is compiled here too.
+OPENRC_TREE_NAME = "sid-openrc-v1"
+OPENRC_PACKAGES = ("openrc", "python3", "python3-panoramisk", "python3-nftables", "nftables",
+                   "python3-waitress", "procps")
 DEFAULT_CACHE = "/var/cache/pbxhost-testbed"
 # Mount points the test bed binds over; they must exist in the tree.
 MOUNT_POINTS = ("srv/etc", "srv/var", "proc", "dev", "tmp", "run", "opt/pbxhost")
@@ -30,24 +37,38 @@ def cache_dir() -> Path:
 
 def ensure_rootfs() -> Path:
     """Return the cached tree, building it first when it is missing."""
-    cache = cache_dir()
-    cache.mkdir(parents=True, exist_ok=True)
-    tree = cache / TREE_NAME
-    with open(cache / f"{TREE_NAME}.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)  # one builder; the others wait and reuse
-        if not (tree / ".pbxhost-complete").exists():
-            _build(tree)
+    tree = _ensure(TREE_NAME, PACKAGES)
     check(tree)
     return tree
 
 
-def _build(tree: Path) -> None:
+def ensure_openrc_tree() -> Path:
+    """Return the cached OpenRC tree, building it first when it is missing."""
+    tree = _ensure(OPENRC_TREE_NAME, OPENRC_PACKAGES)
+    for needed in ("sbin/openrc-run", "sbin/supervise-daemon", "usr/bin/python3.14"):
+        if not (tree / needed).exists():
+            raise RootfsError(f"{tree}/{needed} is missing")
+    return tree
+
+
+def _ensure(name: str, packages: tuple[str, ...]) -> Path:
+    cache = cache_dir()
+    cache.mkdir(parents=True, exist_ok=True)
+    tree = cache / name
+    with open(cache / f"{name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # one builder; the others wait and reuse
+        if not (tree / ".pbxhost-complete").exists():
+            _build(tree, packages)
+    return tree
+
+
+def _build(tree: Path, packages: tuple[str, ...] = PACKAGES) -> None:
     if shutil.which("debootstrap") is None:
         raise RootfsError("debootstrap is not installed")
     tmp = tree.with_name(tree.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     shutil.rmtree(tree, ignore_errors=True)
-    cmd = ["debootstrap", "--variant=minbase", f"--include={','.join(PACKAGES)}", "sid", str(tmp)]
+    cmd = ["debootstrap", "--variant=minbase", f"--include={','.join(packages)}", "sid", str(tmp)]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
     if proc.returncode != 0:
         tail = (proc.stdout + proc.stderr).strip().splitlines()[-3:]
