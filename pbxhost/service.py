@@ -10,6 +10,7 @@ import logging
 import logging.handlers
 import os
 import signal
+import socket
 import sys
 from collections.abc import Coroutine, Mapping
 from typing import Any, NoReturn
@@ -64,11 +65,13 @@ def _syslog_handler(name: str, env: Mapping[str, str]) -> logging.Handler | None
         wanted = settings.log_to_syslog(env)
     except settings.SettingError:
         return None
-    if not wanted or not os.path.exists(SYSLOG_SOCKET):
+    if not wanted:
         return None
-    try:
+    try:  # a daemon listens and we may write (Python 3.14's handler defers this to emit)
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as probe:
+            probe.connect(SYSLOG_SOCKET)
         handler = _SyslogHandler(SYSLOG_SOCKET, logging.handlers.SysLogHandler.LOG_DAEMON)
-    except OSError:  # a socket nobody listens on
+    except OSError:
         return None
     handler.ident = f"{name}[{os.getpid()}]: "
     handler.setFormatter(logging.Formatter("%(message)s"))

@@ -119,7 +119,7 @@ def packages() -> list[Package]:
         Package("pbxhost-autoban",
                 "autoban: jail addresses that attack Asterisk (AMI security events to nftables)",
                 ("usr/bin/autoban", "usr/bin/autoband"),
-                depends=(f"py3-pbxhost={v}", "nftables", "py3-nftables")),
+                depends=(f"py3-pbxhost={v}", "nftables", "py3-nftables", "iproute2")),
         Package("pbxhost-websms",
                 "websms: SMS between SIP phones and an ITSP's HTTP API",
                 ("usr/bin/websms", "usr/bin/websmsd", f"{AGI_DIR}/websms"),
