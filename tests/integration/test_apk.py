@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import configparser
 import hashlib
+import json
 import os
 import subprocess
 import sys
@@ -16,7 +17,9 @@ from pathlib import Path
 import pytest
 
 from testbed import apkread, rootfs
+from testbed.configs import TRANSPORTS, manager_conf, pjsip_user
 from testbed.openrc import OpenrcRoot
+from testbed.sip import sipp_register
 from testbed.wait import poll
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -267,3 +270,40 @@ def test_logs_reach_syslog_with_priorities(system):
     # websmsd runs as user websms and still reaches /dev/log
     owner = system.run("stat", "-c", "%U", "/srv/var/spool/websms").stdout.strip()
     assert owner == "websms"
+
+
+AMI_SECRET = "apk-autoban-secret"
+
+
+def test_autoban_service_jails_a_guesser_of_the_test_beds_asterisk(
+        dist, openrc_tree, net, start_asterisk, tmp_path):
+    """The packaged autoban, started by its OpenRC script in the PBX host's
+    network namespace, against the test bed's Asterisk 22."""
+    pbx_host, attacker = net.host("pbx", 10), net.host("attacker", 66)
+    start_asterisk(pbx_host, {"pjsip.conf": TRANSPORTS + pjsip_user("jane", "Jane-pass-5521"),
+                              "manager.conf": manager_conf("autoban", AMI_SECRET,
+                                                           read="security")})
+    root = OpenrcRoot(openrc_tree, tmp_path / "openrc", netns=pbx_host.ns)
+    root.install(p for n, p in apks(dist).items()
+                 if n in ("py3-pbxhost", "py3-pbxhost-pyc", "pbxhost-autoban",
+                          "pbxhost-autoban-openrc"))
+    root.write("/srv/etc/asterisk/autoban.conf",
+               f"[asmanager]\nserver = 127.0.0.1\nport = 5038\nusername = autoban\n"
+               f"secret = {AMI_SECRET}\n\n[autoban]\nmaxcount = 3\nwatchtime = 20m\n"
+               "jailtime = 20m\nstatefile = /var/lib/autoban/state.json\n", 0o600)
+    root.write("/srv/etc/pbxhost.env", "SYSLOG_LEVEL=7\n")  # read by the init script
+    with root:
+        root.service("autoban", "start")
+        try:
+            poll(lambda: any("AMI connected" in line for line in root.syslog_lines()), 30,
+                 "autoban's AMI login, in syslog")
+            sipp_register(attacker, pbx_host.v4, "jane", "wrong", tmp_path, expect=401,
+                          calls=10, rate=20, local_port=5070, timeout=8)
+            jailed = poll(lambda: [line for line in root.syslog_lines()
+                                   if f"jailed {attacker.v4}" in line], 30,
+                          "the jailing, in syslog")
+            assert jailed[0].startswith("<29>autoban[")  # daemon.notice
+            listed = root.run("autoban", "--json", "list", "jail").stdout
+            assert attacker.v4 in {e["addr"] for e in json.loads(listed)}
+        finally:
+            root.service("autoban", "stop", check=False)

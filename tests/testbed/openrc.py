@@ -62,8 +62,9 @@ while True:
 class OpenrcRoot:
     """The overlay root, its namespaces and its /dev/log receiver."""
 
-    def __init__(self, tree: Path, workdir: Path) -> None:
-        self.tree, self.work = tree, workdir
+    def __init__(self, tree: Path, workdir: Path, netns: str | None = None) -> None:
+        """NETNS: a test bed host's network namespace to live in (else one of its own)."""
+        self.tree, self.work, self.netns = tree, workdir, netns
         self.upper, self.merged = workdir / "upper", workdir / "merged"
         self.holder: subprocess.Popen[bytes] | None = None
         self.syslog = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
@@ -93,8 +94,10 @@ class OpenrcRoot:
         self.syslog_path.chmod(0o666)  # as /dev/log: websms and asterisk log too
         threading.Thread(target=self._drain, daemon=True).start()
         ready = self.work / "ready"
+        where = ["ip", "netns", "exec", self.netns] if self.netns else []
         self.holder = subprocess.Popen(
-            ["unshare", "--mount", "--propagation", "private", "--net", "--pid", "--fork",
+            [*where, "unshare", "--mount", "--propagation", "private",
+             *([] if self.netns else ["--net"]), "--pid", "--fork",
              "--kill-child", "sh", "-c", HOLDER, "holder", str(self.merged), str(self.tree),
              str(self.upper), str(self.work / "overlay-work"), str(self.syslog_path),
              str(ready)], stderr=subprocess.PIPE, env={"PATH": PATH, "REAPER": REAPER})
