@@ -119,3 +119,20 @@ def test_abuilds_split_of_the_staged_files_is_mkapks(both, staged):
 def test_version_and_python(both):
     text = (APK_DIR / "APKBUILD").read_text()
     assert f"pkgver={mkapk.version()}\n" in text and f"pkgrel={mkapk.PKGREL}\n" in text
+
+
+def test_py3_panoramisk_apkbuild_follows_the_python_policy():
+    """Alpine lacks py3-panoramisk: its APKBUILD is shipped, gpep517 + installer
+    with a -pyc subpackage, at the version pbxhost is tested with (Debian's 1.4)."""
+    out = subprocess.run(
+        ["bash", "-c", '. ./APKBUILD; echo "$pkgname|$pkgver|$subpackages|$makedepends|$depends";'
+                       ' type build package | grep -E "gpep517|installer"'],
+        cwd=APK_DIR / "py3-panoramisk", capture_output=True, text=True, check=True).stdout
+    fields, *body = out.splitlines()
+    name, ver, subs, makedepends, depends = fields.split("|")
+    assert (name, ver, subs, depends) == ("py3-panoramisk", "1.4", "py3-panoramisk-pyc",
+                                          "python3")
+    assert "py3-gpep517" in makedepends.split()
+    assert any("gpep517 build-wheel" in line for line in body)
+    assert any("python3 -m installer" in line for line in body)
+    assert "py3-panoramisk" in {pkg.name: pkg for pkg in mkapk.packages()}["py3-pbxhost"].depends
