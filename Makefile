@@ -70,7 +70,7 @@ install-data:
 # public key FILE.rsa.pub), else with one made once in ~/.cache/pbxhost/apk-key.
 # Bytecode (py3-pbxhost-pyc) needs Alpine's Python 3.14: python3.14 on PATH or,
 # as root, the test bed's sid OpenRC tree; without either it is left out.
-OPENRC_TREE := $(or $(PBXHOST_TESTBED_CACHE),/var/cache/pbxhost-testbed)/sid-openrc-v2
+OPENRC_TREE := $(or $(PBXHOST_TESTBED_CACHE),/var/cache/pbxhost-testbed)/sid-openrc-v3
 PYC_PYTHON := $(shell command -v python3.14)
 APK_PYC := $(if $(PYC_PYTHON),--pyc-python $(PYC_PYTHON),$(if $(and $(filter 0,$(shell id -u)),\
 	$(wildcard $(OPENRC_TREE)/.pbxhost-complete)),--pyc-root $(OPENRC_TREE)))

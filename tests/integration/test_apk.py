@@ -272,6 +272,33 @@ def test_logs_reach_syslog_with_priorities(system):
     assert owner == "websms"
 
 
+
+def test_busybox_syslogd_files_the_services_lines_with_their_priority(dist, openrc_tree,
+                                                                       tmp_path):
+    """Alpine's default syslog is busybox's syslogd, which reads the <PRI> of
+    what arrives on /dev/log (not the <N> prefixes of the stderr fallback)."""
+    root = OpenrcRoot(openrc_tree, tmp_path, receiver=False)
+    root.install(p for n, p in apks(dist).items()
+                 if n in ("py3-pbxhost", "py3-pbxhost-pyc", "pbxhost-autoban",
+                          "pbxhost-autoban-openrc"))
+    root.write("/srv/etc/asterisk/autoban.conf",
+               "[asmanager]\nsecret = none\n\n[autoban]\n"
+               "statefile = /var/lib/autoban/state.json\n", 0o600)
+    messages = root.upper_file("/var/log/messages")
+    with root:
+        root.run("busybox", "syslogd", "-O", "/var/log/messages")
+        poll(lambda: root.run("test", "-S", "/dev/log", check=False).returncode == 0, 10,
+             "busybox syslogd's /dev/log")
+        root.service("autoban", "start")
+        try:
+            line = poll(lambda: messages.exists() and next(
+                (x for x in messages.read_text().splitlines() if "autoban started" in x), None),
+                30, "autoban's start in /var/log/messages")
+        finally:
+            root.service("autoban", "stop", check=False)
+    assert " daemon.notice autoban[" in line and "<" not in line
+
+
 AMI_SECRET = "apk-autoban-secret"
 
 

@@ -9,7 +9,8 @@ What stands in for Alpine, and why:
   a .pth file in Debian's dist-packages adds it;
 - the users come from Debian's useradd, not from the .pre-install scripts
   (busybox adduser options);
-- /dev/log is a socket the test reads (no syslog daemon)."""
+- /dev/log is a socket the test reads, or that of Debian's busybox syslogd
+  (Alpine's default syslog is busybox's too)."""
 
 from __future__ import annotations
 
@@ -40,7 +41,7 @@ mount -t tmpfs tmpfs "$M/run"
 mount -t tmpfs tmpfs "$M/tmp"
 mount -t tmpfs -o mode=0755 tmpfs "$M/dev"
 for d in null zero random urandom; do touch "$M/dev/$d"; mount --bind "/dev/$d" "$M/dev/$d"; done
-touch "$M/dev/log"; mount --bind "$LOG" "$M/dev/log"
+if [ -n "$LOG" ]; then touch "$M/dev/log"; mount --bind "$LOG" "$M/dev/log"; fi
 mkdir -p "$M/run/openrc"; touch "$M/run/openrc/softlevel"
 ip link set lo up
 touch "$READY"
@@ -62,9 +63,12 @@ while True:
 class OpenrcRoot:
     """The overlay root, its namespaces and its /dev/log receiver."""
 
-    def __init__(self, tree: Path, workdir: Path, netns: str | None = None) -> None:
-        """NETNS: a test bed host's network namespace to live in (else one of its own)."""
-        self.tree, self.work, self.netns = tree, workdir, netns
+    def __init__(self, tree: Path, workdir: Path, netns: str | None = None,
+                 receiver: bool = True) -> None:
+        """NETNS: a test bed host's network namespace to live in (else one of its
+        own). RECEIVER: /dev/log is the test's socket (else a syslogd run inside
+        makes its own)."""
+        self.tree, self.work, self.netns, self.receiver = tree, workdir, netns, receiver
         self.upper, self.merged = workdir / "upper", workdir / "merged"
         self.holder: subprocess.Popen[bytes] | None = None
         self.syslog = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
@@ -90,16 +94,18 @@ class OpenrcRoot:
     def __enter__(self) -> OpenrcRoot:
         for d in ("upper", "merged", "overlay-work"):
             (self.work / d).mkdir(parents=True, exist_ok=True)
-        self.syslog.bind(str(self.syslog_path))
-        self.syslog_path.chmod(0o666)  # as /dev/log: websms and asterisk log too
-        threading.Thread(target=self._drain, daemon=True).start()
+        if self.receiver:
+            self.syslog.bind(str(self.syslog_path))
+            self.syslog_path.chmod(0o666)  # as /dev/log: websms and asterisk log too
+            threading.Thread(target=self._drain, daemon=True).start()
         ready = self.work / "ready"
         where = ["ip", "netns", "exec", self.netns] if self.netns else []
         self.holder = subprocess.Popen(
             [*where, "unshare", "--mount", "--propagation", "private",
              *([] if self.netns else ["--net"]), "--pid", "--fork",
              "--kill-child", "sh", "-c", HOLDER, "holder", str(self.merged), str(self.tree),
-             str(self.upper), str(self.work / "overlay-work"), str(self.syslog_path),
+             str(self.upper), str(self.work / "overlay-work"),
+             str(self.syslog_path) if self.receiver else "",
              str(ready)], stderr=subprocess.PIPE, env={"PATH": PATH, "REAPER": REAPER})
         poll(lambda: ready.exists() or self.holder.poll() is not None, 30, "the OpenRC root")
         if self.holder.poll() is not None:
@@ -110,7 +116,8 @@ class OpenrcRoot:
         if self.holder and self.holder.poll() is None:
             self.holder.send_signal(signal.SIGKILL)  # --kill-child: PID 1 and all below go
             self.holder.wait(timeout=30)
-        self.syslog.shutdown(socket.SHUT_RDWR)
+        if self.receiver:
+            self.syslog.shutdown(socket.SHUT_RDWR)
         self.syslog.close()
 
     def _init_pid(self) -> int:

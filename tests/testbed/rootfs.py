@@ -18,10 +18,11 @@ PACKAGES = ("asterisk", "asterisk-modules", "asterisk-core-sounds-en", "python3"
 # The OpenRC tree (Alpine's init system on Debian: openrc-run, supervise-daemon)
 # with what the .apk's Python package imports. Debian's openrc conflicts with
 # systemd-sysv, which minbase does not install. python3 is 3.14 in sid, as in
-# Alpine 3.24, so the .apk's bytecode is compiled here too. autoban runs `ip -j`.
-OPENRC_TREE_NAME = "sid-openrc-v2"
+# Alpine 3.24, so the .apk's bytecode is compiled here too. autoban runs `ip -j`;
+# busybox's syslogd is Alpine's default syslog.
+OPENRC_TREE_NAME = "sid-openrc-v3"
 OPENRC_PACKAGES = ("openrc", "python3", "python3-panoramisk", "python3-nftables", "nftables",
-                   "python3-waitress", "procps", "iproute2")
+                   "python3-waitress", "procps", "iproute2", "busybox")
 DEFAULT_CACHE = "/var/cache/pbxhost-testbed"
 # Mount points the test bed binds over; they must exist in the tree.
 MOUNT_POINTS = ("srv/etc", "srv/var", "proc", "dev", "tmp", "run", "opt/pbxhost")
