@@ -389,8 +389,8 @@ def main(argv: list[str] | None = None) -> int:
     mtime, ver = source_date(), _ver()
     with tempfile.TemporaryDirectory(prefix="mkapk-") as tmp:
         root = args.stage or Path(tmp) / "root"
-        if root.exists():
-            shutil.rmtree(root)
+        if root.exists() and any(root.iterdir()):
+            parser.error(f"--stage {root}: not empty")
         stage(root, Path(tmp))
         pkgs = packages()
         if not compile_pyc(root, args.pyc_python, args.pyc_root):
