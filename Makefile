@@ -23,7 +23,7 @@ DESTDIR ?=
 UNITDIR ?= $(PREFIX)/lib/systemd/system
 DATADIR := $(DESTDIR)$(PREFIX)/share
 
-.PHONY: all deps lint test test-unit test-integration test-system demo clean install-data
+.PHONY: all deps lint test test-unit test-integration test-system demo clean install-data apk
 
 all: test
 
@@ -70,8 +70,21 @@ install-data:
 	install -m 0644 packaging/tmpfiles.d/*.conf $(DESTDIR)$(PREFIX)/lib/tmpfiles.d/
 	$(PY) packaging/manpages.py $(DATADIR)/man/man1
 
+# `make apk`: the Alpine packages and their public key in dist/ (docs/alpine.md),
+# written by packaging/apk/mkapk.py. APK_KEY=FILE.rsa signs with that key (its
+# public key FILE.rsa.pub), else with one made once in ~/.cache/pbxhost/apk-key.
+# Bytecode (py3-pbxhost-pyc) needs Alpine's Python 3.14: python3.14 on PATH or,
+# as root, the test bed's sid OpenRC tree; without either it is left out.
+OPENRC_TREE := $(or $(PBXHOST_TESTBED_CACHE),/var/cache/pbxhost-testbed)/sid-openrc-v3
+PYC_PYTHON := $(shell command -v python3.14)
+APK_PYC := $(if $(PYC_PYTHON),--pyc-python $(PYC_PYTHON),$(if $(and $(filter 0,$(shell id -u)),\
+	$(wildcard $(OPENRC_TREE)/.pbxhost-complete)),--pyc-root $(OPENRC_TREE)))
+
+apk: $(STAMP)
+	$(VPY) packaging/apk/mkapk.py --out dist $(if $(APK_KEY),--key $(APK_KEY)) $(APK_PYC)
+
 demo: $(STAMP)
 	$(VPY) demo/run.py
 
 clean:
-	rm -rf $(VENV) build *.egg-info
+	rm -rf $(VENV) build *.egg-info dist

@@ -7,8 +7,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import logging.handlers
 import os
 import signal
+import socket
 import sys
 from collections.abc import Coroutine, Mapping
 from pathlib import Path
@@ -51,12 +53,48 @@ class _SyslogPrefixFormatter(logging.Formatter):
         return f"<{syslog_priority(record.levelno)}>{super().format(record)}"
 
 
+SYSLOG_SOCKET = "/dev/log"
+
+
+class _SyslogHandler(logging.handlers.SysLogHandler):
+    """SysLogHandler that knows NOTICE (the stdlib maps unknown levels to warning)."""
+
+    def mapPriority(self, levelName: str) -> str:
+        return "notice" if levelName == "NOTICE" else super().mapPriority(levelName)
+
+
+def _syslog_handler(name: str, env: Mapping[str, str]) -> logging.Handler | None:
+    """Syslog when not under systemd (OpenRC: busybox syslogd does not parse the
+    <N> prefixes journald reads on stderr), only when PBXHOST_LOG=syslog asks
+    for it (so nothing changes for stderr's readers) and a syslog daemon
+    listens; None keeps the handler chosen before. A bad PBXHOST_LOG is left to
+    setup_logging: stderr, then the one-line config error."""
+    if env.get("JOURNAL_STREAM"):
+        return None
+    try:
+        wanted = settings.log_to_syslog(env)
+    except settings.SettingError:
+        return None
+    if not wanted:
+        return None
+    try:  # a daemon listens and we may write (Python 3.14's handler defers this to emit)
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as probe:
+            probe.connect(SYSLOG_SOCKET)
+        handler = _SyslogHandler(SYSLOG_SOCKET, logging.handlers.SysLogHandler.LOG_DAEMON)
+    except OSError:
+        return None
+    handler.ident = f"{name}[{os.getpid()}]: "
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    return handler
+
+
 def setup_logging(name: str, env: Mapping[str, str] = os.environ,
                   journal_outside_units: bool = False) -> logging.Logger:
-    """Log to the journal natively when run by systemd, else to stderr.
-    JOURNAL_OUTSIDE_UNITS: also to the journal when started by another program
-    on a systemd host (minivm-send, run by Asterisk, whose output goes nowhere).
-    An invalid SYSLOG_LEVEL is logged (one line naming it) and exits EX_CONFIG."""
+    """Log to the journal natively when run by systemd, else to stderr (or to
+    syslog with PBXHOST_LOG=syslog). JOURNAL_OUTSIDE_UNITS: also to the journal
+    when started by another program on a systemd host (minivm-send, run by
+    Asterisk, whose output goes nowhere). An invalid SYSLOG_LEVEL or PBXHOST_LOG
+    is logged (one line naming it) and exits EX_CONFIG."""
     handler: logging.Handler
     journal = None
     if env.get("JOURNAL_STREAM") or (journal_outside_units and JOURNAL_SOCKET.exists()):
@@ -72,10 +110,12 @@ def setup_logging(name: str, env: Mapping[str, str] = os.environ,
     else:
         handler = logging.StreamHandler(sys.stderr)
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    handler = _syslog_handler(name, env) or handler
     root = logging.getLogger()
     root.handlers[:] = [handler]
     try:
         root.setLevel(log_level(env))
+        settings.log_to_syslog(env)
     except settings.SettingError as exc:
         root.setLevel(logging.ERROR)
         config_error(logging.getLogger(name), exc)

@@ -14,7 +14,9 @@ import pytest
 UNITS = Path(__file__).parents[2] / "units"
 # exposure x 10 (systemd-analyze --threshold): daemons 2.0, oneshots 3.0
 BOUNDS = {"autoban.service": 20, "websmsd.service": 20, "pbxhost-seed.service": 30,
-          "minivm-send-retry.service": 30}
+          "minivm-send-retry.service": 30, "pbxhost-tls.service": 30}
+# the admin's own command (ACME_POSTHOOK): no sandbox on purpose (docs/tls.md)
+UNBOUNDED = {"pbxhost-acme-posthook.service"}
 
 
 def analyze(*args: str) -> subprocess.CompletedProcess[str]:
@@ -24,7 +26,7 @@ def analyze(*args: str) -> subprocess.CompletedProcess[str]:
 
 
 def test_every_service_has_a_bound():
-    assert {p.name for p in UNITS.glob("*.service")} == set(BOUNDS)
+    assert {p.name for p in UNITS.glob("*.service")} == set(BOUNDS) | UNBOUNDED
 
 
 @pytest.mark.parametrize(("unit", "bound"), sorted(BOUNDS.items()))
@@ -38,8 +40,7 @@ def test_units_parse_without_warnings(tmp_path):
     # verify needs the units' binaries: stand-ins on a private PATH would not be
     # looked up (absolute paths), so only syntax and directives are checked here
     out = analyze("verify", "--man=no", "--recursive-errors=no",
-                  *(str(p) for p in sorted(UNITS.glob("*.service")) + sorted(UNITS.glob("*.timer"))
-                    + sorted(UNITS.glob("*.target"))))
+                  *(str(p) for p in sorted(UNITS.iterdir()) if p.is_file()))
     problems = [line for line in out.stderr.splitlines()
                 if "Unknown key" in line or "Unknown section" in line
                 or "Failed to parse" in line or "Invalid" in line]
