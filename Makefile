@@ -11,6 +11,7 @@ RUFF_VERSION := 0.17.6
 # Time budget per tier (seconds) so the whole run fits CI's 90 minutes.
 UNIT_BUDGET := 120
 INTEGRATION_BUDGET := 1200
+SYSTEM_BUDGET := 1800
 
 PYTEST := $(VPY) -m pytest -p no:cacheprovider -ra
 
@@ -22,7 +23,7 @@ DESTDIR ?=
 UNITDIR ?= $(PREFIX)/lib/systemd/system
 DATADIR := $(DESTDIR)$(PREFIX)/share
 
-.PHONY: all deps lint test test-unit test-integration test-system demo clean install-data deb repo
+.PHONY: all deps lint test test-unit test-integration test-system demo clean install-data deb repo apk
 
 all: test
 
@@ -49,13 +50,17 @@ test-unit: deps
 test-integration: deps
 	timeout $(INTEGRATION_BUDGET) $(PYTEST) -v --timeout=300 tests/integration
 
-test: lint test-unit test-integration
+# the product installed into a sid system booted with systemd (systemd-nspawn)
+test-system: deps
+	timeout $(SYSTEM_BUDGET) $(PYTEST) -v --timeout=600 tests/system
+
+test: lint test-unit test-integration test-system
 
 install-data:
 	install -d $(DESTDIR)$(UNITDIR)/asterisk.service.d $(DATADIR)/pbxhost/asterisk \
 		$(DATADIR)/doc/pbxhost/providers $(DATADIR)/man/man1 $(DATADIR)/asterisk/agi-bin \
 		$(DESTDIR)$(PREFIX)/lib/sysusers.d $(DESTDIR)$(PREFIX)/lib/tmpfiles.d
-	install -m 0644 units/*.service units/*.timer units/*.target $(DESTDIR)$(UNITDIR)/
+	install -m 0644 units/*.service units/*.timer units/*.path units/*.target $(DESTDIR)$(UNITDIR)/
 	install -m 0644 units/asterisk.service.d/*.conf $(DESTDIR)$(UNITDIR)/asterisk.service.d/
 	install -m 0644 etc/asterisk/*.conf $(DATADIR)/pbxhost/asterisk/
 	install -m 0644 README.md docs/*.md $(DATADIR)/doc/pbxhost/
@@ -65,17 +70,21 @@ install-data:
 	install -m 0644 packaging/tmpfiles.d/*.conf $(DESTDIR)$(PREFIX)/lib/tmpfiles.d/
 	$(PY) packaging/manpages.py $(DATADIR)/man/man1
 
-# `make deb`: the .debs of the working tree (uncommitted files too) in dist/,
-# built in a cached sid build tree, lintian clean; `make repo`: dist/ as a
-# signed apt repository in dist/repo (packaging/deb.py, README "Install").
-deb:
-	$(PY) packaging/deb.py deb
+# `make apk`: the Alpine packages and their public key in dist/ (docs/alpine.md),
+# written by packaging/apk/mkapk.py. APK_KEY=FILE.rsa signs with that key (its
+# public key FILE.rsa.pub), else with one made once in ~/.cache/pbxhost/apk-key.
+# Bytecode (py3-pbxhost-pyc) needs Alpine's Python 3.14: python3.14 on PATH or,
+# as root, the test bed's sid OpenRC tree; without either it is left out.
+OPENRC_TREE := $(or $(PBXHOST_TESTBED_CACHE),/var/cache/pbxhost-testbed)/sid-openrc-v3
+PYC_PYTHON := $(shell command -v python3.14)
+APK_PYC := $(if $(PYC_PYTHON),--pyc-python $(PYC_PYTHON),$(if $(and $(filter 0,$(shell id -u)),\
+	$(wildcard $(OPENRC_TREE)/.pbxhost-complete)),--pyc-root $(OPENRC_TREE)))
 
-repo:
-	$(PY) packaging/deb.py repo
+apk: $(STAMP)
+	$(VPY) packaging/apk/mkapk.py --out dist $(if $(APK_KEY),--key $(APK_KEY)) $(APK_PYC)
 
 demo: $(STAMP)
 	$(VPY) demo/run.py
 
 clean:
-	rm -rf $(VENV) build dist *.egg-info
+	rm -rf $(VENV) build *.egg-info dist

@@ -31,7 +31,6 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "bench"))
 import benchlib  # noqa: E402  (puts tests/ (the test bed) and the repository on sys.path)
 
-from pbxhost import conf  # noqa: E402
 from pbxhost.host import seed  # noqa: E402
 from testbed import rootfs  # noqa: E402
 from testbed.asterisk import Asterisk  # noqa: E402
@@ -120,9 +119,11 @@ def main() -> int:
             say(f"1. pbxhost seed: the configuration suite for {pbx_host.v4}")
             texts, report = seeded(work / "seeded", pbx_host.v4)
             show(report)
-            users = conf.load(work / "seeded" / "pjsip_wizard.conf")
-            password = {u: users.section(u).get("inbound_auth/password")
-                        for u in ("john.doe", "jane.doe")}
+            # the passwords are in the root-only file beside the config dir, not in the report
+            secrets = (work / seed.SECRETS).read_text().splitlines()
+            password = dict(line.split(" = ", 1) for line in secrets if " = " in line)
+            show("\n".join(f"SIP user {u}: password {p} (from {work / seed.SECRETS})"
+                           for u, p in sorted(password.items())))
             admin_changes(texts, work, itsp, itsp_host.v4)
 
             say("2. Asterisk 22, autoband and websmsd start")

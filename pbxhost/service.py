@@ -7,10 +7,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import logging.handlers
 import os
 import signal
+import socket
 import sys
 from collections.abc import Coroutine, Mapping
+from pathlib import Path
 from typing import Any, NoReturn
 
 from pbxhost import settings
@@ -25,32 +28,81 @@ _LEVELS = {0: logging.CRITICAL + 10, 1: logging.CRITICAL, 2: logging.CRITICAL,
            7: logging.INFO, 8: logging.DEBUG}
 
 
+JOURNAL_SOCKET = Path("/run/systemd/journal/socket")
+
+
 def log_level(env: Mapping[str, str] = os.environ) -> int:
     """The logging level SYSLOG_LEVEL selects; settings.SettingError when invalid."""
     return _LEVELS[settings.syslog_level(env)]
 
 
+_PRIORITIES = ((logging.CRITICAL, 2), (logging.ERROR, 3), (logging.WARNING, 4),
+               (NOTICE, 5), (logging.INFO, 6))
+
+
+def syslog_priority(levelno: int) -> int:
+    """The syslog priority of a logging level (NOTICE included, which
+    systemd-python's JournalHandler would send as a warning)."""
+    return next((p for lvl, p in _PRIORITIES if levelno >= lvl), 7)
+
+
 class _SyslogPrefixFormatter(logging.Formatter):
     """`<N>message`: journald reads the priority from the prefix on stderr."""
 
-    PRIORITIES = ((logging.CRITICAL, 2), (logging.ERROR, 3), (logging.WARNING, 4),
-                  (NOTICE, 5), (logging.INFO, 6))
-
     def format(self, record: logging.LogRecord) -> str:
-        prio = next((p for lvl, p in self.PRIORITIES if record.levelno >= lvl), 7)
-        return f"<{prio}>{super().format(record)}"
+        return f"<{syslog_priority(record.levelno)}>{super().format(record)}"
 
 
-def setup_logging(name: str, env: Mapping[str, str] = os.environ) -> logging.Logger:
-    """Log to the journal natively when run by systemd, else to stderr.
-    An invalid SYSLOG_LEVEL is logged (one line naming it) and exits EX_CONFIG."""
+SYSLOG_SOCKET = "/dev/log"
+
+
+class _SyslogHandler(logging.handlers.SysLogHandler):
+    """SysLogHandler that knows NOTICE (the stdlib maps unknown levels to warning)."""
+
+    def mapPriority(self, levelName: str) -> str:
+        return "notice" if levelName == "NOTICE" else super().mapPriority(levelName)
+
+
+def _syslog_handler(name: str, env: Mapping[str, str]) -> logging.Handler | None:
+    """Syslog when not under systemd (OpenRC: busybox syslogd does not parse the
+    <N> prefixes journald reads on stderr), only when PBXHOST_LOG=syslog asks
+    for it (so nothing changes for stderr's readers) and a syslog daemon
+    listens; None keeps the handler chosen before. A bad PBXHOST_LOG is left to
+    setup_logging: stderr, then the one-line config error."""
+    if env.get("JOURNAL_STREAM"):
+        return None
+    try:
+        wanted = settings.log_to_syslog(env)
+    except settings.SettingError:
+        return None
+    if not wanted:
+        return None
+    try:  # a daemon listens and we may write (Python 3.14's handler defers this to emit)
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as probe:
+            probe.connect(SYSLOG_SOCKET)
+        handler = _SyslogHandler(SYSLOG_SOCKET, logging.handlers.SysLogHandler.LOG_DAEMON)
+    except OSError:
+        return None
+    handler.ident = f"{name}[{os.getpid()}]: "
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    return handler
+
+
+def setup_logging(name: str, env: Mapping[str, str] = os.environ,
+                  journal_outside_units: bool = False) -> logging.Logger:
+    """Log to the journal natively when run by systemd, else to stderr (or to
+    syslog with PBXHOST_LOG=syslog). JOURNAL_OUTSIDE_UNITS: also to the journal
+    when started by another program on a systemd host (minivm-send, run by
+    Asterisk, whose output goes nowhere). An invalid SYSLOG_LEVEL or PBXHOST_LOG
+    is logged (one line naming it) and exits EX_CONFIG."""
     handler: logging.Handler
     journal = None
-    if env.get("JOURNAL_STREAM"):
+    if env.get("JOURNAL_STREAM") or (journal_outside_units and JOURNAL_SOCKET.exists()):
         with contextlib.suppress(ImportError):
             from systemd import journal  # type: ignore[no-redef]
     if journal is not None:
         handler = journal.JournalHandler(SYSLOG_IDENTIFIER=name)
+        handler.map_priority = syslog_priority  # type: ignore[method-assign]
         handler.setFormatter(logging.Formatter("%(message)s"))
     elif env.get("JOURNAL_STREAM"):
         handler = logging.StreamHandler(sys.stderr)
@@ -58,10 +110,12 @@ def setup_logging(name: str, env: Mapping[str, str] = os.environ) -> logging.Log
     else:
         handler = logging.StreamHandler(sys.stderr)
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    handler = _syslog_handler(name, env) or handler
     root = logging.getLogger()
     root.handlers[:] = [handler]
     try:
         root.setLevel(log_level(env))
+        settings.log_to_syslog(env)
     except settings.SettingError as exc:
         root.setLevel(logging.ERROR)
         config_error(logging.getLogger(name), exc)

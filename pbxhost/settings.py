@@ -47,6 +47,15 @@ def syslog_level(env: Mapping[str, str] = os.environ) -> int:
     return _int(env, "SYSLOG_LEVEL", DEFAULT_SYSLOG_LEVEL, 0, 8)
 
 
+def log_to_syslog(env: Mapping[str, str] = os.environ) -> bool:
+    """PBXHOST_LOG: "syslog" sends the log to the syslog socket (OpenRC hosts:
+    their conf.d files set it); unset or "stderr": stderr (or the journal)."""
+    raw = _raw(env, "PBXHOST_LOG").lower()
+    if raw not in ("", "stderr", "syslog"):
+        raise SettingError("PBXHOST_LOG", raw, "expected syslog or stderr")
+    return raw == "syslog"
+
+
 def websmsd_port(env: Mapping[str, str] = os.environ) -> int | None:
     """WEBSMSD_PORT: the webhook server's port. Unset or not a number: no
     webhook server (as in the seed); a number outside 1-65535 is an error."""

@@ -643,7 +643,7 @@ def flush(spool: Spool, passwords: ConfiguredPasswords, now: float,
 
 
 def setup_logging(echo: bool) -> None:
-    service.setup_logging(PROG)
+    service.setup_logging(PROG, journal_outside_units=True)  # Asterisk runs it, not a unit
     if echo:  # -e: the seed's "also send log messages to stdout"
         handler = logging.StreamHandler(sys.stdout)
         handler.setFormatter(logging.Formatter("%(levelname)s: %(message)s"))

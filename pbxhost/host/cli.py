@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import os
+import shlex
 from pathlib import Path
 
-from pbxhost import cli, settings
-from pbxhost.host import seed, status
+from pbxhost import cli, service, settings
+from pbxhost.host import renew, seed, status, tls
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -24,19 +25,36 @@ def main(argv: list[str] | None = None) -> int:
                         help="copy nothing: show DEST's files against the defaults as a "
                         "seeding would write them now (after an upgrade: what changed), "
                         "secrets masked; exit 0 when the same, 1 when not, 2 on trouble")
-    sub.add_parser("tls", help="make or extract the TLS certificate")
+    tls_p = sub.add_parser(
+        "tls", help="make, renew or take from acme.json Asterisk's TLS certificate",
+        description="Keep a valid certificate and key in DEST for HOSTNAME: taken from the "
+        "Traefik acme.json ACME_FILE when it has one (then ACME_POSTHOOK runs), else "
+        "self-signed (TLS_KEYBITS, TLS_CERTDAYS) and renewed when a third of its life or "
+        "7 days are left; a running Asterisk then serves it (module reload res_pjsip.so). "
+        "Exit 1: ACME_FILE unusable (the pair in place stays) or no reload; 78: a bad setting.")
+    tls_p.add_argument("--dest", type=Path, default=tls.DEST,
+                       help=f"certificate dir (default {tls.DEST})")
+    tls_p.add_argument("--no-reload", action="store_true",
+                       help="neither reload Asterisk nor run ACME_POSTHOOK")
+    tls_p.add_argument("--asterisk", metavar="CMD", default=shlex.join(renew.ASTERISK),
+                       help="the command reaching Asterisk's CLI, -rx is added "
+                       "(default: %(default)s)")
+    tls_p.add_argument("--key-group", metavar="GROUP", default=tls.KEY_GROUP,
+                       help="the group that may read the key (default %(default)s; "
+                       "'': root alone)")
     status_p = sub.add_parser(
         "status", help="the PBX's health (exit 0 when healthy)",
-        description="Asterisk, the AMI logins, autoban's table, websmsd and the seeding, "
-        "on one screen; exit 0 when healthy, 1 naming what is not (the container's "
-        "health check).")
+        description="Asterisk, the AMI logins, autoban's table, websmsd, the seeding and the "
+        "TLS certificate on one screen; exit 0 when healthy, 1 naming what is not (the "
+        "container's health check).")
     status_p.add_argument("--json", action="store_true", help="machine-readable output")
     args = p.parse_args(argv)
     if args.command == "seed":
         return run_diff(args.dest) if args.diff else run_seed(args.dest)
     if args.command == "status":
         return status.main(args.json)
-    cli.not_yet("pbxhost", args.command)
+    return run_tls(renew.Options(args.dest, not args.no_reload, shlex.split(args.asterisk),
+                                 args.key_group))
 
 
 def run_seed(dest: Path) -> int:
@@ -60,3 +78,12 @@ def run_diff(dest: Path) -> int:
         cli.fail("pbxhost seed --diff", str(exc), 2)
     print(result.report(), flush=True)
     return 0 if result.same else 1
+def run_tls(opts: renew.Options) -> int:
+    log = service.setup_logging("pbxhost-tls")
+    try:
+        return renew.run(os.environ, opts)
+    except settings.SettingError as exc:
+        service.config_error(log, exc)
+    except (tls.TlsError, OSError) as exc:
+        log.error("%s: %s", opts.dest, exc)
+        return 1

@@ -136,6 +136,27 @@ def check_autoban(state: Mapping[str, str]) -> Item:
     return Item("autoban.service", True, f"table inet {cfg.table}: {shown}", dict(sizes))
 
 
+def check_tls(timer: Mapping[str, str], path: Path | None = None) -> Item:
+    """The certificate Asterisk serves: subject, issuer, days left. Bad when it
+    has expired, or has fewer than tls.WARN_DAYS left and nothing will renew it
+    (an ACME one, or a self-signed one whose renewal timer is not running)."""
+    from pbxhost.host import tls
+    path = path or tls.DEST / tls.CERT
+    if timer.get("LoadState") == "not-found" and not path.exists():
+        return Item("TLS certificate", True, "not installed", {"installed": False})
+    try:
+        cert = tls.certificate_info(path)
+    except (OSError, tls.TlsError) as exc:
+        return Item("TLS certificate", False, f"{path}: {exc}")
+    data = {"subject": cert.subject, "issuer": cert.issuer, "days_left": cert.days_left,
+            "not_after": cert.not_after.isoformat(), "self_signed": cert.self_signed}
+    detail = f"{cert.subject}, issued by {cert.issuer}, {cert.days_left} days left"
+    renewing = cert.self_signed and timer.get("ActiveState") == "active"
+    if cert.days_left < 0 or (cert.days_left < tls.WARN_DAYS and not renewing):
+        return Item("TLS certificate", False, detail + " and no renewal in sight", data)
+    return Item("TLS certificate", True, detail, data)
+
+
 def _answers(host: str, port: int, probe: bytes, expect: bytes) -> bool:
     with socket.create_connection((host, port), TIMEOUT) as conn:
         conn.settimeout(TIMEOUT)
@@ -192,6 +213,7 @@ def collect(env: Mapping[str, str] = os.environ) -> list[Item]:
         check_ami_login("websms", "websms.conf", _websms_ami),
         check_autoban(unit_state("autoban.service")),
         check_websmsd(unit_state("websmsd.service"), env),
+        check_tls(unit_state("pbxhost-tls.timer")),
     ]
 
 

@@ -41,6 +41,21 @@ def source_install(base: Path, tmp_path_factory) -> Path:
     return upper
 
 
+class Machines:
+    """Boots machines and powers every one of them off at the end."""
+
+    def __init__(self) -> None:
+        self.booted: list[system.BootedSystem] = []
+
+    def __call__(self, machine: system.BootedSystem) -> system.BootedSystem:
+        self.booted.append(machine)
+        return machine.boot()
+
+    def close(self) -> None:
+        for machine in self.booted:
+            machine.poweroff()
+
+
 @pytest.fixture
 def net(base: Path) -> Iterator[Network]:
     with Network() as network:
@@ -48,18 +63,24 @@ def net(base: Path) -> Iterator[Network]:
 
 
 @pytest.fixture
-def boot(tmp_path: Path) -> Iterator[Callable[..., system.BootedSystem]]:
-    """boot(layers, host, ...) -> a booted system, powered off at teardown."""
-    machines: list[system.BootedSystem] = []
+def boot() -> Iterator[Machines]:
+    machines = Machines()
+    yield machines
+    machines.close()
 
-    def start(layers: list[Path], host: Host, **kw) -> system.BootedSystem:
-        machine = system.BootedSystem(layers, host, tmp_path / f"machine-{len(machines)}", **kw)
-        machines.append(machine)
-        return machine.boot()
 
-    yield start
-    for machine in machines:
-        machine.poweroff()
+@pytest.fixture(scope="module")
+def module_net(base: Path) -> Iterator[Network]:
+    """A LAN for a module's tests sharing one booted machine."""
+    with Network() as network:
+        yield network
+
+
+@pytest.fixture(scope="module")
+def module_boot() -> Iterator[Machines]:
+    machines = Machines()
+    yield machines
+    machines.close()
 
 
 @pytest.fixture

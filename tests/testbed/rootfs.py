@@ -16,6 +16,14 @@ TREE_NAME = "sid-asterisk-v2"
 # python3 and python3-panoramisk: what `websms agi` (the plain AGI script) imports.
 PACKAGES = ("asterisk", "asterisk-modules", "asterisk-core-sounds-en", "python3",
             "python3-panoramisk")
+# The OpenRC tree (Alpine's init system on Debian: openrc-run, supervise-daemon)
+# with what the .apk's Python package imports. Debian's openrc conflicts with
+# systemd-sysv, which minbase does not install. python3 is 3.14 in sid, as in
+# Alpine 3.24, so the .apk's bytecode is compiled here too. autoban runs `ip -j`;
+# busybox's syslogd is Alpine's default syslog.
+OPENRC_TREE_NAME = "sid-openrc-v3"
+OPENRC_PACKAGES = ("openrc", "python3", "python3-panoramisk", "python3-nftables", "nftables",
+                   "python3-waitress", "procps", "iproute2", "busybox")
 DEFAULT_CACHE = "/var/cache/pbxhost-testbed"
 # Mount points the test bed binds over; they must exist in the tree.
 MOUNT_POINTS = ("srv/etc", "srv/var", "proc", "dev", "tmp", "run", "opt/pbxhost")
@@ -32,6 +40,15 @@ def cache_dir() -> Path:
 def ensure_rootfs() -> Path:
     """Return the Asterisk tree, building it first when it is missing."""
     return ensure_tree(TREE_NAME, PACKAGES, MOUNT_POINTS)
+
+
+def ensure_openrc_tree() -> Path:
+    """Return the cached OpenRC tree, building it first when it is missing."""
+    tree = ensure_tree(OPENRC_TREE_NAME, OPENRC_PACKAGES, MOUNT_POINTS)
+    for needed in ("sbin/openrc-run", "sbin/supervise-daemon", "usr/bin/python3.14"):
+        if not (tree / needed).exists():
+            raise RootfsError(f"{tree}/{needed} is missing")
+    return tree
 
 
 def ensure_tree(name: str, packages: tuple[str, ...], mount_points: tuple[str, ...] = (),

@@ -10,6 +10,8 @@ from email.message import Message
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import SMTP, Envelope, Session
 
+from .netns import Host, in_netns
+
 
 class _Keep:
     def __init__(self) -> None:
@@ -32,20 +34,26 @@ class _Controller(Controller):
 
 
 class SmtpServer:
-    """start() it; `address` is HOST:PORT for minivm-send's -H."""
+    """start() it; `address` is HOST:PORT for minivm-send's -H. On this host's
+    loopback, or on test host HOST (its own namespace and address)."""
 
-    def __init__(self) -> None:
+    def __init__(self, host: Host | None = None) -> None:
         self._keep = _Keep()
-        self._controller = _Controller(self._keep, hostname="127.0.0.1", port=0,
+        self.host = host
+        self.bind = host.v4 if host else "127.0.0.1"
+        self._controller = _Controller(self._keep, hostname=self.bind, port=0,
                                        ready_timeout=10)
 
     def start(self) -> SmtpServer:
-        self._controller.start()
+        if self.host is None:
+            self._controller.start()
+        else:  # the server's thread, started from inside the namespace, stays in it
+            in_netns(self.host.ns, self._controller.start)
         return self
 
     @property
     def address(self) -> str:
-        return f"127.0.0.1:{self._controller.port}"
+        return f"{self.bind}:{self._controller.port}"
 
     def wait_mail(self, timeout: float = 10) -> tuple[list[str], Message]:
         """The first mail accepted (so far or to come): its recipients and the message."""

@@ -26,7 +26,7 @@ from . import rootfs
 from .netns import Host
 from .wait import poll
 
-SYSTEM_TREE = "sid-system-v1"
+SYSTEM_TREE = "sid-system-v2"
 # python3-cffi-backend: debootstrap does not resolve python3-cryptography's
 # virtual dependency on it.
 SYSTEM_PACKAGES = (
@@ -58,6 +58,10 @@ def _prepare_base(tree: Path) -> None:
     wants.mkdir(parents=True, exist_ok=True)
     (wants / "nftables.service").unlink(missing_ok=True)
     (wants / "nftables.service").symlink_to("/usr/lib/systemd/system/nftables.service")
+    # a host that resolves its own name, as an installed one does (Asterisk
+    # looks it up for every RTP session)
+    (tree / "etc/hostname").write_text("pbx\n")
+    (tree / "etc/hosts").write_text("127.0.0.1 localhost\n127.0.1.1 pbx\n::1 localhost\n")
     # apt in a sid tree whose Release file is older than this machine's clock
     (tree / "etc/apt/apt.conf.d/99pbxhost-test").write_text(
         'Acquire::Check-Valid-Until "false";\n')
@@ -134,7 +138,8 @@ def source_copy(dest: Path) -> Path:
 
 
 OUR_UNITS = ("pbxhost.target", "pbxhost-seed.service", "autoban.service",
-             "websmsd.service", "minivm-send-retry.timer")
+             "websmsd.service", "minivm-send-retry.timer", "pbxhost-tls.service",
+             "pbxhost-tls.timer", "pbxhost-acme.path")
 
 
 def install_from_source(tree: Path) -> None:
@@ -171,6 +176,13 @@ class BootedSystem:
     def root(self) -> Path:
         """The machine's file system as seen from outside (while booted)."""
         return self.overlay.merged
+
+    def prepare(self, path: str, text: str, mode: int = 0o644) -> None:
+        """A file on the machine's disk before it first boots (e.g. pbxhost.env)."""
+        target = self.overlay.upper / path.lstrip("/")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_text(text)
+        target.chmod(mode)
 
     # -- boot and power off ---------------------------------------------------
     def boot(self, timeout: float = 90) -> BootedSystem:
@@ -262,7 +274,8 @@ class BootedSystem:
         return [json.loads(line) for line in out.splitlines() if line.strip()]
 
     def write(self, path: str, text: str, mode: int = 0o644) -> None:
-        """A file inside, as its admin would write it (root-owned)."""
+        """A file on the machine's disk, as its admin would write it (root-owned;
+        not under /run or /tmp, the machine's own tmpfs)."""
         target = self.root / path.lstrip("/")
         target.parent.mkdir(parents=True, exist_ok=True)
         target.write_text(text)

@@ -90,6 +90,10 @@ class FakeAmi:
                 status = "Success\r\nMessage: Authentication accepted" if ok else \
                     "Error\r\nMessage: Authentication failed"
                 writer.write(f"Response: {status}\r\nActionID: {aid}\r\n\r\n".encode())
+            elif fields["Action"] == "Logoff":
+                writer.write(f"Response: Goodbye\r\nActionID: {aid}\r\n\r\n".encode())
+                writer.close()
+                return
             elif fields["Action"] == "Ping" and self.answer_pings:
                 writer.write(f"Response: Success\r\nActionID: {aid}\r\nPing: Pong\r\n\r\n".encode())
 
@@ -187,3 +191,32 @@ def test_unreachable_asterisk_is_retried(caplog):
     caplog.set_level(logging.WARNING)
     asyncio.run(main())
     assert "unreachable" in caplog.text
+
+
+@pytest.mark.parametrize(("secret", "expect"), [("good", None), ("bad", "refused")])
+def test_check_login_says_whether_the_login_works(secret, expect):
+    async def main():
+        server = FakeAmi()
+        port = await server.start()
+        try:
+            return await ami.check_login(settings(port, secret), timeout=2)
+        finally:
+            server.close()
+    error = asyncio.run(main())
+    assert error is None if expect is None else expect in error
+
+
+def test_check_login_of_an_unreachable_or_silent_asterisk_is_an_error_within_its_timeout():
+    async def main():
+        silent = await asyncio.start_server(lambda r, w: None, "127.0.0.1", 0)  # never answers
+        port = silent.sockets[0].getsockname()[1]
+        started = asyncio.get_running_loop().time()
+        quiet = await ami.check_login(settings(port), timeout=0.5)
+        took = asyncio.get_running_loop().time() - started
+        silent.close()
+        await silent.wait_closed()
+        gone = await ami.check_login(settings(port), timeout=0.5)
+        return quiet, took, gone
+    quiet, took, gone = asyncio.run(main())
+    assert quiet is not None and "no reply to Login" in quiet and took < 2
+    assert gone is not None and "unreachable" in gone

@@ -44,12 +44,13 @@ def test_force_config(raw, value):
     ("FORCE_CONFIG", "maybe"), ("SYSLOG_LEVEL", "9"), ("SYSLOG_LEVEL", "info"),
     ("HOSTNAME", "pbx example"), ("HOSTNAME", "-x"), ("HOSTNAME", "a;rm -rf /"),
     ("TLS_KEYBITS", "1024"), ("TLS_KEYBITS", "big"), ("TLS_CERTDAYS", "0"),
-    ("ACME_FILE", "acme.json"),
+    ("ACME_FILE", "acme.json"), ("PBXHOST_LOG", "journal"),
 ])
 def test_invalid_values_name_the_variable(name, raw):
     reader = {"FORCE_CONFIG": settings.force_config, "SYSLOG_LEVEL": settings.syslog_level,
               "HOSTNAME": settings.hostname, "TLS_KEYBITS": settings.tls_keybits,
-              "TLS_CERTDAYS": settings.tls_certdays, "ACME_FILE": settings.acme_file}[name]
+              "TLS_CERTDAYS": settings.tls_certdays, "ACME_FILE": settings.acme_file,
+              "PBXHOST_LOG": settings.log_to_syslog}[name]
     with pytest.raises(SettingError) as err:
         reader({name: raw})
     assert err.value.name == name and str(err.value).startswith(f"{name}=")
@@ -63,3 +64,9 @@ def test_valid_values():
     assert (settings.tls_keybits(env), settings.tls_certdays(env)) == (4096, 90)
     assert settings.acme_file(env) == Path("/srv/acme/acme.json")
     assert settings.acme_posthook(env) == "systemctl reload x"
+
+
+@pytest.mark.parametrize(("raw", "value"), [
+    ("", False), ("stderr", False), ("syslog", True), (" SYSLOG ", True)])
+def test_pbxhost_log(raw, value):
+    assert settings.log_to_syslog({"PBXHOST_LOG": raw}) is value
