@@ -101,9 +101,13 @@ def test_pbxhost_has_the_defaults_and_host_set_up(debs):
                  "/usr/lib/systemd/system/pbxhost.target",
                  "/usr/lib/systemd/system/minivm-send-retry.timer",
                  "/usr/lib/sysusers.d/pbxhost.conf", "/usr/lib/tmpfiles.d/pbxhost.conf",
-                 "/usr/share/doc/pbxhost/NEWS.Debian.gz"):
+                 "/usr/share/doc/pbxhost/NEWS.Debian.gz",
+                 "/usr/lib/systemd/system/pbxhost-tls.service",
+                 "/usr/lib/systemd/system/pbxhost-tls.timer",
+                 "/usr/lib/systemd/system/pbxhost-acme.path",
+                 "/usr/lib/systemd/system/pbxhost-acme-posthook.service"):
         assert path in got
-    assert "asterisk (>= 1:22)" in field(deb, "Depends")
+    assert {"asterisk (>= 1:22)", "python3-cryptography"} <= set(field(deb, "Depends"))
     assert set(field(deb, "Recommends")) == {"pbxhost-autoban", "pbxhost-websms"}
     assert field(deb, "Provides") == ["asterisk-config-custom"]
 

@@ -54,7 +54,7 @@ def test_every_command_and_its_man_page_go_to_exactly_one_package():
 
 
 def test_package_pbxhosts_units_are_all_handed_to_dh_installsystemd():
-    rules = (DEBIAN / "rules").read_text()
+    rules = (DEBIAN / "rules").read_text().replace("\\\n", " ")  # continuation lines
     handed = set(re.findall(r"^\tdh_installsystemd -ppbxhost .*$", rules, re.M))
     named = {word for line in handed for word in line.split() if "." in word}
     units = {Path(p).name for p in installed()["pbxhost"]
@@ -79,6 +79,7 @@ def test_autoban_and_websms_do_not_depend_on_asterisk_and_pbxhost_does():
     for package in ("pbxhost-autoban", "pbxhost-websms", "python3-pbxhost"):
         assert not [d for d in depends(package) if d.startswith("asterisk")], package
     assert "asterisk (>= 1:22)" in depends("pbxhost")
+    assert "python3-cryptography" in depends("pbxhost")  # pbxhost tls
 
 
 def test_every_package_is_architecture_all():
