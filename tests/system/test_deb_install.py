@@ -103,18 +103,11 @@ def passwords(pbx: system.BootedSystem) -> dict[str, str]:
 
 
 @pytest.fixture(scope="module")
-def pbx(base, repos, tmp_path_factory):
-    from testbed.netns import Network  # the module's own LAN, up while its machine runs
-
-    with Network() as net:
-        machine = system.BootedSystem([base], net.host("pbx", 10),
-                                      tmp_path_factory.mktemp("machine"))
-        machine.boot()
-        try:
-            machine.net = net  # type: ignore[attr-defined]
-            yield machine
-        finally:
-            machine.poweroff()
+def pbx(base, repos, module_net, module_boot, tmp_path_factory):
+    machine = system.BootedSystem([base], module_net.host("pbx", 10),
+                                  tmp_path_factory.mktemp("machine"))
+    machine.net = module_net  # type: ignore[attr-defined]  (its LAN, for the phone)
+    return module_boot(machine)
 
 
 def test_install_from_the_repository_gives_a_running_seeded_pbx(pbx, repos, start_phone):
@@ -129,6 +122,8 @@ def test_install_from_the_repository_gives_a_running_seeded_pbx(pbx, repos, star
     pbx.wait_active(*OURS, timeout=60)
     assert "-C /srv/etc/asterisk/asterisk.conf" in asterisk_cmdline(pbx)  # restarted on ours
     assert (pbx.root / "srv/etc/asterisk/.pbxhost-seeded").exists()
+    pbx.wait_active("pbxhost-tls.timer", "pbxhost-acme.path", "minivm-send-retry.timer")
+    assert (pbx.root / "srv/etc/ssl/asterisk/cert.pem").exists()  # pbxhost-tls.service ran
     assert "websms" in pbx.run("id", "-nG", "asterisk").stdout.split()
     poll(lambda: pbx.run("pbxhost", "status", check=False).returncode == 0 or None, 60,
          "pbxhost status exit 0")
