@@ -30,6 +30,7 @@ AUTH_METHODS = ("none", "plain", "basic", "bearer", "zadarma")
 NUMFORMS = ("", "E164", "E.164")
 AMI_PART_LIMIT = 750  # AMI reads lines of 1024 bytes: Base64Body of at most 1000 chars
 AGI_ADDR = ("127.0.0.1", 4573)  # contracts: agi://127.0.0.1:4573/websms
+OPT_OUT = "insecure_open"  # [websmsd] key: serve an interface with no signature and no remt_addr
 _KEY = re.compile(r"[A-Za-z0-9_.\-\[\]]{1,64}")
 
 
@@ -81,6 +82,12 @@ class Incoming:
     sign_secret: str = ""                # the verifying secret or public key
     sign_url: str = ""                   # the webhook URL as the provider calls it (proxy)
     sign_maxage: int = signatures.DEFAULT_MAX_AGE
+    insecure_open: bool = False          # OPT_OUT: unsigned SMS from any source, on purpose
+
+    @property
+    def unprotected(self) -> bool:
+        """Anyone who finds the URL can post an SMS for any user with any sender."""
+        return self.sign_scheme == "none" and not self.remt_addr and not self.insecure_open
 
 
 @dataclass(frozen=True)
@@ -300,7 +307,25 @@ def _incoming(section: Section | None, idx: str | None) -> Incoming:
         sign_url=_text(section, "sign_url", "", idx),
         sign_maxage=section.get_duration("sign_maxage", signatures.DEFAULT_MAX_AGE,
                                          idx=idx) or signatures.DEFAULT_MAX_AGE,
+        insecure_open=bool(section.get_bool(OPT_OUT, False, idx=idx)),
     )
+
+
+def unprotected_refusal(cfg: WebsmsConfig) -> str | None:
+    """Why websmsd must not serve this config, in one line; None when it may.
+    Secure by default: with the webhook on, an interface with neither a
+    signature scheme nor remt_addr would take a forged SMS from anyone."""
+    if cfg.webhook.port is None:
+        return None
+    for iface in cfg.incoming:
+        if iface.unprotected:
+            idx = f" [{iface.name}]" if iface.name else ""
+            return (f"[websmsd] interface {iface.name or '(default)'!r} of {cfg.path} "
+                    f"(url_path {','.join(iface.url_path) or 'any'}) accepts unsigned SMS "
+                    f"from any source: set remt_addr{idx} to the ITSP's addresses, or a "
+                    f"signature (provider{idx} with sign_secret{idx}, or sign_scheme{idx}); "
+                    f"or write {OPT_OUT}{idx} = yes to accept that")
+    return None
 
 
 def websmsd_port(env: Mapping[str, str]) -> int | None:

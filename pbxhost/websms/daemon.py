@@ -201,6 +201,10 @@ def main(argv: list[str] | None = None) -> int:
     except conf.ConfigError as exc:
         log.error("websmsd not started: %s", exc)
         return EX_CONFIG
+    refusal = config.unprotected_refusal(cfg)
+    if refusal is not None:
+        log.error("websmsd not started: %s", refusal)
+        return EX_CONFIG
     if not cfg.ami.secret:
         log.warning("no [asmanager] secret in %s: AMI login will be refused", path)
     try:
