@@ -46,6 +46,29 @@ def test_queue_lists_both_directions_with_control_characters_escaped(conf, tmp_p
     assert sorted(d["queue"] for d in doc) == ["in", "out"] and evil in [d["body"] for d in doc]
 
 
+def test_queue_escapes_itsp_replies_and_senders_in_every_field(conf, tmp_path, capsys):
+    """An ITSP's reply snippet (error) and a failed SMS carry raw escape
+    sequences, C1 CSI and Unicode line separators: none reaches the terminal."""
+    spool = Spool(tmp_path / "spool")
+    spool.prepare()
+    reply = "HTTP 400: \x1b]8;;http://evil\x07click\x1b]8;;\x07\r\n<0>FAKE\x9b2J\u2028x\x7f"
+    spool.add(Sms(kind=OUTBOUND, id=new_id(), to="+1555", sender="+1202", body="out\u2029",
+                  created=1.0, expires=2.0, attempts=1, error=reply))
+    sms = Sms(kind=OUTBOUND, id=new_id(), to="+1556", sender="+1202", body="b",
+              created=1.0, expires=2.0, error=reply)
+    spool.add(sms)
+    spool.fail(sms, reply)
+    for argv in (["-c", str(conf), "queue"], ["queue", "--json", "-c", str(conf)]):
+        assert run(argv) == 0
+        out = capsys.readouterr().out
+        for bad in ("\x1b", "\x07", "\r", "\x9b", "\u2028", "\u2029", "\x7f"):
+            assert bad not in out, (argv, bad)
+        if "--json" in argv:
+            assert [d["error"] for d in json.loads(out)] == [reply, reply]
+        else:
+            assert len(out.splitlines()) == 3 and "\\r\\n<0>FAKE" in out
+
+
 def test_queue_lists_what_the_daemon_holds_in_its_journal(conf, tmp_path, capsys):
     spool = Spool(tmp_path / "spool")
     spool.prepare()
