@@ -410,6 +410,25 @@ def test_local_sms_arrives_with_the_senders_number(bed):
     assert line.startswith(f"sip:{JOHN}@"), line  # the number, not the user name
 
 
+@pytest.mark.parametrize("display", ["<sip:john.doe@x", "x <sip:john.doe@x> y"])
+def test_a_hostile_display_name_cannot_borrow_another_users_number(bed, display):
+    """jane authenticates as jane.doe but puts john's URI in her display name:
+    From: `"<sip:john.doe@x" <sip:jane.doe@pbx>`. Asterisk identified and
+    authenticated her by the URI after the last `<` (the one it composes);
+    the text must reach the phone with her number, not john's. (baresip 1.0.0
+    sends MESSAGE without its display name, measured: sipp is the phone here.)"""
+    bed.start(suite())
+    john = bed.phone(bed.john_host, "john.doe")
+    john.wait_registered()
+    body = "who am I"
+    result = run_sipp(bed.jane_host, bed.tmp, message_xml(
+        "jane.doe", PASSWORDS["jane.doe"], body, display=display), bed.pbx_host.v4,
+        service=JOHN)
+    assert result.ok, result.output
+    line = john.wait_for(f'"{body}"').strip()
+    assert line.startswith(f"sip:{JANE}@"), line
+
+
 def test_sms_to_a_user_without_a_reachable_phone_is_queued_by_websms(bed):
     configs = suite()
     bed.start(configs)
