@@ -135,6 +135,15 @@ class Retry:
 
 
 @dataclass(frozen=True)
+class Guards:
+    """Who may hand websms an SMS to send, and how many ([websms], plain keys)."""
+
+    agi_users: tuple[str, ...] = ("asterisk",)  # besides root and websmsd's own user
+    rate_limit: int = 5                  # outgoing SMS per user per rate_window; 0: no limit
+    rate_window: int = 60                # seconds
+
+
+@dataclass(frozen=True)
 class WebsmsConfig:
     path: Path
     outgoing: tuple[Outgoing, ...] = (Outgoing(),)
@@ -142,6 +151,7 @@ class WebsmsConfig:
     webhook: Webhook = field(default_factory=Webhook)
     queue: Queue = field(default_factory=Queue)
     retry: Retry = field(default_factory=Retry)
+    guards: Guards = field(default_factory=Guards)
     ami: AmiSettings = field(default_factory=lambda: AmiSettings(username="websms",
                                                                  events="system"))
 
@@ -399,6 +409,18 @@ def _retry(section: Section | None) -> Retry:
                  agi_wait=section.get_float("agi_wait", 3.0) or 0.0)
 
 
+def _guards(section: Section | None) -> Guards:
+    if section is None:
+        return Guards()
+    users = tuple(u.strip() for u in _text(section, "agi_users", "asterisk").split(",")
+                  if u.strip())
+    limit = section.get_int("rate_limit", 5)
+    if limit is None or limit < 0:
+        raise _fail(section, "rate_limit", None, "a number of SMS, 0 for no limit")
+    return Guards(agi_users=users, rate_limit=limit,
+                  rate_window=max(1, section.get_duration("rate_window", 60) or 60))
+
+
 def _ami(section: Section | None) -> AmiSettings:
     if section is None:
         return AmiSettings(username="websms", events="system")
@@ -426,6 +448,7 @@ def parse(cfg: conf.Config, path: Path,
         webhook=_webhook(inc, env),
         queue=_queue(cfg.section("astqueue")),
         retry=_retry(out),
+        guards=_guards(out),
         ami=_ami(cfg.section("asmanager")),
     )
 
@@ -443,26 +466,33 @@ def load(path: Path, env: Mapping[str, str] = os.environ) -> WebsmsConfig:
 # ---------------------------------------------------------------- users' interfaces
 
 
-def user_indexes(confdir: Path) -> dict[str, str]:
-    """Endpoint → WEBSMS_INDEX, from the set_var of endpoints and wizards in
-    pjsip.conf (and what it includes). An SMS is no channel, so the set_var
-    never becomes a variable: the dialplan tells websms the sending user and
-    its interface is read here. An unreadable config is an empty map."""
+def user_set_vars(confdir: Path) -> dict[str, dict[str, str]]:
+    """Endpoint → its set_var variables (WEBSMS_INDEX, TOLL_ALLOW, ...), from
+    the endpoints and wizards in pjsip.conf (and what it includes). An SMS is
+    no channel, so a set_var never becomes a variable in the message context:
+    the dialplan tells websms the sending user and its variables are read
+    here. An unreadable config is an empty map."""
     path = confdir / "pjsip.conf"
     try:
         cfg = conf.load(path)
     except ConfigError as exc:
-        log.warning("users' WEBSMS_INDEX not read: %s", exc)
+        log.warning("users' set_var (WEBSMS_INDEX, TOLL_ALLOW) not read: %s", exc)
         return {}
-    found: dict[str, str] = {}
+    found: dict[str, dict[str, str]] = {}
     for section in cfg.sections:
         kind = (section.get("type") or "").strip().lower()
         key = {"wizard": "endpoint/set_var", "endpoint": "set_var"}.get(kind)
         for value in section.getall(key) if key else []:
-            name, sep, index = value.partition("=")
-            if sep and name.strip() == "WEBSMS_INDEX":
-                found[section.name] = index.strip()
+            name, sep, var = value.partition("=")
+            if sep:
+                found.setdefault(section.name, {})[name.strip()] = var.strip()
     return found
+
+
+def user_indexes(confdir: Path) -> dict[str, str]:
+    """Endpoint → WEBSMS_INDEX (see user_set_vars)."""
+    return {user: found["WEBSMS_INDEX"] for user, found in user_set_vars(confdir).items()
+            if "WEBSMS_INDEX" in found}
 
 
 # ---------------------------------------------------------------- sms.conf migration

@@ -12,6 +12,7 @@ a global or a user's set_var."""
 
 from __future__ import annotations
 
+import contextlib
 import re
 import socket
 import subprocess
@@ -433,6 +434,40 @@ def test_sms_to_a_user_without_a_reachable_phone_is_queued_by_websms(bed):
     configs = suite()
     bed.start(configs)
     # websmsd on the suite's websms.conf, with a spool of its own
+    with running_websmsd(bed, configs) as (etc, env):
+        body = "are you there?"
+        result = run_sipp(bed.john_host, bed.tmp, message_xml(
+            "john.doe", PASSWORDS["john.doe"], body), bed.pbx_host.v4, service=JANE)
+        assert result.ok, result.output
+        deadline(lambda: f"SMS to {JANE}: websms QUEUED" in bed.pbx.log.read_text(
+            errors="replace"), 30, "websms's QUEUED")
+        queue = bed.pbx_host.run(sys.executable, "-m", "pbxhost.websms.cli", "-c",
+                                 str(etc / "websms.conf"), "queue", env=env).stdout
+        assert body in queue or JANE in queue, queue
+        jane = bed.phone(bed.jane_host, "jane.doe")
+        jane.wait_registered()
+        assert jane.wait_for(f'"{body}"', timeout=15).strip().startswith(f"sip:{JOHN}@")
+
+
+def test_sms_to_a_premium_number_is_refused_and_the_phone_told(bed):
+    """The calls' toll guards hold for SMS: websms asks the dialplan's
+    sub_toll_class over AGI; no TOLL_ALLOW, so nothing goes to the ITSP."""
+    configs = suite()
+    bed.start(configs)
+    with running_websmsd(bed, configs):
+        jane = bed.phone(bed.jane_host, "jane.doe",
+                         contacts=(f"sip:{PREMIUM}@{bed.pbx_host.v4}",))
+        jane.wait_registered()
+        jane.send_message("win a prize")
+        deadline(lambda: f"SMS to {PREMIUM}: websms TOLL_REFUSED" in bed.pbx.log.read_text(
+            errors="replace"), 30, "websms's TOLL_REFUSED")
+        line = jane.wait_for("premium numbers are not allowed (TOLL_ALLOW)", 30).strip()
+        assert line.startswith(f"sip:{PREMIUM}@"), line
+
+
+@contextlib.contextmanager
+def running_websmsd(bed, configs):
+    """websmsd on the suite's websms.conf, with a spool of its own; (etc, env)."""
     etc, spool = bed.tmp / "websms-etc", bed.tmp / "websms-spool"
     etc.mkdir()
     (etc / "websms.conf").write_text(seed.set_option(configs["websms.conf"], "astqueue",
@@ -448,18 +483,7 @@ def test_sms_to_a_user_without_a_reachable_phone_is_queued_by_websms(bed):
         # generous: on a loaded machine a cold Python start plus the AMI login took > 15 s
         deadline(lambda: "AMI connected" in log.read_text(errors="replace"), 45,
                  "websmsd's AMI login")
-        body = "are you there?"
-        result = run_sipp(bed.john_host, bed.tmp, message_xml(
-            "john.doe", PASSWORDS["john.doe"], body), bed.pbx_host.v4, service=JANE)
-        assert result.ok, result.output
-        deadline(lambda: f"SMS to {JANE}: websms QUEUED" in bed.pbx.log.read_text(
-            errors="replace"), 30, "websms's QUEUED")
-        queue = bed.pbx_host.run(sys.executable, "-m", "pbxhost.websms.cli", "-c",
-                                 str(etc / "websms.conf"), "queue", env=env).stdout
-        assert body in queue or JANE in queue, queue
-        jane = bed.phone(bed.jane_host, "jane.doe")
-        jane.wait_registered()
-        assert jane.wait_for(f'"{body}"', timeout=15).strip().startswith(f"sip:{JOHN}@")
+        yield etc, env
     finally:
         daemon.terminate()
         daemon.wait(10)

@@ -327,6 +327,36 @@ def test_phone_texts_outside_number_itsp_gets_authenticated_post(bed):
     poll(lambda: "websms said SENT" in bed.pbx.log.read_text(errors="replace"), 5, "SENT")
 
 
+# A local user on the PBX host speaks FastAGI itself: an SMS at the owner's cost.
+LOCAL_AGI_CLIENT = r"""
+import socket
+got = b""
+try:
+    s = socket.create_connection(("127.0.0.1", 4573), timeout=10)
+    s.sendall(b"agi_network_script: websms\nagi_arg_1: +15017122661\nagi_arg_2: +12025550160\n"
+              b"agi_arg_3: paid%20by%20the%20owner\nagi_arg_4: \nagi_arg_5: jane\n\n")
+    while chunk := s.recv(4096):
+        got += chunk
+        s.sendall(b"200 result=0\n")  # whatever websms asks, as Asterisk would answer
+except ConnectionResetError:  # closed too
+    pass
+print(got.decode() or "(closed)")
+"""
+
+
+def test_fastagi_serves_asterisk_not_a_local_user(bed):
+    bed.write_conf()
+    bed.start_daemon()
+    out = bed.pbx_host.run("setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups",
+                           "/usr/bin/python3", "-c", LOCAL_AGI_CLIENT).stdout
+    assert out.strip() == "(closed)", out
+    bed.wait_log("uid 65534 is not Asterisk's")
+    phone = bed.phone("jane", contacts=(f"sip:{OUTSIDE}@{bed.pbx_host.v4}",))
+    phone.send_message("through Asterisk")  # Asterisk itself (root here) is served
+    req = bed.itsp.wait_requests(1)[0]
+    assert req.form()["Body"] == "through Asterisk" and len(bed.itsp.requests) == 1
+
+
 def test_sending_users_interface_comes_from_its_set_var(bed):
     bed.write_conf(websms=TWO_INTERFACES)
     bed.start_daemon()
