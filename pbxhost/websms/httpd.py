@@ -240,6 +240,21 @@ class _Connection(asyncio.Protocol):
         self._parse()  # a pipelined request may be waiting
 
 
+def dual_stack(port: int) -> socket.socket:
+    """A listening socket on [::]:PORT that takes IPv4 too."""
+    sock = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+        sock.bind(("::", port))
+        sock.listen(1024)
+        sock.setblocking(False)
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
 class HttpServer:
     def __init__(self, handler: Handler, host: str | None, port: int, max_body: int,
                  timeout: float = TIMEOUT, max_connections: int = MAX_CONNECTIONS,
@@ -258,7 +273,14 @@ class HttpServer:
         self.closing = False
 
     async def start(self) -> None:
-        self.server = await asyncio.get_running_loop().create_server(
+        loop = asyncio.get_running_loop()
+        if self.host == "::":
+            # asyncio makes every IPv6 socket IPV6_V6ONLY; `bindaddr = ::` means
+            # every address, IPv4 (as ::ffff:a.b.c.d) and IPv6, on one socket
+            self.server = await loop.create_server(lambda: _Connection(self),
+                                                   sock=dual_stack(self.port), backlog=1024)
+            return
+        self.server = await loop.create_server(
             lambda: _Connection(self), host=self.host, port=self.port, backlog=1024,
             reuse_address=True)
 

@@ -179,6 +179,32 @@ def test_a_source_not_admitted_gets_403_before_anything_is_read():
     asyncio.run(scenario())
 
 
+def test_bindaddr_any_ipv6_serves_ipv4_and_ipv6():
+    """`bindaddr = ::` is every address: an IPv4 client (::ffff:127.0.0.1) and an
+    IPv6 one are both served, on one socket."""
+    async def go():
+        seen: list[Request] = []
+
+        async def record(req: Request) -> Reply:
+            seen.append(req)
+            return OK
+        server = HttpServer(record, "::", 0, max_body=1000)
+        await server.start()
+        try:
+            answers = []
+            for host in ("127.0.0.1", "::1"):
+                reader, writer = await asyncio.open_connection(host, port(server))
+                writer.write(post(b"To=1", extra="Connection: close\r\n"))
+                answers.append(await asyncio.wait_for(reader.read(), 5))
+                writer.close()
+            return answers, [r.remote_addr for r in seen], server.where()
+        finally:
+            await server.close()
+    answers, peers, where = asyncio.run(go())
+    assert [status_lines(a) for a in answers] == [["HTTP/1.1 200 OK"]] * 2
+    assert peers == ["::ffff:127.0.0.1", "::1"] and where.startswith("[::]:")
+
+
 def test_a_failing_handler_is_a_500_and_the_server_goes_on():
     calls = []
 
