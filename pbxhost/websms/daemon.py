@@ -23,7 +23,7 @@ from pathlib import Path
 
 from pbxhost import cli, conf, service
 from pbxhost.ami import AmiClient
-from pbxhost.websms import agi, config, httpd, providers, webhook
+from pbxhost.websms import agi, config, httpd, providers, signatures, webhook
 from pbxhost.websms.config import WebsmsConfig
 from pbxhost.websms.deliver import Delivery
 from pbxhost.websms.inbound import Message
@@ -41,6 +41,7 @@ RESCAN = 2.0
 PRUNE = 3600.0
 STATUS = 10.0
 STOP_TIMEOUT = 5.0
+REPLAY_FILE = "replay.keys"
 
 
 def inbound_sms(msg: Message, cfg: WebsmsConfig, now: float) -> Sms:
@@ -60,6 +61,7 @@ class Websmsd:
         self.outbox = Outbox(cfg, self.spool, self.delivery.add)
         self.fastagi = agi.FastAgiServer(agi.Handler(cfg, self.outbox, self.delivery.add))
         self.webhook: httpd.HttpServer | None = None
+        self.replay: signatures.ReplayGuard | None = None
         self.ami_state = "connecting"
 
     # -- glue between the units ------------------------------------------------------
@@ -151,7 +153,9 @@ class Websmsd:
         waiting, sending = self.delivery.load(), self.outbox.load()
         await self.fastagi.start()
         if self.cfg.webhook.port is not None:
-            self.webhook = webhook.server(self.cfg, self.accept)
+            # signed requests already taken, remembered across restarts
+            self.replay = signatures.ReplayGuard(path=self.spool.root / REPLAY_FILE)
+            self.webhook = webhook.server(self.cfg, self.accept, self.replay)
             await self.webhook.start()
             log.info("webhook listening on %s", self.webhook.where())
         else:
@@ -185,6 +189,8 @@ class Websmsd:
                                 ", ".join(t.get_name() for t in stuck))
             if self.webhook is not None:
                 await self.webhook.close()
+            if self.replay is not None:
+                self.replay.close()
             await self.fastagi.close()
             if self.spool.journal is not None:
                 self.spool.journal.close()
