@@ -93,7 +93,11 @@ def server(cfg: WebsmsConfig, accept: Accept,
         return await handle(cfg, accept, req, replay)
     def admit(peer: str) -> bool:
         return inbound.admits_peer(peer, hook, cfg.incoming)
-    return httpd.HttpServer(handler, host, hook.port, max_body=hook.req_maxsize, admit=admit)
+
+    def known(peer: str) -> bool:
+        return inbound.known_peer(peer, hook, cfg.incoming)
+    return httpd.HttpServer(handler, host, hook.port, max_body=hook.req_maxsize, admit=admit,
+                            known=known)
 
 
 def main(argv: list[str] | None = None) -> int:

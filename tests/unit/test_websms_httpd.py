@@ -162,6 +162,18 @@ def test_connections_over_the_limit_get_503():
     asyncio.run(scenario())
 
 
+def test_a_stranger_gets_a_few_connections_an_itsp_any():
+    async def scenario(known) -> list[str]:
+        async with served(max_per_source=2, known=known) as (server, _):
+            held = [await asyncio.open_connection("127.0.0.1", port(server)) for _ in range(2)]
+            data = await exchange(server, post(b"x", extra="Connection: close\r\n"))
+            for _, writer in held:
+                writer.close()
+            return status_lines(data)
+    assert asyncio.run(scenario(None)) == ["HTTP/1.1 503 Service Unavailable"]
+    assert asyncio.run(scenario(lambda peer: peer == "127.0.0.1")) == ["HTTP/1.1 200 OK"]
+
+
 def test_a_source_not_admitted_gets_403_before_anything_is_read():
     async def scenario() -> None:
         async with served(admit=lambda peer: peer != "127.0.0.1") as (server, seen):

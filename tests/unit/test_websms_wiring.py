@@ -250,3 +250,26 @@ def test_a_forged_log_line_in_a_delivery_report_stays_in_its_own_line(tmp_path, 
     lines = [line for line in capsys.readouterr().err.splitlines() if "FAKE" in line]
     assert lines == ["<6>webhook request from 192.0.2.20 taken, no SMS: "
                      "delivery report a\\n<0>FAKE\\x1b[2J\\u2028"], lines
+
+
+def test_nothing_is_parsed_before_the_signature(tmp_path, monkeypatch):
+    """A 54 KB multipart body with a bad signature: 403 from the raw bytes,
+    and neither the multipart parser nor the provider's adapter ever runs."""
+    cfg = twilio_iface(tmp_path)
+    boundary = "b0undary"
+    parts = "".join(f"--{boundary}\r\nContent-Disposition: form-data; name=\"f{i}\"\r\n\r\n"
+                    f"{'x' * 250}\r\n" for i in range(200))
+    body = (parts + f"--{boundary}--\r\n").encode()
+    assert len(body) > 54_000
+
+    def never(*args, **kw):
+        raise AssertionError("parsed before the signature was checked")
+    monkeypatch.setattr(inbound, "_multipart", never)
+    monkeypatch.setattr(inbound, "request_pairs", never)
+    monkeypatch.setattr(providers, "adapt", never)
+    req = Request("POST", "/sms/in", "", f"multipart/form-data; boundary={boundary}", body,
+                  "192.0.2.20", {"HTTP_HOST": "pbx.example.com:8088",
+                                 "HTTP_X_TWILIO_SIGNATURE": "AAAA"})
+    with pytest.raises(Refused) as err:
+        inbound.parse(req, cfg.webhook, cfg.incoming)
+    assert err.value.status == 403
