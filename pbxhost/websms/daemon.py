@@ -110,9 +110,12 @@ class Websmsd:
 
     def _status(self) -> None:
         tally = self.delivery.tally
+        faults = self.spool.faults
+        trouble = ("; STORAGE FAULT: " + ", ".join(f"{a} {e}" for a, e in faults.items())
+                   if faults else "")
         self.notifier.status(f"AMI {self.ami_state}; queued: {len(self.delivery.pending)} for "
                              f"phones, {len(self.outbox.pending)} for the ITSP; since start: "
-                             f"{tally.delivered} delivered, {tally.expired} expired")
+                             f"{tally.delivered} delivered, {tally.expired} expired{trouble}")
 
     # -- housekeeping ------------------------------------------------------------------
     def _rescan_inbound(self) -> None:
@@ -133,6 +136,10 @@ class Websmsd:
                     self.outbox.flush()
                 if now >= next_rescan:
                     next_rescan = now + RESCAN
+                    if self.spool.faults:  # what a storage fault held back, written now
+                        # on the loop, not a thread: it touches the journal's marks, which
+                        # only the loop changes; rare (only while a fault lasts)
+                        self.spool.retry_deferred()
                     self._sweep_parts()
                     self._rescan_inbound()
                 if now >= next_prune:

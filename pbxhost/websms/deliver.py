@@ -323,11 +323,13 @@ class Delivery:
         for sms in [s for s in self.pending.values() if s.expires <= now and not s.delivered]:
             reason = (f"expired after {int(now - sms.created)}s: "
                       f"{sms.error or 'no phone of the user was reachable'}")
-            self.spool.fail(sms, reason)
+            kept = self.spool.fail(sms, reason)  # never raises: a fault defers the move
             self.pending.pop(sms.id, None)
             self.tally.expired += 1
-            log.error("SMS %s from %s to %s not delivered: %s (kept in %s)", sms.id,
-                      sms.sender, sms.to, reason, self.spool.root / "failed",
+            log.error("SMS %s from %s to %s not delivered: %s (%s)", sms.id,
+                      sms.sender, sms.to, reason,
+                      f"kept in {self.spool.root / 'failed'}" if kept else
+                      "kept where it is until failed/ can be written",
                       extra={"SMS_ID": sms.id, "SMS_TO": sms.to})
 
     # -- the loop ----------------------------------------------------------------------

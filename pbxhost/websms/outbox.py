@@ -152,10 +152,7 @@ class Outbox:
 
     def give_up(self, sms: Sms, why: str) -> str:
         self.pending.pop(sms.id, None)
-        try:
-            self.spool.fail(sms, why)
-        except (OSError, SpoolError) as exc:
-            log.error("SMS %s: could not move to failed/: %s", sms.id, exc)
+        self.spool.fail(sms, why)  # never raises: a fault defers the move (and it is not retried)
         log.error("SMS %s from %s to %s failed: %s; telling %s", sms.id, sms.sender, sms.to,
                   why, sms.user or sms.sender, extra={"SMS_ID": sms.id, "SMS_TO": sms.to})
         self.tell(sms, why)

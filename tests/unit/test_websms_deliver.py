@@ -324,3 +324,62 @@ def test_unknown_user_is_looked_up_again(bed):
     clock.now += 11
     run(delivery.step())
     assert [d for d, _, _ in ami.sent] == ["pjsip:bob/sip:bob@192.0.2.40:5060"]
+
+
+# ---------------------------------------------------------------- storage faults
+
+
+def break_dir(spool: Spool, name: str) -> None:
+    """A real fault, also for root: the directory is a file now (ENOTDIR)."""
+    folder = spool.root / name
+    for entry in folder.iterdir():
+        entry.unlink()
+    folder.rmdir()
+    folder.write_text("not a directory\n")
+
+
+def repair_dir(spool: Spool, name: str) -> None:
+    (spool.root / name).unlink()
+    (spool.root / name).mkdir()
+
+
+def test_a_failed_dir_that_cannot_be_written_stops_no_delivery(bed):
+    delivery, ami, spool, clock = bed
+    ami.register("jane", "sip:jane@192.0.2.30:5060")
+    doomed = message(spool, to="+19995550000")  # nobody: it expires
+    delivery.add(doomed)
+    run(delivery.step())
+    break_dir(spool, "failed")
+    clock.now = 1061.0
+    later = message(spool, body="still going")
+    later.expires = 2000.0
+    spool.add(later)
+    delivery.add(later)
+    assert run(delivery.step()) is True
+    assert [body for _, _, body in ami.sent] == ["still going"]
+    assert "failed/" in spool.faults and delivery.tally.expired == 1
+    assert doomed.id not in delivery.pending and doomed.id not in spool.ids(INBOUND)
+    run(delivery.step())  # nothing is offered again, nothing stops
+    assert len(ami.sent) == 1
+    repair_dir(spool, "failed")
+    spool.retry_deferred()
+    assert [f.id for f in spool.failed()] == [doomed.id] and spool.faults == {}
+    assert spool.pending(INBOUND) == []
+
+
+def test_a_seen_dir_that_cannot_be_written_repeats_no_delivery(bed):
+    delivery, ami, spool, clock = bed
+    ami.register("jane", "sip:jane@192.0.2.30:5060")
+    break_dir(spool, "seen")
+    sms = message(spool, provider_id="SM1", body="once")
+    delivery.add(sms)
+    run(delivery.step())
+    clock.now += 400  # past a sweep (retrytime): everything pending is tried again
+    delivery.flush()
+    run(delivery.step())
+    assert [body for _, _, body in ami.sent] == ["once"]
+    assert spool.pending(INBOUND) == [] and "seen/" in spool.faults
+    assert spool.known(sms.id)  # a duplicate webhook is still refused
+    repair_dir(spool, "seen")
+    spool.retry_deferred()
+    assert (spool.root / "seen" / sms.id).exists() and spool.faults == {}

@@ -252,3 +252,28 @@ def test_a_dead_processes_lease_is_taken_over(tmp_path):
     spool.add(live)
     assert box.load() == 2
     assert [s.body for s in box.due()] == ["orphan"]
+
+
+def test_a_give_up_failed_dir_cannot_take_is_not_sent_nor_told_again(tmp_path):
+    """failed/ is a file (a real fault, for root too): the SMS stays in out/, but
+    the rescans that pick up other processes' records never send it again, and
+    the phone is told once."""
+    itsp = Itsp(Result(Outcome.FAILED, "HTTP 400 invalid number"))
+    box, spool, notices, _ = make(tmp_path, itsp)
+    (spool.root / "failed").rmdir()
+    (spool.root / "failed").write_text("")
+    sms = outgoing("+1555", "+12025550160", "hi", "", "", 1000, 3600)
+
+    async def go():
+        status = await box.submit(sms, 5)
+        for _ in range(3):
+            box.rescan()
+            await box.step()
+            await asyncio.gather(*box.tasks)
+        return status
+    assert asyncio.run(go()) == "FAILED"
+    assert len(itsp.calls) == 1 and len(notices) == 1 and "failed/" in spool.faults
+    (spool.root / "failed").unlink()
+    (spool.root / "failed").mkdir()
+    spool.retry_deferred()
+    assert [f.id for f in spool.failed()] == [sms.id] and spool.pending(OUTBOUND) == []
