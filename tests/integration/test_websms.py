@@ -306,6 +306,36 @@ def test_expired_sms_is_reported_not_dropped(bed):
     assert "FAILED: expired" in listing and "nobody home" in listing
 
 
+def test_a_failed_dir_that_refuses_writes_stops_no_delivery(bed):
+    """failed/ is immutable (chattr +i: even root cannot write it; a read-only
+    bind mount would be another mount, where no rename works even read-write):
+    an SMS that expires stays where it is, the next SMS is delivered all the
+    same, the fault is logged and clears once failed/ takes writes again."""
+    bed.write_conf(astqueue="expire = 2")
+    failed = bed.spool / "failed"
+    failed.mkdir(parents=True)
+    subprocess.run(["chattr", "+i", str(failed)], check=True)
+    try:
+        bed.start_daemon()
+        jane = bed.phone("jane")
+        bed.reachable("jane")
+        assert bed.hook.post_form(incoming(to=BOB, body="nobody home"),
+                                  path="/sms/in").status == 200
+        assert "Operation not permitted" in bed.wait_log("cannot be written")
+        assert "until failed/ can be written" in bed.wait_log("not delivered: expired")
+        assert bed.hook.post_form(incoming(body="after the fault"),
+                                  path="/sms/in").status == 200
+        assert_received(jane, "after the fault")
+        assert bed.spool_files("failed") == []
+        subprocess.run(["chattr", "-i", str(failed)], check=True)
+        bed.wait_log("fault cleared")
+        [record] = bed.spool_files("failed")
+        assert json.loads(record.read_text())["body"] == "nobody home"
+        assert bed.queued_in() == []
+    finally:
+        subprocess.run(["chattr", "-i", str(failed)], check=False)
+
+
 # ---------------------------------------------------------------- outgoing
 
 
