@@ -13,6 +13,7 @@ from pathlib import Path
 
 from pbxhost import cli, conf, service
 from pbxhost.websms import agi, config, inbound, send
+from pbxhost.websms.deliver import SET_ASIDE
 from pbxhost.websms.model import OUTBOUND, Sms
 from pbxhost.websms.outbox import Outbox, outgoing
 from pbxhost.websms.parts import Parts, Piece
@@ -120,6 +121,8 @@ def _state(sms: Sms, where: str, now: float) -> str:
         wait = f", next try in {_ago(sms.next_try - now)}" if sms.next_try > now else ""
         tries = f"{sms.attempts} attempt{'s' if sms.attempts != 1 else ''}"
         return tries + wait + (f": {sms.error}" if sms.error else "")
+    if sms.error.startswith(SET_ASIDE):  # no user has the number: not waiting for a phone
+        return sms.error.replace(SET_ASIDE, SET_ASIDE.upper(), 1)
     got = f"on {len(sms.delivered)} phones so far" if sms.delivered else "waiting for a phone"
     return got + (f": {sms.error}" if sms.error else "")
 

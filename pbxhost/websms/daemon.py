@@ -113,8 +113,10 @@ class Websmsd:
         faults = self.spool.faults
         trouble = ("; STORAGE FAULT: " + ", ".join(f"{a} {e}" for a, e in faults.items())
                    if faults else "")
+        aside = self.delivery.set_aside()
         self.notifier.status(f"AMI {self.ami_state}; queued: {len(self.delivery.pending)} for "
-                             f"phones, {len(self.outbox.pending)} for the ITSP; since start: "
+                             f"phones ({aside} set aside: no such user), "
+                             f"{len(self.outbox.pending)} for the ITSP; since start: "
                              f"{tally.delivered} delivered, {tally.expired} expired{trouble}")
 
     # -- housekeeping ------------------------------------------------------------------

@@ -123,3 +123,13 @@ def test_migrate(tmp_path, capsys):
     assert "url_host = api.example.com" in target.read_text()
     assert run(["migrate", "-c", str(target)]) == 0
     assert "nothing to migrate" in capsys.readouterr().out
+
+
+def test_queue_shows_sms_set_aside_for_a_number_no_user_has(conf, tmp_path, capsys):
+    spool = Spool(tmp_path / "spool")
+    spool.prepare()
+    spool.add(Sms(kind=INBOUND, id=new_id(), to="+19995550000", sender="+1555", body="hi",
+                  created=1.0, expires=2.0,
+                  error="set aside: no user has the number +19995550000"))
+    assert run(["-c", str(conf), "queue"]) == 0
+    assert "SET ASIDE: no user has the number +19995550000" in capsys.readouterr().out
