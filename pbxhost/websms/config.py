@@ -8,6 +8,7 @@ every interface. A section without indexed keys is one interface named ""."""
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import os
 import re
@@ -30,7 +31,9 @@ AUTH_METHODS = ("none", "plain", "basic", "bearer", "zadarma")
 NUMFORMS = ("", "E164", "E.164")
 AMI_PART_LIMIT = 750  # AMI reads lines of 1024 bytes: Base64Body of at most 1000 chars
 AGI_ADDR = ("127.0.0.1", 4573)  # contracts: agi://127.0.0.1:4573/websms
+PROXY_AUTH = "X-Websms-Proxy"  # the header a trusted proxy proves itself with
 OPT_OUT = "insecure_open"  # [websmsd] key: serve an interface with no signature and no remt_addr
+_V4_LOOP = ipaddress.ip_network("127.0.0.0/8")
 _KEY = re.compile(r"[A-Za-z0-9_.\-\[\]]{1,64}")
 
 
@@ -98,6 +101,7 @@ class Webhook:
     bindaddr: str = ""                   # empty: every address
     prox_addr: tuple[Network, ...] = ()
     prox_header: str = "HTTP_X_FORWARDED_FOR"
+    prox_secret: str = ""                # the proxy proves itself with it (PROXY_AUTH header)
     req_maxsize: int = 65536             # bytes of a request body
     body_maxlen: int = 5000              # characters of an SMS text
     dedup_time: int = 7 * 86400          # provider ids remembered this long
@@ -338,6 +342,20 @@ def unprotected_refusal(cfg: WebsmsConfig) -> str | None:
     return None
 
 
+def local_proxy_refusal(cfg: WebsmsConfig) -> str | None:
+    """A proxy on this host is trusted by its secret, not its address: every
+    local user can connect from 127.0.0.1 and send an X-Forwarded-For."""
+    hook = cfg.webhook
+    if hook.port is None or hook.prox_secret:
+        return None
+    local = [str(n) for n in hook.prox_addr if n.is_loopback or n.overlaps(_V4_LOOP)]
+    if not local:
+        return None
+    return (f"[websmsd] prox_addr of {cfg.path} trusts a proxy on this host ({', '.join(local)}) "
+            f"by its address, which every local user has: set prox_secret (the proxy sends "
+            f"it as {PROXY_AUTH}: <secret>), or remove the local address from prox_addr")
+
+
 def websmsd_port(env: Mapping[str, str]) -> int | None:
     """WEBSMSD_PORT; unset or not a port number disables the webhook server."""
     raw = env.get("WEBSMSD_PORT", "").strip()
@@ -350,7 +368,7 @@ def _webhook(section: Section | None, env: Mapping[str, str]) -> Webhook:
     port = websmsd_port(env)
     if section is None:
         return Webhook(port=port)
-    for key in ("prox_addr", "prox_header"):
+    for key in ("prox_addr", "prox_header", "prox_secret"):
         if any(i.index is not None and i.key.lower() == key for i in section.items):
             # the proxy is trusted before any interface is known: one value only
             raise _fail(section, key, None, "cannot be indexed (one proxy for all interfaces)")
@@ -360,6 +378,7 @@ def _webhook(section: Section | None, env: Mapping[str, str]) -> Webhook:
         bindaddr=_text(section, "bindaddr", "", None),
         prox_addr=tuple(section.get_networks("prox_addr", []) or []),
         prox_header=environ_key(header),
+        prox_secret=_text(section, "prox_secret", "", None),
         req_maxsize=section.get_int("req_maxsize", 65536) or 65536,
         body_maxlen=section.get_int("body_maxlen", 5000) or 5000,
         dedup_time=section.get_duration("dedup_time", 7 * 86400) or 0,

@@ -216,7 +216,7 @@ def main(argv: list[str] | None = None) -> int:
     except conf.ConfigError as exc:
         log.error("websmsd not started: %s", exc)
         return EX_CONFIG
-    refusal = config.unprotected_refusal(cfg)
+    refusal = config.unprotected_refusal(cfg) or config.local_proxy_refusal(cfg)
     if refusal is not None:
         log.error("websmsd not started: %s", refusal)
         return EX_CONFIG

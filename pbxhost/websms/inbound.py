@@ -11,6 +11,7 @@ feed and carriage return excepted) and is kept byte for byte."""
 
 from __future__ import annotations
 
+import hmac
 import ipaddress
 import json
 import re
@@ -24,7 +25,7 @@ from typing import Any
 from urllib.parse import parse_qsl
 
 from pbxhost.websms import providers, signatures
-from pbxhost.websms.config import Incoming, Webhook
+from pbxhost.websms.config import PROXY_AUTH, Incoming, Webhook, environ_key
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 NUMBER = re.compile(r"\+?[0-9]{1,20}", re.ASCII)
@@ -34,6 +35,7 @@ MAX_DEPTH = 32
 MAX_ID = 200
 MAX_ECHO = 200
 ALLOWED_CONTROLS = "\t\n\r"
+PROXY_AUTH_KEY = environ_key(PROXY_AUTH)
 
 
 class Refused(Exception):
@@ -123,6 +125,9 @@ def client_address(req: Request, webhook: Webhook) -> IPAddress:
     header = req.headers.get(webhook.prox_header)
     if not webhook.prox_addr or not _within(peer, webhook.prox_addr) or header is None:
         return peer  # a forwarded-for header from anyone else is ignored
+    if webhook.prox_secret and not hmac.compare_digest(
+            req.headers.get(PROXY_AUTH_KEY, "").encode(), webhook.prox_secret.encode()):
+        return peer  # from the proxy's address, but not the proxy: a local user, say
     try:
         hops = [_address(h) for h in header.split(",") if h.strip()]
     except ValueError:

@@ -591,6 +591,81 @@ def test_proxy_header_believed_only_from_the_proxy(bed):
     assert len(bed.queued_in()) == 2
 
 
+PROXY_PORT = 8443
+NGINX = """\
+user root;
+worker_processes 1;
+pid {dir}/nginx.pid;
+error_log {dir}/error.log;
+events {{ worker_connections 64; }}
+http {{
+    access_log off;
+    client_body_temp_path {dir}/body;
+    proxy_temp_path {dir}/proxy;
+    fastcgi_temp_path {dir}/fastcgi;
+    uwsgi_temp_path {dir}/uwsgi;
+    scgi_temp_path {dir}/scgi;
+    server {{
+        listen {addr}:{port};
+        client_max_body_size 64k;
+{location}
+    }}
+}}
+"""
+# A local user speaks HTTP to websmsd itself and claims to be the proxy.
+LOCAL_POST = r"""
+import http.client, sys
+conn = http.client.HTTPConnection("127.0.0.1", int(sys.argv[1]), timeout=10)
+conn.request("POST", "/sms/in", "To=%2B12025550160&From=%2B15017122661&Body=forged",
+             {"Content-Type": "application/x-www-form-urlencoded",
+              "X-Forwarded-For": sys.argv[2]})
+print(conn.getresponse().status)
+"""
+
+
+def documented_nginx_location(secret: str, port: int) -> str:
+    """The `location` block of docs/websms.md's nginx recipe, as written there."""
+    doc = (ROOT / "docs/websms.md").read_text()
+    m = re.search(r"(?ms)^```nginx\n.*?^(    location /sms/ \{.*?^    \})$", doc)
+    assert m, "no nginx recipe with a location /sms/ block in docs/websms.md"
+    block = m.group(1)
+    assert "PROX_SECRET" in block and "127.0.0.1:8080" in block
+    return block.replace("PROX_SECRET", secret).replace("127.0.0.1:8080", f"127.0.0.1:{port}")
+
+
+def test_nginx_recipe_of_the_docs_and_a_local_user_posing_as_it(bed):
+    secret = "a1" * 24
+    bed.write_conf(websmsd="bindaddr = 127.0.0.1\nprox_addr = 127.0.0.1\n"
+                   f"prox_header = X-Forwarded-For\nprox_secret = {secret}\n")
+    bed.start_daemon()
+    work = bed.tmp / "nginx"
+    work.mkdir()
+    (work / "nginx.conf").write_text(NGINX.format(
+        dir=work, addr=bed.pbx_host.v4, port=PROXY_PORT,
+        location=documented_nginx_location(secret, WEBHOOK_PORT)))
+    nginx = bed.pbx_host.popen("nginx", "-c", str(work / "nginx.conf"), "-g", "daemon off;",
+                               stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+    try:
+        client = WebhookClient(bed.itsp_host, bed.pbx_host.v4, PROXY_PORT)
+
+        def through() -> int:
+            try:
+                return client.post_form(incoming(body="through nginx"), path="/sms/in").status
+            except OSError:
+                return 0  # nginx not listening yet
+        assert poll(through, 15, "nginx up") == 200
+        line = bed.wait_log("accepted")
+        assert f"({bed.itsp_host.v4}," in line  # the ITSP, as nginx forwarded it
+        forged = bed.pbx_host.run("setpriv", "--reuid=nobody", "--regid=nogroup",
+                                  "--clear-groups", "/usr/bin/python3", "-c", LOCAL_POST,
+                                  str(WEBHOOK_PORT), bed.itsp_host.v4).stdout
+        assert forged.strip() == "403", forged
+        assert len(bed.queued_in()) <= 1
+    finally:
+        nginx.terminate()
+        nginx.wait(10)
+
+
 def test_echo_probe_and_resp_ack(bed):
     bed.write_conf(websmsd="key_echo = zd_echo\nresp_ack = <Response></Response>\n")
     bed.start_daemon()

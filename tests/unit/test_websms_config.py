@@ -236,3 +236,17 @@ def test_websmsd_exits_78_with_one_line_on_an_open_interface(tmp_path, monkeypat
     assert daemon.main(["-c", str(path)]) == daemon.EX_CONFIG
     lines = capsys.readouterr().err.strip().splitlines()
     assert len(lines) == 1 and "'itsp'" in lines[0] and "remt_addr [itsp]" in lines[0], lines
+
+
+@pytest.mark.parametrize(("prox", "refused"), [
+    ("prox_addr = 127.0.0.1\n", True), ("prox_addr = ::1\n", True),
+    ("prox_addr = 127.0.0.0/8, 192.0.2.1\n", True),
+    ("prox_addr = 127.0.0.1\nprox_secret = s3cret-proxy-key\n", False),
+    ("prox_addr = 192.0.2.1, 2001:db8::1\n", False), ("", False),
+])
+def test_a_proxy_on_this_host_needs_its_secret(tmp_path, prox, refused):
+    cfg = load(f"[websmsd]\nremt_addr = 198.51.100.0/24\n{prox}", tmp_path, PORT)
+    why = config.local_proxy_refusal(cfg)
+    assert (why is not None) == refused
+    if why:
+        assert "prox_secret" in why and "X-Websms-Proxy" in why and "\n" not in why
