@@ -236,7 +236,7 @@ class Handler:
             why = ("the text was empty or longer than Asterisk takes (1023 bytes)"
                    if exc.reason == "empty body" else exc.reason)
             log.warning("SMS from %s to %s refused: %s", exc.sender, exc.to, why)
-            self.outbox.tell(outgoing(exc.to, exc.sender, "", "", exc.sender, time.time(),
+            await self.outbox.tell(outgoing(exc.to, exc.sender, "", "", exc.sender, time.time(),
                                       self.cfg.retry.expire), why)
             status = "FAILED"
         except inbound.Refused as exc:
@@ -267,7 +267,7 @@ class Handler:
                 status, why = refused
                 log.log(service.NOTICE, "SMS from %s (%s) to %s refused: %s", req.user, req.sender,
                         req.to, why, extra={"SMS_TO": req.to})
-                self.outbox.tell(sms, why)
+                await self.outbox.tell(sms, why)
                 return status
             return await self.outbox.submit(sms, self.wait)
         except SpoolError as exc:

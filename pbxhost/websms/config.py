@@ -20,6 +20,7 @@ from urllib.parse import urlsplit
 from pbxhost import conf
 from pbxhost.ami import AmiSettings
 from pbxhost.conf import ConfigError, Network, Section
+from pbxhost.durable import write_durably
 from pbxhost.websms import providers, signatures
 
 log = logging.getLogger("pbxhost.websms")
@@ -577,14 +578,8 @@ def migrate_sms_conf(target: Path) -> conf.Config | None:
         return None
     text = translate_sms_conf(conf.load(old_path))
     try:
-        tmp = target.with_name(f".{target.name}.tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o640)
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        _same_access(old_path, tmp)
-        os.replace(tmp, target)
+        write_durably(target, text.encode("utf-8"), 0o640,
+                      before_rename=lambda tmp: _same_access(old_path, tmp))
         log.warning("migrated %s to %s (the old file is left as it was)", old_path, target)
         return conf.loads(text, str(target))
     except OSError as exc:

@@ -110,8 +110,8 @@ class Websmsd:
 
     def _status(self) -> None:
         tally = self.delivery.tally
-        faults = self.spool.faults
-        trouble = ("; STORAGE FAULT: " + ", ".join(f"{a} {e}" for a, e in faults.items())
+        faults = list(self.spool.faults.items())  # a copy: threads of the outbox add to it
+        trouble = ("; STORAGE FAULT: " + ", ".join(f"{a} {e}" for a, e in faults)
                    if faults else "")
         aside = self.delivery.set_aside()
         self.notifier.status(f"AMI {self.ami_state}; queued: {len(self.delivery.pending)} for "

@@ -122,46 +122,49 @@ class Outbox:
         try:
             iface = self.cfg.outgoing_for(sms.iface)
         except KeyError as exc:
-            return self.give_up(sms, str(exc.args[0]))
+            return await self.give_up(sms, str(exc.args[0]))
         sms.attempts += 1
         result = await asyncio.to_thread(self.sender, iface, sms.to, sms.sender, sms.body)
         if result.outcome is Outcome.SENT:
-            self.spool.done(sms)
+            await asyncio.to_thread(self.spool.done, sms)  # its fsyncs off the event loop
             self.pending.pop(sms.id, None)
             log.log(service.NOTICE, "SMS %s from %s to %s sent via %s (attempt %d, %s)",
                     sms.id, sms.sender, sms.to, iface.name or "default", sms.attempts,
                     text.segments(sms.body), extra={"SMS_ID": sms.id, "SMS_TO": sms.to})
             return "SENT"
         if result.outcome is Outcome.FAILED:
-            return self.give_up(sms, result.detail)
-        return self.later(sms, result.detail)
+            return await self.give_up(sms, result.detail)
+        return await self.later(sms, result.detail)
 
-    def later(self, sms: Sms, why: str) -> str:
+    # later, give_up and tell write durably: in a thread, so that the event loop
+    # (webhook, delivery, watchdog) never waits for an fsync of theirs
+    async def later(self, sms: Sms, why: str) -> str:
         now = self.clock()
         delay = backoff(sms.attempts, self.cfg.retry.backoff_min, self.cfg.retry.backoff_max)
         if now + delay > sms.expires:
-            return self.give_up(sms, f"gave up after {sms.attempts} attempts: {why}")
+            return await self.give_up(sms, f"gave up after {sms.attempts} attempts: {why}")
         sms.next_try, sms.error, sms.owner = now + delay, why, 0
         try:
-            self.spool.save(sms)
+            await asyncio.to_thread(self.spool.save, sms)
         except SpoolError as exc:
             log.error("SMS %s: retry state not saved: %s", sms.id, exc)
         log.warning("SMS %s to %s not sent (%s); attempt %d again in %.0fs", sms.id, sms.to,
                     why, sms.attempts + 1, delay, extra={"SMS_ID": sms.id})
         return "QUEUED"
 
-    def give_up(self, sms: Sms, why: str) -> str:
+    async def give_up(self, sms: Sms, why: str) -> str:
         self.pending.pop(sms.id, None)
-        self.spool.fail(sms, why)  # never raises: a fault defers the move (and it is not retried)
+        # never raises: a fault defers the move (and the SMS is not tried again)
+        await asyncio.to_thread(self.spool.fail, sms, why)
         log.error("SMS %s from %s to %s failed: %s; telling %s", sms.id, sms.sender, sms.to,
                   why, sms.user or sms.sender, extra={"SMS_ID": sms.id, "SMS_TO": sms.to})
-        self.tell(sms, why)
+        await self.tell(sms, why)
         return "FAILED"
 
-    def tell(self, sms: Sms, why: str) -> None:
+    async def tell(self, sms: Sms, why: str) -> None:
         notice = notice_for(sms, why, self.clock(), self.cfg.queue.expire)
         try:
-            self.spool.add(notice)
+            await asyncio.to_thread(self.spool.add, notice)
         except SpoolError as exc:
             log.error("notice for SMS %s not stored: %s", sms.id, exc)
             return

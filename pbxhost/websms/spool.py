@@ -44,7 +44,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from pbxhost import service
-from pbxhost.durable import fsync_dir
+from pbxhost.durable import fsync_dir, write_all, write_durably
 from pbxhost.websms import journal as journal_mod
 from pbxhost.websms.journal import Journal, JournalError
 from pbxhost.websms.model import INBOUND, OUTBOUND, Sms, valid_id
@@ -194,18 +194,16 @@ class Spool:
         return journal_mod.read_live(self.root / "journal")
 
     # -- writing ---------------------------------------------------------------
-    def _write_tmp(self, sms: Sms, sync: bool = True) -> Path:
+    def _write_tmp(self, sms: Sms) -> Path:
+        """SMS in a new file of tmp/, not synced: for the group commit (which
+        syncs a whole batch at once) and archive copies. Single records that
+        must be durable on their own go through _write (durable.write_durably)."""
         # plain strings on this path: pathlib costs more than the write
         tmp = Path(f"{self._tmpdir}/{sms.id}.{os.getpid()}.{time.monotonic_ns()}")
-        data = sms.to_json()
         try:
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o660)
             try:
-                view = memoryview(data)
-                while view:
-                    view = view[os.write(fd, view):]
-                if sync:
-                    os.fsync(fd)
+                write_all(fd, sms.to_json())
             finally:
                 os.close(fd)
         except OSError as exc:
@@ -262,7 +260,7 @@ class Spool:
         """Store a new record durably; False (and nothing stored) for a known id."""
         if sms.provider_id and self.known(sms.id):  # a fresh random id cannot be known
             return False
-        tmp = self._write_tmp(sms, sync=False)  # the committer syncs a whole batch at once
+        tmp = self._write_tmp(sms)  # the committer syncs a whole batch at once
         return self.committer.commit(tmp, self._path(sms.kind, sms.id))
 
     async def accept(self, sms: Sms) -> bool:
@@ -301,17 +299,16 @@ class Spool:
             self.journal.flush()
         return True
 
+    def _write(self, final: Path, sms: Sms) -> None:
+        """FINAL holds SMS durably (durable.write_durably, its temp file in tmp/)."""
+        try:
+            write_durably(final, sms.to_json(), 0o660, tmpdir=self.root / "tmp")
+        except OSError as exc:
+            raise SpoolError(f"cannot write {final}: {exc.strerror or exc}") from exc
+
     def save(self, sms: Sms) -> None:
         """Replace the pending record of SMS (delivery progress, next attempt)."""
-        tmp = self._write_tmp(sms)
-        final = self._path(sms.kind, sms.id)
-        try:
-            os.replace(tmp, final)
-            fsync_dir(final.parent)
-        except OSError as exc:
-            with contextlib.suppress(OSError):
-                tmp.unlink()
-            raise SpoolError(f"cannot update {final}: {exc.strerror or exc}") from exc
+        self._write(self._path(sms.kind, sms.id), sms)
         self._release(sms)
 
     def _mark(self, sms_id: str) -> None:
@@ -336,7 +333,7 @@ class Spool:
         pending = self._path(sms.kind, sms.id)
         if self._release(sms, flush=flush):  # no file in in/: an archive copy is written anew
             if self.archive:
-                os.replace(self._write_tmp(sms, sync=False), self._path("archive", sms.id))
+                os.replace(self._write_tmp(sms), self._path("archive", sms.id))
         elif self.archive:
             os.replace(pending, self._path("archive", sms.id))
         else:
@@ -368,9 +365,7 @@ class Spool:
             self._fault(f"{kind}/", exc)
 
     def _to_failed(self, sms: Sms) -> None:
-        tmp = self._write_tmp(sms)
-        os.replace(tmp, self._path("failed", sms.id))
-        fsync_dir(self.root / "failed")
+        self._write(self._path("failed", sms.id), sms)
         with contextlib.suppress(FileNotFoundError):
             self._path(sms.kind, sms.id).unlink()
         fsync_dir(self.root / sms.kind)

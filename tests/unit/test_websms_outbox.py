@@ -277,3 +277,31 @@ def test_a_give_up_failed_dir_cannot_take_is_not_sent_nor_told_again(tmp_path):
     (spool.root / "failed").mkdir()
     spool.retry_deferred()
     assert [f.id for f in spool.failed()] == [sms.id] and spool.pending(OUTBOUND) == []
+
+
+def test_the_outbox_never_fsyncs_on_the_event_loop(tmp_path, monkeypatch):
+    """Retry state (later), failed/ (give_up), the notice (tell) and the removal
+    of a sent SMS (done) are written durably in threads: the loop that serves the
+    webhook and the watchdog never waits for a disk."""
+    import threading
+    on_loop: list[int] = []
+    real = os.fsync
+
+    def fsync(fd: int) -> None:
+        if threading.current_thread() is threading.main_thread():  # asyncio.run's loop
+            on_loop.append(fd)
+        real(fd)
+    monkeypatch.setattr(os, "fsync", fsync)
+    itsp = Itsp(Result(Outcome.RETRY, "HTTP 503"), Result(Outcome.FAILED, "HTTP 400"))
+    box, spool, notices, clock = make(tmp_path, itsp)
+
+    async def go():
+        first = await box.submit(outgoing("+1555", "+1202", "a", "", "", 1000, 3600), 5)
+        (sms,) = box.pending.values()
+        clock.now = sms.next_try
+        second = await box.attempt(sms)
+        third = await box.submit(outgoing("+1556", "+1202", "b", "", "", 1000, 3600), 5)
+        return first, second, third
+    assert asyncio.run(go()) == ("QUEUED", "FAILED", "SENT")
+    assert len(notices) == 1 and len(spool.failed()) == 1 and spool.pending(OUTBOUND) == []
+    assert on_loop == []
