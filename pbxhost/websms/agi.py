@@ -320,8 +320,10 @@ class FastAgiServer:
             return False
         try:
             uid = peercred.peer_uid(peer[:2], local[:2])
-        except (OSError, ValueError) as exc:
-            log.error("FastAGI connection from %s refused: its owner is unknown (%s)", peer, exc)
+        except (OSError, ValueError) as exc:  # fail closed: the dialplan's plain AGI remains
+            log.error("FastAGI connection from %s refused: its owner is unknown (%s); websmsd "
+                      "needs AF_NETLINK (sock_diag) or /proc/net/tcp: add AF_NETLINK to the "
+                      "unit's RestrictAddressFamilies", peer, exc)
             return False
         if uid not in self.uids:
             log.warning("FastAGI connection from %s refused: uid %s is not Asterisk's",

@@ -281,3 +281,31 @@ def test_connections_beyond_the_cap_are_closed(tmp_path):
         return closed, server.open
     closed, _ = asyncio.run(go())
     assert closed == b""
+
+
+def test_an_owner_the_kernel_will_not_tell_is_refused_and_the_fix_named(tmp_path, monkeypatch,
+                                                                      caplog):
+    """Under the unit's RestrictAddressFamilies without AF_NETLINK and ProcSubset=pid
+    neither sock_diag nor /proc/net/tcp answers: closed (fail closed), fix logged."""
+    from pbxhost.websms import peercred
+
+    def unknown(peer, local):
+        raise OSError(97, "Address family not supported by protocol")
+    monkeypatch.setattr(peercred, "peer_uid", unknown)
+
+    async def go():
+        server, itsp = _server(tmp_path, uids=frozenset({os.geteuid()}))
+        await server.start()
+        port = server.server.sockets[0].getsockname()[1]
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        try:
+            writer.write(AGI_ENV)
+            got = await asyncio.wait_for(reader.read(), 5)
+        except ConnectionResetError:  # closed with our bytes unread: a reset
+            got = b""
+        writer.close()
+        await server.close()
+        return got, itsp
+    got, itsp = asyncio.run(go())
+    assert got == b"" and itsp.calls == []
+    assert "add AF_NETLINK to the unit's RestrictAddressFamilies" in caplog.text
