@@ -6,6 +6,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import logging
+import os
 import sys
 import time
 from datetime import datetime
@@ -20,6 +22,7 @@ from pbxhost.websms.parts import Parts, Piece
 from pbxhost.websms.send import Outcome
 from pbxhost.websms.spool import Spool, SpoolError
 
+log = logging.getLogger("pbxhost.websms.cli")
 PROG = "websms"
 EX_TEMPFAIL = 75  # sysexits: not sent now, queued for websmsd to retry
 USAGE = """\
@@ -205,14 +208,32 @@ def cmd_migrate(args: argparse.Namespace) -> int:
     return 0 if path.exists() else 1
 
 
+def _agi_config(path: Path) -> tuple[config.WebsmsConfig, bool]:
+    """websms.conf, and whether this process may send. Asterisk's user, which
+    runs this script, cannot read websms.conf (the ITSP credentials are
+    websms's alone): then the defaults, and every SMS is queued for websmsd."""
+    try:
+        path.stat()
+        unreadable = not os.access(path, os.R_OK)
+    except FileNotFoundError:
+        unreadable = False  # no websms.conf: the defaults (or a migrated sms.conf)
+    except PermissionError:
+        unreadable = True
+    if unreadable:
+        log.warning("%s is not readable by this user (the ITSP credentials are websmsd's): "
+                    "SMS are queued in %s for websmsd", path, config.DEFAULT_SPOOL)
+        return config.WebsmsConfig(path=path), False
+    return _load(path), True
+
+
 def cmd_agi(args: argparse.Namespace) -> int:
     service.setup_logging("websms-agi")  # stderr: Asterisk logs it; stdout is the AGI channel
-    cfg = _load(_config_path(args.config))
+    cfg, may_send = _agi_config(_config_path(args.config))
     spool = Spool(cfg.queue.spooldir)
     spool.prepare(clean=False)
     # websmsd picks up what is queued here (for our users, or to retry) within seconds
-    handler = agi.Handler(cfg, Outbox(cfg, spool, lambda sms: None), lambda sms: None,
-                          wait=3600)
+    outbox = Outbox(cfg, spool, lambda sms: None, queue_only=not may_send)
+    handler = agi.Handler(cfg, outbox, lambda sms: None, wait=3600)
     try:
         asyncio.run(agi.script(handler))
     except agi.AgiError:

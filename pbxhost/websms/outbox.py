@@ -59,8 +59,12 @@ def notice_for(sms: Sms, reason: str, now: float, lifetime: float) -> Sms:
 
 class Outbox:
     def __init__(self, cfg: WebsmsConfig, spool: Spool, deliver_notice: Callable[[Sms], None],
-                 sender: Sender = send.send, clock: Callable[[], float] = time.time) -> None:
+                 sender: Sender = send.send, clock: Callable[[], float] = time.time,
+                 queue_only: bool = False) -> None:
+        """QUEUE_ONLY: spool what is submitted for websmsd and never call the ITSP
+        (the plain AGI script as Asterisk's user, without the credentials)."""
         self.cfg, self.spool, self.deliver_notice = cfg, spool, deliver_notice
+        self.queue_only = queue_only
         self.sender, self.clock = sender, clock
         self.pending: dict[str, Sms] = {}
         self.inflight: set[str] = set()
@@ -92,6 +96,9 @@ class Outbox:
 
     async def submit(self, sms: Sms, wait: float) -> str:
         """Spool, then try at once; QUEUED when not settled within WAIT seconds."""
+        if self.queue_only:  # due at once, no lease: websmsd takes it within seconds
+            await asyncio.to_thread(self.spool.add, sms)
+            return "QUEUED"
         # a lease: other processes leave it alone while we try (unless we die)
         sms.next_try, sms.owner = self.clock() + self.cfg.queue.waittime, os.getpid()
         await asyncio.to_thread(self.spool.add, sms)  # the loop serves webhooks meanwhile
