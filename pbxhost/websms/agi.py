@@ -217,9 +217,11 @@ class Handler:
             self._warned_toll = True
             log.warning("the dialplan has no TOLL_HOME (nor %s): SMS to the outside are "
                         "not toll-guarded", TOLL_SUB)
-        allow = self.user_var(req.user, "TOLL_ALLOW")
-        if allow is None:  # no set_var: the global default of extensions_local.conf
-            allow = await session.get("${TOLL_ALLOW}")
+        allow = ""
+        if guards.toll_refusal(toll_class, "") is not None:  # only then ask what is allowed
+            found = self.user_var(req.user, "TOLL_ALLOW")
+            # no set_var: the global default of extensions_local.conf
+            allow = found if found is not None else await session.get("${TOLL_ALLOW}")
         why = guards.toll_refusal(toll_class, allow)
         if why is not None:
             return "TOLL_REFUSED", why
