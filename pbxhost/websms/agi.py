@@ -370,9 +370,18 @@ class FastAgiServer:
 
 
 async def script(handler: Handler) -> str:
-    """AGI on stdin/stdout (Asterisk runs `websms agi ...` for each message)."""
+    """AGI on stdin/stdout (Asterisk runs `websms agi ...` for each message).
+    stdin is read on the loop (a pipe from Asterisk), not in a thread, so a
+    read past its deadline is cancelled and the script ends."""
+    loop = asyncio.get_running_loop()
+    reader = asyncio.StreamReader(limit=MAX_LINE + 1)
+    await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
+
     async def readline() -> bytes:
-        return await asyncio.to_thread(sys.stdin.buffer.readline, MAX_LINE + 1)
+        try:
+            return await reader.readline()
+        except ValueError:  # longer than the limit
+            raise AgiError("AGI line too long") from None
 
     async def write(data: bytes) -> None:
         sys.stdout.buffer.write(data)
