@@ -92,7 +92,9 @@ class Site:
         set_conf(self.pbx, "extensions_local.conf", "globals", DIAL_TIMEOUT="2")
         # the webhook on only now: websmsd refuses an interface open to anyone
         self.pbx.write("/srv/etc/pbxhost.env", env + f"WEBSMSD_PORT={WEBHOOK_PORT}\n")
-        self.pbx.run("systemctl", "restart", "websmsd")
+        restart = self.pbx.run("systemctl", "restart", "websmsd", check=False)
+        assert restart.returncode == 0, self.pbx.run(
+            "journalctl", "--no-pager", "-n", "30", "-u", "websmsd", check=False).stdout
         self.pbx.run("asterisk", "-rx", "core reload")
         self.pbx.wait_active("websmsd.service")
         self.hook = WebhookClient(self.itsp_host, self.pbx_host.v4, WEBHOOK_PORT)
