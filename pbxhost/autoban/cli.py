@@ -161,7 +161,8 @@ def main(argv: list[str] | None = None) -> int:
     except FirewallError as exc:
         cli.fail(PROG, str(exc))
     try:
-        state.save(cfg.statefile, fw.elements())
+        # the daemon's record of autoban.conf's entries is kept as it is
+        state.save(cfg.statefile, fw.elements(), config=state.load(cfg.statefile).config)
     except OSError as exc:
         print(f"{PROG}: warning: state file not written: {exc}", file=sys.stderr)
     print(f"{verb}: {len(ops)} change(s) in {', '.join(dsets)}")

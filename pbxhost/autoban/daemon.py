@@ -12,6 +12,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 
 from panoramisk.message import Message
@@ -20,13 +21,23 @@ from pbxhost import cli, conf, service
 from pbxhost.ami import AmiClient
 from pbxhost.autoban import config, legacy, policy, state
 from pbxhost.autoban.events import ATTACK_EVENTS, Address, parse_remote_address
-from pbxhost.autoban.firewall import Delete, Element, Firewall, FirewallError, Put
+from pbxhost.autoban.firewall import (
+    LIST_SETS,
+    Delete,
+    Element,
+    Firewall,
+    FirewallError,
+    Put,
+    SetFullError,
+)
+from pbxhost.autoban.overflow import Overflow
 
 log = logging.getLogger("pbxhost.autoban")
 EX_CONFIG = 78  # sysexits: configuration error (the unit does not restart-loop on it)
 GUARD_INTERVAL = 1.0
 SAVE_DELAY = 0.5
 RESTORE_BATCH = 250
+FULL_WARNING_INTERVAL = 60.0  # seconds between two "set full" warnings
 
 
 def human(seconds: int) -> str:
@@ -69,19 +80,57 @@ class Autoban:
         self.cfg, self.fw, self.exempt, self.clock = cfg, firewall, exempt, clock
         self.settings = cfg.policy
         self._save_pending: asyncio.TimerHandle | None = None
+        self.overflow = Overflow()
+        self._full_warned: dict[str, float] = {}
+
+    def _clocks(self) -> state.Clocks:
+        # the real clocks (boot time included) unless a test injected one
+        return state.Clocks.now(None if self.clock is time.time else self.clock())
 
     # -- the kernel table ---------------------------------------------------
-    def ensure_table(self) -> bool:
+    def ensure_table(self, saved: state.Saved | None = None) -> bool:
         """Create the table when it is missing (first start, reboot, `nft flush
         ruleset`) and refill it from the state file. True if it was rebuilt."""
         if self.fw.exists():
             return False
         self.fw.ensure()
-        puts = [*state.load(self.cfg.statefile, self.clock()), *self._config_lists()]
-        applied = self._apply_each_valid(puts)
+        if saved is None:
+            saved = state.load(self.cfg.statefile, self._clocks())
+        applied = self._apply_each_valid([*saved.puts, *self._config_lists()])
         log.log(service.NOTICE, "table inet %s built; %d elements restored from %s",
                 self.cfg.table, applied, self.cfg.statefile)
         return True
+
+    def upgrade_table(self) -> None:
+        """A table of an older release (unbounded sets, chain input) is rebuilt as
+        this one builds it, keeping its elements and their remaining times."""
+        if not self.fw.exists() or self.fw.current():
+            return
+        keep = [Put(e.set, e.addr, e.expires, e.comment) for e in self.fw.salvage()
+                if e.expires is None or e.expires > 0]
+        self.fw.ensure()
+        applied = self._apply_each_valid(keep)
+        log.log(service.NOTICE, "table inet %s rebuilt for this version; %d of %d "
+                "elements kept", self.cfg.table, applied, len(keep))
+
+    def config_lists(self) -> dict[str, list[str]]:
+        return {name: list(getattr(self.cfg, name)) for name in LIST_SETS}
+
+    def sync_config_lists(self, previous: dict[str, list[str]] | None) -> None:
+        """autoban.conf's whitelist/blacklist into the sets; entries the previous
+        start took from autoban.conf and that are gone from it now are deleted
+        (entries added with the CLI were never in `previous`, so they stay)."""
+        current = self.config_lists()
+        gone = [Delete(name, entry) for name in LIST_SETS
+                for entry in (previous or {}).get(name, []) if entry not in current[name]]
+        for op in gone:
+            try:
+                self.fw.apply([op])
+                log.log(service.NOTICE, "%s %s: no longer in %s, deleted from the set",
+                        op.set, op.addr, self.cfg.path)
+            except (ValueError, FirewallError) as exc:
+                log.warning("%s %s not deleted: %s", op.set, op.addr, exc)
+        self._apply_each_valid(self._config_lists())
 
     def _config_lists(self) -> list[Put]:
         return [Put(name, entry) for name in ("whitelist", "blacklist")
@@ -106,9 +155,6 @@ class Autoban:
             except (ValueError, FirewallError) as exc:
                 log.warning("element %s in %s not restored: %s", put.addr, put.set, exc)
         return applied
-
-    def add_config_lists(self) -> None:
-        self._apply_each_valid(self._config_lists())
 
     def import_legacy(self) -> None:
         """Take over the seed's `table ip autoban`, if there is one, and remove it."""
@@ -148,11 +194,15 @@ class Autoban:
         if self._is_exempt(addr):
             log.info("%s from %s (account %s): exempt, not counted", name, addr, account)
             return
-        found = self._lookup(str(addr))
-        verdict = policy.on_event(self.settings, standing_of(found), int(self.clock()))
-        ops = ops_for(verdict, str(addr), self.settings)
-        if ops:
-            self._apply(ops)
+        key = str(addr)
+        found = self._lookup(key)
+        standing = standing_of(found)
+        if "watch" not in found and (counted := self.overflow.get(key)):
+            standing = replace(standing, times=counted)
+        verdict = policy.on_event(self.settings, standing, int(self.clock()))
+        ops = ops_for(verdict, key, self.settings)
+        if ops and not self._apply_verdict(verdict, key, ops):
+            return
         fields = {"ADDRESS": str(addr), "EVENT": name, "ACCOUNT": account,
                   "VERDICT": verdict.action.value}
         if verdict.action is policy.Action.JAIL:
@@ -164,11 +214,41 @@ class Autoban:
                      verdict.action.value, verdict.reason, extra=fields)
         log.debug("%s handled in %.2f ms", addr, (time.perf_counter() - started) * 1000)
 
+    def _apply_verdict(self, verdict: policy.Verdict, key: str,
+                       ops: list[Put | Delete]) -> bool:
+        """Apply OPS; a full set is handled as docs/autoban.md says. False if the
+        verdict could not be carried out."""
+        try:
+            self._apply(ops)
+        except SetFullError:
+            if verdict.action is policy.Action.WATCH:
+                # watch full: count in memory, so a flood of watched addresses never
+                # stops the next jailing
+                self.overflow.put(key, verdict.times)
+                self._warn_full("watch", "counting new addresses in memory")
+                return True
+            self._warn_full("jail", f"{key} NOT jailed")
+            log.error("jail or parole set full: %s not jailed (%s)", key, verdict.reason,
+                      extra={"ADDRESS": key})
+            return False
+        self.overflow.pop(key)
+        return True
+
+    def _warn_full(self, name: str, what: str) -> None:
+        now = time.monotonic()
+        if now - self._full_warned.get(name, -FULL_WARNING_INTERVAL) >= FULL_WARNING_INTERVAL:
+            self._full_warned[name] = now
+            log.warning("set %s is full (size %d): %s", name, self.fw.sizes[name], what)
+
     def on_success(self, event: Message) -> None:
         addr = self._address(event)
         if addr is None or self._is_exempt(addr):
             return
-        self._apply([Put("trust", str(addr), self.cfg.trusttime)])
+        try:
+            self._apply([Put("trust", str(addr), self.cfg.trusttime)])
+        except SetFullError:
+            self._warn_full("trust", f"{addr} not trusted")
+            return
         log.info("%s trusted for %s after a successful login as %s", addr,
                  human(self.cfg.trusttime), event.get("AccountID", ""),
                  extra={"ADDRESS": str(addr), "EVENT": "SuccessfulAuth"})
@@ -183,7 +263,10 @@ class Autoban:
     def _apply(self, ops: list[Put | Delete]) -> None:
         try:
             self.fw.apply(ops)
+        except SetFullError:
+            raise
         except FirewallError:
+            # the table gone, or an element expired between our read and the batch
             self.ensure_table()
             self.fw.apply(ops)
         self.changed()
@@ -197,7 +280,8 @@ class Autoban:
     def save(self) -> None:
         self._save_pending = None
         try:
-            state.save(self.cfg.statefile, self.fw.elements(), self.clock())
+            state.save(self.cfg.statefile, self.fw.elements(), self._clocks(),
+                       config=self.config_lists())
         except (OSError, FirewallError) as exc:
             log.error("state not saved to %s: %s", self.cfg.statefile, exc)
 
@@ -212,8 +296,10 @@ class Autoban:
                 log.error("cannot rebuild table inet %s: %s", self.cfg.table, exc)
 
     async def run(self, notifier: service.Notifier) -> None:
-        if not self.ensure_table():
-            self.add_config_lists()
+        saved = state.load(self.cfg.statefile, self._clocks())
+        self.upgrade_table()
+        self.ensure_table(saved)
+        self.sync_config_lists(saved.config)
         self.import_legacy()
         self.save()
         client = AmiClient(self.cfg.ami, self.handle,

@@ -22,13 +22,18 @@ Address = ipaddress.IPv4Address | ipaddress.IPv6Address
 def parse_remote_address(value: str) -> Address:
     """`IPV4/UDP/203.0.113.9/5060`, `IPV4/203.0.113.9/5060`, `IPV6/UDP/2001:db8::9/5060`
     or with `[2001:db8::9]` → the address; IPv4-mapped IPv6 → IPv4 (what the
-    kernel sees). ValueError on anything else."""
+    kernel sees). ValueError on anything else: a zone id (`fe80::1%eth0`, which no
+    kernel set can match), a doubled header (panoramisk gives a list), garbage."""
+    if not isinstance(value, str):
+        raise ValueError(f"not one AMI address: {value!r}")
     parts = value.strip().split("/")
     if len(parts) not in (3, 4) or parts[0] not in ("IPV4", "IPV6"):
         raise ValueError(f"not an AMI address: {value!r}")
     text = parts[-2]
     if text.startswith("[") and text.endswith("]"):
         text = text[1:-1]
+    if "%" in text:
+        raise ValueError(f"an address with a zone id: {value!r}")
     addr = ipaddress.ip_address(text)
     if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped:
         return addr.ipv4_mapped

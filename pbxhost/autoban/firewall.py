@@ -32,8 +32,11 @@ What libnftables 1.0.6 (Debian 12) and the kernel taught us, by experiment:
   accepted and read back exactly (binary search on kernel 6.18).
 * Re-adding an existing element keeps its comment (kernel 6.18 updates the
   timeout, older kernels keep it); deleting an absent element fails the whole
-  batch, and 1.0.6 has no `destroy`. Hence Put is add+delete+add and Delete is
-  add+delete, in one transaction.
+  batch, and 1.0.6 has no `destroy`; in a full set (`size`) even add+delete of
+  an absent element fails (ENFILE). Hence each op first reads whether its
+  element is there (one netlink GET): Put is delete+add or add, Delete is
+  delete or nothing, in one transaction.
+* The chain hooks prerouting at raw priority (-300), before conntrack (-200).
 * libnftables resolves malformed addresses in JSON via DNS; validating first
   prevents both those lookups and a batch rejected halfway through parsing."""
 
@@ -55,10 +58,20 @@ from pbxhost.autoban import nfnetlink
 log = logging.getLogger("pbxhost.autoban.firewall")
 
 FAMILIES = ("4", "6")
+CHAIN = "prerouting"
 TIMED_SETS = ("watch", "jail", "parole", "trust")
 LIST_SETS = ("whitelist", "blacklist")
 SETS = TIMED_SETS + LIST_SETS
 LEGACY_SETS = ("watch", "jail", "parole", "whitelist", "blacklist")  # the seed's table ip
+
+# Every set is bounded (per family): the kernel refuses a new element in a full
+# set (ENFILE) and never evicts one. What autoban does then is in docs/autoban.md:
+# a full watch set never blocks jailing (the daemon counts in memory instead), and
+# jail/parole are separate sets, so a flood of watched addresses cannot evict them.
+# An interval set's element takes two kernel slots (start and end).
+DEFAULT_SIZES = {"watch": 100_000, "jail": 100_000, "parole": 100_000, "trust": 10_000,
+                 "whitelist": 20_000, "blacklist": 20_000}
+_ENFILE_TEXT = "Too many open files in system"  # strerror(ENFILE): the set is full
 
 # Largest element timeout in seconds: the kernel's limit (ms < U64_MAX / 10^6,
 # nf_msecs_to_jiffies64); 18446744074 s gives ERANGE. About 584 years.
@@ -86,6 +99,10 @@ _RULES = (  # (set, verdict, what the rule means to someone reading `nft list ru
 
 class FirewallError(Exception):
     """nftables refused or failed; the message includes what nft said."""
+
+
+class SetFullError(FirewallError):
+    """A set is at its size: the kernel refused a new element (ENFILE)."""
 
 
 @dataclass(frozen=True)
@@ -349,10 +366,13 @@ class Firewall:
 
     MAX_TIMEOUT = MAX_TIMEOUT
 
-    def __init__(self, table: str = "autoban") -> None:
+    def __init__(self, table: str = "autoban", sizes: dict[str, int] | None = None) -> None:
         if not isinstance(table, str) or not _NAME.fullmatch(table):
             raise ValueError(f"table name {table!r}: letters, digits, _ (max 64)")
         self.table = table
+        self.sizes = {**DEFAULT_SIZES, **(sizes or {})}
+        if any(not isinstance(n, int) or n < 1 for n in self.sizes.values()):
+            raise ValueError(f"set sizes must be positive: {self.sizes}")
         self._lock = threading.Lock()  # one nft context: one call at a time
         self._nft = nftables.Nftables()
         self._nft.set_json_output(True)
@@ -380,6 +400,8 @@ class Firewall:
         """The error to raise for ERR: the table being gone is the usual cause."""
         if not self.exists():
             return FirewallError(f"table inet {self.table} is missing")
+        if _ENFILE_TEXT in err:
+            return SetFullError(f"set full: nft: {' '.join(err.split())}")
         return FirewallError(f"nft: {' '.join(err.split())}")
 
     def _ref(self, name: str, family: str = "inet") -> Json:
@@ -394,14 +416,20 @@ class Firewall:
         except OSError as exc:
             raise FirewallError(str(exc)) from exc
 
+    def current(self) -> bool:
+        """Whether the table is there exactly as this version builds it (sets,
+        sizes, chain and rules): a table of an older release is not."""
+        return self._describe() == self._expected()
+
     def ensure(self) -> bool:
         """Create the table, sets and chain if missing (or rebuild them if
-        incomplete) in one transaction; True if it (re)created them."""
+        incomplete or outdated) in one transaction; True if it (re)created them.
+        A rebuild starts empty: the caller keeps the elements (daemon.py)."""
         found = self._describe()
         if found == self._expected():
             return False
         if found is not None:
-            log.warning("table inet %s is incomplete; rebuilding it empty", self.table)
+            log.warning("table inet %s is incomplete or outdated; rebuilding it", self.table)
         rc, _, err = self._call(self._skeleton())
         if rc != 0:
             raise FirewallError(f"creating table inet {self.table}: nft: {' '.join(err.split())}")
@@ -429,21 +457,24 @@ class Firewall:
                 found += [_element(base, item) for item in elems]
         return found
 
-    def _expected(self) -> tuple[frozenset[str], tuple[str, ...]]:
-        names = frozenset(f"{base}{fam}" for base in SETS for fam in FAMILIES)
+    def _expected(self) -> tuple[dict[str, int | None], tuple[str, ...]]:
+        sizes: dict[str, int | None] = {f"{base}{fam}": self.sizes[base]
+                                        for base in SETS for fam in FAMILIES}
         notes = tuple(f"autoban: IPv{fam} {note}" for _, _, note in _RULES for fam in FAMILIES)
-        return names, notes
+        return sizes, notes
 
-    def _describe(self) -> tuple[frozenset[str], tuple[str, ...]] | None:
-        """Our set names and rule comments, None without the table."""
+    def _describe(self) -> tuple[dict[str, int | None], tuple[str, ...]] | None:
+        """Our sets with their sizes and the rule comments, None without the table."""
         if not self.exists():
             return None
         items = self._run([{"list": {"sets": {"family": "inet"}}}], terse=True)
-        names = frozenset(i["set"]["name"] for i in items
-                          if "set" in i and i["set"]["table"] == self.table)
-        rc, rules, _ = self._json([{"list": {"chain": self._ref("input")}}])
+        wanted = self._expected()[0]
+        sizes = {i["set"]["name"]: i["set"].get("size") for i in items
+                 if "set" in i and i["set"]["table"] == self.table
+                 and i["set"]["name"] in wanted}
+        rc, rules, _ = self._json([{"list": {"chain": self._ref(CHAIN)}}])
         notes = tuple(r["rule"].get("comment", "") for r in rules if "rule" in r) if rc == 0 else ()
-        return names & self._expected()[0], notes
+        return sizes, notes
 
     def _skeleton(self) -> str:
         """The whole table as one nft transaction, replacing any old one. Text, as
@@ -452,15 +483,20 @@ class Firewall:
         for base in SETS:
             flags = "timeout" if base in TIMED_SETS else "interval; auto-merge"
             sets += [f'  set {base}{fam} {{ type ipv{fam}_addr; flags {flags}; '
-                     f'comment "{_SET_NOTES[base]}"; }}' for fam in FAMILIES]
+                     f'size {int(self.sizes[base])}; comment "{_SET_NOTES[base]}"; }}'
+                     for fam in FAMILIES]
         rules = [f'    {"ip" if fam == "4" else "ip6"} saddr @{base}{fam} {verdict} '
                  f'comment "autoban: IPv{fam} {note}"'
                  for base, verdict, note in _RULES for fam in FAMILIES]
         return "\n".join([
             f"add table inet {self.table}", f"delete table inet {self.table}",
             f"table inet {self.table} {{", '  comment "autoban: intrusion prevention for Asterisk"',
-            *sets, "  chain input {",
-            "    type filter hook input priority -10; policy accept;", *rules, "  }", "}", ""])
+            # prerouting at raw priority: before conntrack, so a jailed flood creates no
+            # conntrack entries, a tracked flow is cut at the jailing, and traffic
+            # forwarded to containers on this host is dropped too (on purpose).
+            *sets, f"  chain {CHAIN} {{",
+            "    type filter hook prerouting priority raw; policy accept;", *rules,
+            "  }", "}", ""])
 
     # -- reading
 
@@ -499,13 +535,25 @@ class Firewall:
 
     def elements(self, sets: Iterable[str] = SETS) -> list[Element]:
         """Every element of those base sets, both families."""
+        return [e for base in [_check_base(s) for s in sets] for fam in FAMILIES
+                for e in self._set_elements(base, fam)]
+
+    def _set_elements(self, base: str, fam: str) -> list[Element]:
+        if base in TIMED_SETS:
+            return self._dump(base, int(fam))
+        # intervals come as start/end pairs: libnftables joins them
+        return [_element(base, item) for item in self._list(f"{base}{fam}")]
+
+    def salvage(self) -> list[Element]:
+        """Every element of those of our sets that exist (a table of an older
+        release may lack some): what an upgrade keeps."""
         found: list[Element] = []
-        for base in [_check_base(s) for s in sets]:
+        for base in SETS:
             for fam in FAMILIES:
-                if base in TIMED_SETS:
-                    found += self._dump(base, int(fam))
-                else:  # intervals come as start/end pairs: libnftables joins them
-                    found += [_element(base, item) for item in self._list(f"{base}{fam}")]
+                try:
+                    found += self._set_elements(base, fam)
+                except FirewallError as exc:
+                    log.info("set %s%s not kept: %s", base, fam, exc)
         return found
 
     def _dump(self, base: str, version: int) -> list[Element]:
@@ -524,7 +572,7 @@ class Firewall:
 
     def counters(self) -> dict[str, int]:
         """Packets dropped per rule: {"blacklist4": n, ..., "jail6": n}."""
-        items = self._run([{"list": {"chain": self._ref("input")}}])
+        items = self._run([{"list": {"chain": self._ref(CHAIN)}}])
         found: dict[str, int] = {}
         for rule in (i["rule"] for i in items if "rule" in i):
             name, packets = _set_ref(rule["expr"]), _packets(rule["expr"])
@@ -547,15 +595,30 @@ class Firewall:
 
     def _timed_commands(self, ops: list[_Op]) -> list[Json]:
         commands: list[Json] = []
+        present: dict[tuple[str, int], bool] = {}  # as this batch leaves it
         for op in (o for o in ops if o.base in TIMED_SETS):
             bare = {**self._ref(op.name), "elem": [_text(op.span.version, op.span.lo, op.span.hi)]}
-            # add+delete makes the delete valid whether or not the element was there,
-            # and the fresh add resets timeout and comment.
-            commands += [{"add": {"element": bare}}, {"delete": {"element": bare}}]
+            where = (op.name, op.span.lo)
+            if where not in present:
+                present[where] = self._has(op.name, op.span.version, op.span.lo)
+            # Only an element that is there is deleted (deleting an absent one fails
+            # the batch; add+delete of an absent one fails too once the set is full).
+            # Delete then add resets timeout and comment.
+            if present[where]:
+                commands.append({"delete": {"element": bare}})
             if op.put:
                 commands.append({"add": {"element": {**self._ref(op.name),
                                                      "elem": [_timed_elem(op)]}}})
+            present[where] = op.put
         return commands
+
+    def _has(self, name: str, version: int, value: int) -> bool:
+        # An element that expires between this read and the batch fails the batch
+        # (it is gone); the daemon retries once with a fresh read.
+        try:
+            return self._netlink.element(self.table, name, _ip(version, value).packed) is not None
+        except OSError as exc:
+            raise FirewallError(str(exc)) from exc
 
     def _interval_commands(self, ops: list[_Op]) -> list[Json]:
         deletes: list[Json] = []

@@ -77,7 +77,9 @@ def on_event(settings: Settings, standing: Standing, now: int) -> Verdict:
     if standing.sentence is not None:
         sentence = min(int(standing.sentence * settings.repeatmult), settings.max_sentence)
         return Verdict(Action.JAIL, "offended on parole", sentence=sentence)
-    window = (*(t for t in standing.times if t > now - settings.watchtime), now)
+    # a time ahead of now (the clock stepped back since it was stored) counts as now
+    times = (min(t, now) for t in standing.times)
+    window = (*(t for t in times if t > now - settings.watchtime), now)
     if len(window) > settings.maxcount:
         return Verdict(Action.JAIL, f"{len(window)} events within {settings.watchtime}s",
                        sentence=min(settings.jailtime, settings.max_sentence))

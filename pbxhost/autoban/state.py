@@ -1,5 +1,23 @@
-"""autoban's state file: every element of the kernel sets with its absolute
-expiry time, written atomically, so a reboot (tables gone) loses nothing."""
+"""autoban's state file: every element of the kernel sets with its remaining
+time, written atomically, so a reboot (tables gone) loses nothing.
+
+Format (version 2; version 1, the previous release's, is read too):
+
+    {"version": 2, "saved_at": 1795675185, "boot_id": "…", "boottime": 812.5,
+     "config": {"whitelist": [...], "blacklist": [...]},
+     "elements": [{"set": "jail", "addr": "192.0.2.9", "comment": "sentence 1200",
+                   "timeout": 1200, "remaining": 600, "expires_at": 1795675785}, ...]}
+
+Restoring subtracts the time that passed since the save from each element's
+`remaining`, never adds to it: a sentence never comes back longer than it was.
+The time that passed is measured, in order of trust, by CLOCK_BOOTTIME when
+the file was written in this boot (a daemon restart: immune to clock steps),
+else by the wall clock when both ends are plausible (saved after
+PLAUSIBLE_SINCE and not in the future), else taken as zero: a file written by
+a clock far behind (no RTC, 1970) or far ahead keeps its remaining times
+instead of being dropped or stretched. `config` lists the whitelist/blacklist
+entries that came from autoban.conf at the last start, so an entry removed
+from the file is removed from the set (entries added with the CLI stay)."""
 
 from __future__ import annotations
 
@@ -7,50 +25,130 @@ import json
 import logging
 import math
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from pbxhost.autoban.firewall import Element, Put
 from pbxhost.durable import atomic_writer
 
 log = logging.getLogger("pbxhost.autoban")
-VERSION = 1
+VERSION = 2
+READS = (1, 2)
+PLAUSIBLE_SINCE = 1_735_689_600  # 2025-01-01: no state file of autoban is older
+_BOOT_ID = Path("/proc/sys/kernel/random/boot_id")
 
 
-def save(path: Path, elements: list[Element], now: float | None = None) -> None:
-    now = time.time() if now is None else now
+@dataclass(frozen=True)
+class Clocks:
+    """The three clocks a save is stamped with and a load compares against."""
+    wall: float
+    boot_id: str | None = None
+    boottime: float | None = None
+
+    @classmethod
+    def now(cls, wall: float | None = None) -> Clocks:
+        """The real clocks; with WALL (an injected clock, tests) the wall clock only."""
+        if wall is not None:
+            return cls(wall)
+        try:
+            boot_id: str | None = _BOOT_ID.read_text().strip()
+        except OSError:
+            boot_id = None
+        return cls(time.time(), boot_id, time.clock_gettime(time.CLOCK_BOOTTIME))
+
+
+@dataclass(frozen=True)
+class Saved:
+    puts: list[Put] = field(default_factory=list)
+    config: dict[str, list[str]] | None = None  # None: not recorded (version 1)
+    version: int | None = None
+
+
+def save(path: Path, elements: list[Element], now: float | Clocks | None = None,
+         config: dict[str, list[str]] | None = None) -> None:
+    clocks = now if isinstance(now, Clocks) else Clocks.now(now)
+    head: dict[str, Any] = {"version": VERSION, "saved_at": round(clocks.wall),
+                            "boot_id": clocks.boot_id, "boottime": clocks.boottime,
+                            "config": config}
     # atomic: the file is the old or the new state, never half
     with atomic_writer(path, 0o600) as f:
         # one element a line, written as we go: readable, and no second copy in memory
-        f.write(f'{{"version": {VERSION}, "saved_at": {round(now)}, "elements": [')
+        f.write(json.dumps(head)[:-1] + ', "elements": [')
         for i, e in enumerate(elements):
-            row = {"set": e.set, "addr": e.addr, "comment": e.comment,
-                   "expires_at": None if e.expires is None else round(now + e.expires, 3)}
+            row = {"set": e.set, "addr": e.addr, "comment": e.comment, "timeout": e.timeout,
+                   "remaining": e.expires,
+                   "expires_at": None if e.expires is None else round(clocks.wall + e.expires)}
             f.write(("\n " if i == 0 else ",\n ") + json.dumps(row))
         f.write("\n]}\n")
 
 
-def load(path: Path, now: float | None = None) -> list[Put]:
-    """Elements still alive, with their remaining time; [] for a missing or broken file."""
-    now = time.time() if now is None else now
+def elapsed(data: dict[str, Any], clocks: Clocks) -> float:
+    """Seconds that passed since DATA was saved, by the clock we can trust (module doc)."""
+    saved_boot, saved_bt = data.get("boot_id"), data.get("boottime")
+    if (clocks.boot_id and saved_boot == clocks.boot_id and isinstance(saved_bt, int | float)
+            and clocks.boottime is not None and clocks.boottime >= saved_bt):
+        return clocks.boottime - saved_bt
+    saved_at = data.get("saved_at")
+    if isinstance(saved_at, int | float) and PLAUSIBLE_SINCE <= saved_at <= clocks.wall:
+        return clocks.wall - saved_at
+    return 0.0
+
+
+def load(path: Path, now: float | Clocks | None = None) -> Saved:
+    """Elements still alive, with their remaining time; nothing for a missing or
+    broken file (logged)."""
+    clocks = now if isinstance(now, Clocks) else Clocks.now(now)
     try:
         data = json.loads(path.read_text())
+        if not isinstance(data, dict):
+            raise TypeError("not an object")
         rows = data["elements"]
         if not isinstance(rows, list):
             raise TypeError("elements is not a list")
+        version = data.get("version", 1)
+        if version not in READS:
+            raise ValueError(f"version {version!r} is newer than this autoban reads {READS}")
     except FileNotFoundError:
-        return []
+        return Saved()
     except (OSError, ValueError, KeyError, TypeError) as exc:
         log.error("state file %s unreadable, starting empty: %s", path, exc)
-        return []
+        return Saved()
+    passed = elapsed(data, clocks)
     puts = []
     for row in rows:
         try:
-            expires_at = row["expires_at"]
-            # up: the kernel reported whole seconds, rounded down
-            remaining = None if expires_at is None else math.ceil(expires_at - now)
-            if remaining is not None and remaining <= 0:
+            left = _remaining(row, data.get("saved_at"))
+            if left is None:
+                puts.append(Put(str(row["set"]), str(row["addr"]), None, row.get("comment")))
                 continue
-            puts.append(Put(str(row["set"]), str(row["addr"]), remaining, row.get("comment")))
+            # up: the kernel reported whole seconds, rounded down
+            remaining = math.ceil(left - passed)
+            if remaining > 0:
+                puts.append(Put(str(row["set"]), str(row["addr"]), remaining, row.get("comment")))
         except (KeyError, TypeError, ValueError) as exc:
             log.warning("state file %s: bad element %r skipped: %s", path, row, exc)
-    return puts
+    return Saved(puts, _config(data.get("config")), version)
+
+
+def _remaining(row: dict[str, Any], saved_at: Any) -> float | None:
+    """The element's remaining seconds when the file was saved (None: permanent),
+    never more than its full timeout."""
+    if "remaining" in row:  # version 2
+        left = row["remaining"]
+    elif row["expires_at"] is None:
+        left = None
+    else:  # version 1: absolute expiry, and the same clock's saved_at
+        left = float(row["expires_at"]) - float(saved_at)
+    if left is None:
+        return None
+    left = float(left)
+    timeout = row.get("timeout")
+    return min(left, float(timeout)) if isinstance(timeout, int | float) else left
+
+
+def _config(value: Any) -> dict[str, list[str]] | None:
+    if not isinstance(value, dict):
+        return None
+    return {name: [str(e) for e in value.get(name) or [] if isinstance(e, str)]
+            for name in ("whitelist", "blacklist")}

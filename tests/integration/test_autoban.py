@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from pbxhost.autoban.firewall import CHAIN
 from testbed.configs import TRANSPORTS, manager_conf, pjsip_user
 from testbed.daemon import Daemon
 from testbed.netns import Host
@@ -86,7 +87,7 @@ class Bed:
         return {e["addr"]: e for e in json.loads(out)}
 
     def drops(self) -> dict[str, int]:
-        out = self.pbx_host.run("nft", "list", "chain", "inet", "autoban", "input").stdout
+        out = self.pbx_host.run("nft", "list", "chain", "inet", "autoban", CHAIN).stdout
         counts: dict[str, int] = {}
         for line in out.splitlines():
             m = re.search(r"@(\w+) counter packets (\d+)", line)
@@ -361,3 +362,49 @@ def test_trust_after_successful_login_keeps_an_office_in(bed, start_phone):
     blocked = bed.register(bed.phone_host, "ipv4", password=JANE_PASSWORD, expect=200,
                            port=5082, timeout=3)
     assert blocked.returncode != 0 and bed.drops()["blacklist4"] >= 1
+
+
+def test_config_made_list_entries_follow_the_config_cli_made_ones_stay(bed):
+    bed.write_conf(extra="whitelist = 203.0.113.1, 203.0.113.50\nblacklist = 198.51.100.9\n")
+    bed.start_daemon()
+    bed.cli("add", "whitelist", "=", "203.0.113.99")
+    bed.cli("add", "blacklist", "=", "198.51.100.77")
+    assert set(bed.members("whitelist")) == {"203.0.113.1", "203.0.113.50", "203.0.113.99"}
+    bed.stop_daemon()
+    # 203.0.113.50 and the blacklist line leave autoban.conf; then a restart, then a reboot
+    bed.write_conf(extra="whitelist = 203.0.113.1\n")
+    for reboot in (False, True):
+        if reboot:
+            bed.stop_daemon()
+            bed.pbx_host.run("nft", "delete", "table", "inet", "autoban")
+        bed.start_daemon()
+        assert set(bed.members("whitelist")) == {"203.0.113.1", "203.0.113.99"}
+        assert set(bed.members("blacklist")) == {"198.51.100.77"}
+    assert "whitelist 203.0.113.50: no longer in" in bed.log or reboot
+
+
+PREVIOUS_RELEASE_TABLE = """\
+table inet autoban {
+  set jail4 { type ipv4_addr; flags timeout; }
+  set parole4 { type ipv4_addr; flags timeout; }
+  set whitelist4 { type ipv4_addr; flags interval; auto-merge; }
+  chain input { type filter hook input priority -10; policy accept;
+    ip saddr @jail4 counter drop
+  }
+}
+add element inet autoban jail4 { 198.51.100.30 timeout 1h comment "sentence 3600" }
+add element inet autoban parole4 { 198.51.100.30 timeout 1h20m comment "sentence 3600" }
+add element inet autoban whitelist4 { 203.0.113.0/28 }
+"""
+
+
+def test_table_of_the_previous_release_is_rebuilt_keeping_its_elements(bed):
+    (bed.tmp / "old.nft").write_text(PREVIOUS_RELEASE_TABLE)
+    bed.pbx_host.run("nft", "-f", str(bed.tmp / "old.nft"))
+    bed.write_conf()
+    bed.start_daemon(wait="rebuilt for this version; 3 of 3 elements kept")
+    jail = bed.members("jail")["198.51.100.30"]
+    assert jail["comment"] == "sentence 3600" and 3500 < jail["expires"] <= 3600
+    assert "203.0.113.0/28" in bed.members("whitelist")
+    chain = bed.pbx_host.run("nft", "list", "chain", "inet", "autoban", CHAIN).stdout
+    assert "hook prerouting priority raw" in chain

@@ -21,6 +21,7 @@ import pytest
 
 from pbxhost.autoban.firewall import (
     COMMENT_MAX,
+    DEFAULT_SIZES,
     LIST_SETS,
     MAX_TIMEOUT,
     SETS,
@@ -30,6 +31,7 @@ from pbxhost.autoban.firewall import (
     Firewall,
     FirewallError,
     Put,
+    SetFullError,
     family,
 )
 from testbed.netns import PREFIX, in_netns, sh
@@ -114,11 +116,12 @@ def test_ensure_creates_the_documented_table_once(netns):
             assert s["table"] == "autoban" and s["family"] == "inet"
             assert s["type"] == f"ipv{fam}_addr"
             assert s["flags"] == (["timeout"] if base in TIMED_SETS else ["interval"])
+            assert s["size"] == DEFAULT_SIZES[base]
     text = netns.run("nft", "list", "table", "inet", "autoban")
     assert text.count("auto-merge") == 2 * len(LIST_SETS)
     chain = next(i["chain"] for i in items if "chain" in i)
     assert (chain["name"], chain["type"], chain["hook"], chain["prio"], chain["policy"]) == (
-        "input", "filter", "input", -10, "accept")
+        "prerouting", "filter", "prerouting", -300, "accept")
     rules = [i["rule"] for i in items if "rule" in i]
     summary = [(r["expr"][0]["match"]["left"]["payload"]["protocol"],
                 r["expr"][0]["match"]["right"], [next(iter(e)) for e in r["expr"][1:]])
@@ -383,6 +386,96 @@ def test_jailed_and_blacklisted_sources_are_dropped_and_counted(make_netns, peer
     fw.apply([Put("jail", peer_addr, 600)])
     assert peer.ping(host_addr)
     assert set(fw.counters()) == {"blacklist4", "blacklist6", "jail4", "jail6"}
+
+
+UDP_FLOOD = """
+import socket, sys
+for _ in range(int(sys.argv[2])):
+    with socket.socket(socket.AF_INET6 if ":" in sys.argv[1] else socket.AF_INET,
+                       socket.SOCK_DGRAM) as s:
+        s.sendto(b"x", (sys.argv[1], 9))  # each socket a new source port: a new flow
+"""
+
+
+def conntrack_count(ns: Netns) -> int:
+    return int(ns.run("cat", "/proc/sys/net/netfilter/nf_conntrack_count"))
+
+
+def conntrack_seen(ns: Netns) -> int:
+    """Packets of new flows conntrack classified (the host table's counter)."""
+    items = json.loads(ns.run("nft", "-j", "list", "chain", "inet", "host", "pre"))["nftables"]
+    return sum(_packets(i["rule"]["expr"]) or 0 for i in items if "rule" in i)
+
+
+def _packets(exprs: list[dict]) -> int | None:
+    return next((e["counter"]["packets"] for e in exprs if "counter" in e), None)
+
+
+@pytest.mark.parametrize("peer_addr, host_addr", [("192.0.2.2", "192.0.2.1"),
+                                                  ("2001:db8:1::2", "2001:db8:1::1")])
+def test_jailed_traffic_is_dropped_before_conntrack(make_netns, peer_addr, host_addr):
+    import sys
+
+    host, peer = veth_pair(make_netns)
+    # a stateful firewall of the host's own: conntrack runs in this namespace
+    # a stateful firewall of the host's own: conntrack runs in this namespace, and
+    # a rule just after it counts the new flows it saw
+    host.run("nft", "add table inet host; add chain inet host pre "
+             "{ type filter hook prerouting priority -150; }; "
+             "add rule inet host pre ct state new counter")
+    fw = host.firewall()
+    fw.ensure()
+    flood = [sys.executable, "-c", UDP_FLOOD, host_addr, "300"]
+    before = conntrack_count(host)
+    peer.run(*flood)  # not jailed: every flow is tracked (the measure works)
+    assert conntrack_count(host) >= before + 250  # (a source port may come twice)
+    assert peer.ping(host_addr)  # a flow tracked before the jailing ...
+    fw.apply([Put("jail", peer_addr, 600, "sentence 600")])
+    assert not peer.ping(host_addr)  # ... is cut by it
+    before, seen = conntrack_count(host), conntrack_seen(host)
+    peer.run(*flood)
+    assert fw.counters()[f"jail{family(peer_addr)}"] >= 300
+    assert conntrack_count(host) <= before  # no entry for the jailed flood (old ones expire)
+    assert conntrack_seen(host) == seen     # conntrack never saw it
+
+
+# ---- bounded sets ------------------------------------------------------------------
+
+def test_a_full_set_refuses_new_elements_only(netns):
+    fw = in_netns(netns.name, lambda: Firewall(sizes={"watch": 3, "jail": 2}))
+    fw.ensure()
+    fw.apply([Put("watch", f"192.0.2.{i}", 60, "events 1") for i in (1, 2, 3)])
+    with pytest.raises(SetFullError, match="set full"):
+        fw.apply([Put("watch", "192.0.2.4", 60, "events 1")])
+    # the same batch with a jail in it fails whole; the jail alone goes in
+    with pytest.raises(SetFullError):
+        fw.apply([Put("jail", "192.0.2.4", 60), Put("watch", "192.0.2.4", 60)])
+    fw.apply([Put("jail", "192.0.2.4", 60), Delete("watch", "192.0.2.4")])
+    # updating or deleting what is there still works, deleting what is not is fine
+    fw.apply([Put("watch", "192.0.2.3", 60, "events 1 +1"), Delete("watch", "192.0.2.99")])
+    assert fw.lookup("192.0.2.3")["watch"].comment == "events 1 +1"
+    fw.apply([Delete("watch", "192.0.2.1")])
+    fw.apply([Put("watch", "192.0.2.5", 60, "events 1")])  # room again
+    assert {e.addr for e in fw.elements(["watch"])} == {"192.0.2.2", "192.0.2.3", "192.0.2.5"}
+    assert {e.addr for e in fw.elements(["jail"])} == {"192.0.2.4"}
+
+
+PREVIOUS_RELEASE = """table inet autoban {
+  set watch4 { type ipv4_addr; flags timeout; }
+  set jail4 { type ipv4_addr; flags timeout; }
+  chain input { type filter hook input priority -10; policy accept;
+    ip saddr @jail4 counter drop comment "autoban: IPv4 jailed source: dropped"
+  }
+}
+"""
+
+
+def test_a_table_of_the_previous_release_is_not_current(netns):
+    netns.run("nft", PREVIOUS_RELEASE)
+    fw = netns.firewall()
+    assert fw.exists() and not fw.current()
+    assert fw.ensure() is True
+    assert fw.current() and fw.ensure() is False
 
 
 # ---- cost ----------------------------------------------------------------------

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+import json
 from pathlib import Path
 
 import pytest
@@ -107,6 +108,7 @@ def test_human_durations():
 
 
 S = policy.Settings(maxcount=3, watchtime=60, jailtime=100)
+T0 = 1_790_000_000  # 2026-09: a plausible wall clock
 
 
 def test_standing_from_kernel_elements():
@@ -177,9 +179,9 @@ def test_state_file_round_trip_keeps_remaining_times(tmp_path):
     elements = [Element("jail", "192.0.2.9", 1200, 600, "sentence 1200"),
                 Element("blacklist", "198.51.100.0/24", None, None, None),
                 Element("watch", "2001:db8::9", 60, 5, "events 100 +2")]
-    state.save(path, elements, now=1000.0)
+    state.save(path, elements, now=T0)
     assert oct(path.stat().st_mode & 0o777) == "0o600"
-    assert state.load(path, now=1100.0) == [
+    assert state.load(path, now=T0 + 100).puts == [
         Put("jail", "192.0.2.9", 500, "sentence 1200"),
         Put("blacklist", "198.51.100.0/24", None, None)]  # the watch entry has expired
 
@@ -190,7 +192,7 @@ def test_broken_state_file_starts_empty_without_crashing(tmp_path, text):
 
     path = tmp_path / "state.json"
     path.write_text(text)
-    assert state.load(path, now=0) == []
+    assert state.load(path, now=0).puts == []
 
 
 class NoFirewall:
@@ -226,3 +228,197 @@ def test_uncounted_events_never_reach_the_firewall():
     for name in ("ChallengeSent", "SuccessfulAuth", "FullyBooted"):
         ab.handle(Message({"Event": name, "RemoteAddress": "IPV4/UDP/192.0.2.1/5060",
                            "UsingPassword": "1"}))
+
+
+# ---- edge cases of issue 16 -------------------------------------------------------
+
+@pytest.mark.parametrize("raw", [
+    "Event: InvalidAccountID\r\nRemoteAddress: IPV6/UDP/fe80::1%eth0/5060",
+    "Event: InvalidAccountID\r\nRemoteAddress: IPV6/UDP/[fe80::1%25eth0]/5060",
+    "Event: ChallengeResponseFailed\r\nRemoteAddress: IPV4/UDP/192.0.2.1/5060\r\n"
+    "RemoteAddress: IPV4/UDP/192.0.2.2/5060",
+])
+def test_zone_id_or_doubled_address_is_one_warning_not_a_traceback(raw, caplog):
+    from panoramisk.message import Message
+
+    from pbxhost.autoban.daemon import Autoban
+
+    event = Message.from_line(raw + "\r\n")
+    cfg = config.AutobanConfig(path=Path("x"), enabled=True)
+    Autoban(cfg, NoFirewall(), exempt=[]).handle(event)  # type: ignore[arg-type]
+    assert [r.levelname for r in caplog.records] == ["WARNING"]
+    assert "event skipped" in caplog.text and not caplog.records[0].exc_info
+
+
+def test_state_file_is_versioned_and_reads_the_previous_release(tmp_path):
+    from pbxhost.autoban import state
+
+    path = tmp_path / "state.json"
+    state.save(path, [Element("jail", "192.0.2.9", 1200, 600, "sentence 1200")], now=T0,
+               config={"whitelist": ["192.0.2.0/24"], "blacklist": []})
+    data = json.loads(path.read_text())
+    assert data["version"] == state.VERSION == 2
+    assert data["elements"][0]["remaining"] == 600
+    # version 1 (the previous release): absolute expiry only, no config record
+    path.write_text(json.dumps({"version": 1, "saved_at": T0, "elements": [
+        {"set": "jail", "addr": "192.0.2.9", "comment": "sentence 1200", "expires_at": T0 + 600.2},
+        {"set": "whitelist", "addr": "192.0.2.0/24", "comment": None, "expires_at": None}]}))
+    saved = state.load(path, now=T0 + 100)
+    assert saved.version == 1 and saved.config is None
+    assert saved.puts == [Put("jail", "192.0.2.9", 501, "sentence 1200"),
+                          Put("whitelist", "192.0.2.0/24")]
+
+
+def test_state_file_of_a_newer_version_is_refused_loudly(tmp_path, caplog):
+    from pbxhost.autoban import state
+
+    path = tmp_path / "state.json"
+    path.write_text('{"version": 99, "elements": []}')
+    assert state.load(path, now=T0).puts == []
+    assert "version 99" in caplog.text
+
+
+JAIL = Element("jail", "192.0.2.9", 7200, 3600, "sentence 7200")
+
+
+@pytest.mark.parametrize(("saved_at", "loaded_at", "remaining"), [
+    (T0, T0 + 600, 3000),                  # an ordinary reboot: time passed is subtracted
+    (T0, T0 + 4000, None),                 # ... and an expired jail is gone
+    (T0 + 10 * 365 * 86400, T0, 3600),     # saved by a clock far ahead: not longer
+    (T0, T0 - 86400, 3600),                # loaded by a clock behind: not longer
+    (86400, T0, 3600),                     # saved by a clock at 1970: not dropped
+    (946_684_800, T0, 3600),               # ... or at 2000 (no RTC)
+])
+def test_state_file_across_clock_steps(tmp_path, saved_at, loaded_at, remaining):
+    from pbxhost.autoban import state
+
+    path = tmp_path / "state.json"
+    state.save(path, [JAIL], now=saved_at)
+    puts = state.load(path, now=loaded_at).puts
+    assert puts == ([] if remaining is None else [Put("jail", "192.0.2.9", remaining,
+                                                      "sentence 7200")])
+    assert all(p.timeout is not None and p.timeout <= JAIL.expires for p in puts)
+
+
+def test_state_file_in_the_same_boot_measures_with_boottime(tmp_path):
+    from pbxhost.autoban import state
+
+    path = tmp_path / "state.json"
+    state.save(path, [JAIL], now=state.Clocks(T0, "boot-a", 100.0))
+    # the wall clock jumped a year ahead, 50 s passed by the boot clock: 50 s counted
+    later = state.Clocks(T0 + 365 * 86400, "boot-a", 150.0)
+    assert state.load(path, now=later).puts == [Put("jail", "192.0.2.9", 3550, "sentence 7200")]
+    # another boot: the wall clock decides
+    other = state.Clocks(T0 + 60, "boot-b", 5.0)
+    assert state.load(path, now=other).puts == [Put("jail", "192.0.2.9", 3540, "sentence 7200")]
+
+
+def test_remaining_is_never_more_than_the_timeout(tmp_path):
+    from pbxhost.autoban import state
+
+    path = tmp_path / "state.json"
+    path.write_text(json.dumps({"version": 2, "saved_at": T0, "elements": [
+        {"set": "jail", "addr": "192.0.2.9", "comment": None, "timeout": 60,
+         "remaining": 10**9, "expires_at": None}]}))
+    assert state.load(path, now=T0).puts == [Put("jail", "192.0.2.9", 60, None)]
+
+
+def test_watch_times_from_a_clock_ahead_count_as_now():
+    s = policy.Settings(maxcount=3, watchtime=60, jailtime=100)
+    verdict = policy.on_event(s, policy.Standing(times=(10**10,)), now=1000)
+    assert verdict.action is policy.Action.WATCH and verdict.times == (1000, 1000)
+
+
+class FakeFirewall:
+    """Kernel sets as dicts, with sizes: for the daemon's full-set decisions."""
+
+    def __init__(self, sizes: dict[str, int] | None = None) -> None:
+        from pbxhost.autoban.firewall import DEFAULT_SIZES, SETS
+
+        self.sizes = {**DEFAULT_SIZES, **(sizes or {})}
+        self.sets: dict[str, dict[str, Element]] = {name: {} for name in SETS}
+        self.log: list[Put | Delete] = []
+
+    def exists(self) -> bool:
+        return True
+
+    def lookup(self, addr: str) -> dict[str, Element]:
+        return {name: found[addr] for name, found in self.sets.items() if addr in found}
+
+    def apply(self, ops) -> None:
+        from pbxhost.autoban.firewall import SetFullError
+
+        for op in ops:  # all or nothing, as the kernel
+            if (isinstance(op, Put) and op.addr not in self.sets[op.set]
+                    and len(self.sets[op.set]) >= self.sizes[op.set]):
+                raise SetFullError(f"set {op.set} full")
+        for op in ops:
+            self.log.append(op)
+            if isinstance(op, Put):
+                self.sets[op.set][op.addr] = Element(op.set, op.addr, op.timeout, op.timeout,
+                                                     op.comment)
+            else:
+                self.sets[op.set].pop(op.addr, None)
+
+    def elements(self, sets=None) -> list[Element]:
+        return [e for found in self.sets.values() for e in found.values()]
+
+
+def attack(ab, addr: str, name: str = "ChallengeResponseFailed") -> None:
+    from panoramisk.message import Message
+
+    ab.handle(Message({"Event": name, "RemoteAddress": f"IPV4/UDP/{addr}/5060"}))
+
+
+def test_a_full_watch_set_neither_evicts_jails_nor_stops_new_jails(caplog, monkeypatch):
+    from pbxhost.autoban import daemon
+
+    monkeypatch.setattr(daemon.Autoban, "changed", lambda self: None)
+    fw = FakeFirewall({"watch": 100})
+    cfg = config.AutobanConfig(path=Path("x"), enabled=True,
+                               policy=policy.Settings(maxcount=3, watchtime=60, jailtime=100))
+    ab = daemon.Autoban(cfg, fw, exempt=[], clock=lambda: T0)  # type: ignore[arg-type]
+    for _ in range(4):
+        attack(ab, "198.51.100.1")
+    assert "198.51.100.1" in fw.sets["jail"]
+    # a forged flood: one event from each of 30 000 addresses fills watch and the memory
+    for i in range(30_000):
+        attack(ab, f"10.{i >> 16}.{(i >> 8) & 255}.{i & 255}")
+    assert len(fw.sets["watch"]) == 100 and len(ab.overflow) <= 2 * ab.overflow.size
+    assert "198.51.100.1" in fw.sets["jail"]          # nothing evicted a jail
+    # a guesser during the flood: jailed at the same event as ever
+    for n in range(4):
+        attack(ab, "203.0.113.7")
+        attack(ab, f"10.200.0.{n}")                   # the flood goes on in between
+        assert ("203.0.113.7" in fw.sets["jail"]) == (n == 3)
+    assert caplog.text.count("set watch is full") == 1  # one warning, not one per event
+
+
+def test_overflow_keeps_repeat_offenders_over_one_event_floods():
+    from pbxhost.autoban.overflow import Overflow
+
+    memo = Overflow(size=3)
+    memo.put("guesser", (1, 2))
+    for i in range(100):
+        memo.put(f"forged{i}", (5,))
+    assert memo.get("guesser") == (1, 2) and len(memo) == 4
+    memo.pop("guesser")
+    assert memo.get("guesser") == ()
+
+
+def test_config_made_entries_follow_the_config_cli_made_ones_stay(monkeypatch):
+    from pbxhost.autoban import daemon
+
+    fw = FakeFirewall()
+    cfg = config.AutobanConfig(path=Path("autoban.conf"), enabled=True,
+                               whitelist=("192.0.2.1",), blacklist=("198.51.100.0/24",))
+    ab = daemon.Autoban(cfg, fw, exempt=[], clock=lambda: T0)  # type: ignore[arg-type]
+    fw.apply([Put("whitelist", "192.0.2.50"), Put("whitelist", "192.0.2.99"),  # CLI-made
+              Put("blacklist", "203.0.113.5")])
+    # the previous start took 192.0.2.99 and 203.0.113.5 from autoban.conf; now gone from it
+    ab.sync_config_lists({"whitelist": ["192.0.2.99"], "blacklist": ["203.0.113.5"]})
+    assert set(fw.sets["whitelist"]) == {"192.0.2.1", "192.0.2.50"}
+    assert set(fw.sets["blacklist"]) == {"198.51.100.0/24"}
+    # a state file of the previous release records no config: nothing is deleted
+    ab.sync_config_lists(None)
+    assert set(fw.sets["whitelist"]) == {"192.0.2.1", "192.0.2.50"}
