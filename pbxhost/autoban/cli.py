@@ -162,7 +162,8 @@ def main(argv: list[str] | None = None) -> int:
         cli.fail(PROG, str(exc))
     try:
         # the daemon's record of autoban.conf's entries is kept as it is
-        state.save(cfg.statefile, fw.elements(), config=state.load(cfg.statefile).config)
+        state.save(cfg.statefile, fw.iter_elements(),
+                   config=state.load(cfg.statefile).config)
     except OSError as exc:
         print(f"{PROG}: warning: state file not written: {exc}", file=sys.stderr)
     print(f"{verb}: {len(ops)} change(s) in {', '.join(dsets)}")

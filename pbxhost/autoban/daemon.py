@@ -96,7 +96,7 @@ class Autoban:
         self.fw.ensure()
         if saved is None:
             saved = state.load(self.cfg.statefile, self._clocks())
-        applied = self._apply_each_valid([*saved.puts, *self._config_lists()])
+        applied = self._apply_each_valid([*saved.puts, *self._config_lists()], fresh=True)
         log.log(service.NOTICE, "table inet %s built; %d elements restored from %s",
                 self.cfg.table, applied, self.cfg.statefile)
         return True
@@ -109,7 +109,7 @@ class Autoban:
         keep = [Put(e.set, e.addr, e.expires, e.comment) for e in self.fw.salvage()
                 if e.expires is None or e.expires > 0]
         self.fw.ensure()
-        applied = self._apply_each_valid(keep)
+        applied = self._apply_each_valid(keep, fresh=True)
         log.log(service.NOTICE, "table inet %s rebuilt for this version; %d of %d "
                 "elements kept", self.cfg.table, applied, len(keep))
 
@@ -136,21 +136,22 @@ class Autoban:
         return [Put(name, entry) for name in ("whitelist", "blacklist")
                 for entry in getattr(self.cfg, name)]
 
-    def _apply_each_valid(self, puts: list[Put]) -> int:
+    def _apply_each_valid(self, puts: list[Put], fresh: bool = False) -> int:
+        """Apply PUTS (FRESH: into a table just built); the number applied."""
         # Batches of RESTORE_BATCH: one batch of 10k elements makes libnftables peak at 165 MB.
-        return sum(self._apply_batch(puts[i:i + RESTORE_BATCH])
+        return sum(self._apply_batch(puts[i:i + RESTORE_BATCH], fresh)
                    for i in range(0, len(puts), RESTORE_BATCH))
 
-    def _apply_batch(self, puts: list[Put]) -> int:
+    def _apply_batch(self, puts: list[Put], fresh: bool) -> int:
         try:
-            self.fw.apply(puts)
+            self.fw.apply(puts, fresh)
             return len(puts)
         except (ValueError, FirewallError):
             pass  # one bad element fails a batch: apply the good ones one by one
         applied = 0
         for put in puts:
             try:
-                self.fw.apply([put])
+                self.fw.apply([put], fresh)
                 applied += 1
             except (ValueError, FirewallError) as exc:
                 log.warning("element %s in %s not restored: %s", put.addr, put.set, exc)
@@ -280,7 +281,7 @@ class Autoban:
     def save(self) -> None:
         self._save_pending = None
         try:
-            state.save(self.cfg.statefile, self.fw.elements(), self._clocks(),
+            state.save(self.cfg.statefile, self.fw.iter_elements(), self._clocks(),
                        config=self.config_lists())
         except (OSError, FirewallError) as exc:
             log.error("state not saved to %s: %s", self.cfg.statefile, exc)

@@ -46,8 +46,9 @@ import ipaddress
 import json
 import logging
 import re
+import socket
 import threading
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -105,7 +106,7 @@ class SetFullError(FirewallError):
     """A set is at its size: the kernel refused a new element (ENFILE)."""
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Element:
     set: str             # base name, e.g. "jail"
     addr: str            # "192.0.2.9", "2001:db8::9", "192.0.2.0/24", "192.0.2.1-192.0.2.200"
@@ -114,7 +115,7 @@ class Element:
     comment: str | None
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Put:
     """Add or replace an element; replacing resets its timeout and comment."""
     set: str
@@ -123,7 +124,7 @@ class Put:
     comment: str | None = None
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Delete:
     """Remove an element; an absent one is not an error."""
     set: str
@@ -214,6 +215,16 @@ def _value(version: int, lo: int, hi: int) -> str | Json:
         bits = 32 if version == 4 else 128
         return {"prefix": {"addr": str(first), "len": bits - size.bit_length() + 1}}
     return {"range": [str(first), str(last)]}
+
+
+def _key_text(version: int, value: int) -> str:
+    """str(_ip(version, value)), 4x faster: inet_ntop writes what ipaddress writes
+    (RFC 5952), except for ::/80 addresses (IPv4-compatible and mapped forms)."""
+    if version == 4:
+        return socket.inet_ntop(socket.AF_INET, value.to_bytes(4, "big"))
+    if value >> 48 == 0:
+        return str(ipaddress.IPv6Address(value))
+    return socket.inet_ntop(socket.AF_INET6, value.to_bytes(16, "big"))
 
 
 def _text(version: int, lo: int, hi: int) -> str:
@@ -535,14 +546,20 @@ class Firewall:
 
     def elements(self, sets: Iterable[str] = SETS) -> list[Element]:
         """Every element of those base sets, both families."""
-        return [e for base in [_check_base(s) for s in sets] for fam in FAMILIES
-                for e in self._set_elements(base, fam)]
+        return list(self.iter_elements(sets))
 
-    def _set_elements(self, base: str, fam: str) -> list[Element]:
+    def iter_elements(self, sets: Iterable[str] = SETS) -> Iterator[Element]:
+        """elements() one at a time (the state file is written this way: with
+        100k elements, a list of them would double autoband's memory)."""
+        for base in [_check_base(s) for s in sets]:
+            for fam in FAMILIES:
+                yield from self._set_elements(base, fam)
+
+    def _set_elements(self, base: str, fam: str) -> Iterator[Element]:
         if base in TIMED_SETS:
             return self._dump(base, int(fam))
         # intervals come as start/end pairs: libnftables joins them
-        return [_element(base, item) for item in self._list(f"{base}{fam}")]
+        return iter([_element(base, item) for item in self._list(f"{base}{fam}")])
 
     def salvage(self) -> list[Element]:
         """Every element of those of our sets that exist (a table of an older
@@ -556,13 +573,13 @@ class Firewall:
                     log.info("set %s%s not kept: %s", base, fam, exc)
         return found
 
-    def _dump(self, base: str, version: int) -> list[Element]:
+    def _dump(self, base: str, version: int) -> Iterator[Element]:
         try:
-            dumped = self._netlink.dump(self.table, f"{base}{version}")
+            dumped = self._netlink.iter_dump(self.table, f"{base}{version}")
         except OSError as exc:
             raise FirewallError(str(exc)) from exc
-        return [Element(base, str(_ip(version, e.key)), e.timeout, e.expires, e.comment)
-                for e in dumped]
+        return (Element(base, _key_text(version, e.key), e.timeout, e.expires, e.comment)
+                for e in dumped)
 
     def _list(self, name: str) -> list[str | Json]:
         # One set per command: several `list set` in one batch fail in 1.0.6.
@@ -582,25 +599,27 @@ class Firewall:
 
     # -- writing
 
-    def apply(self, ops: Sequence[Put | Delete]) -> None:
+    def apply(self, ops: Sequence[Put | Delete], fresh: bool = False) -> None:
         """Apply OPS in order as one atomic transaction: all or nothing. Every
-        operation is validated first (ValueError) so nothing is half-applied."""
+        operation is validated first (ValueError) so nothing is half-applied.
+        FRESH: filling a table just built, the timed elements are not read first
+        (a Put of one that is there anyway keeps its comment)."""
         checked = [_check(op) for op in ops]
         if not checked:
             return
-        commands = self._timed_commands(checked) + self._interval_commands(checked)
+        commands = self._timed_commands(checked, fresh) + self._interval_commands(checked)
         if commands:
             self._run(commands)
         log.debug("applied %d operations as %d nft commands", len(checked), len(commands))
 
-    def _timed_commands(self, ops: list[_Op]) -> list[Json]:
+    def _timed_commands(self, ops: list[_Op], fresh: bool = False) -> list[Json]:
         commands: list[Json] = []
         present: dict[tuple[str, int], bool] = {}  # as this batch leaves it
         for op in (o for o in ops if o.base in TIMED_SETS):
             bare = {**self._ref(op.name), "elem": [_text(op.span.version, op.span.lo, op.span.hi)]}
             where = (op.name, op.span.lo)
             if where not in present:
-                present[where] = self._has(op.name, op.span.version, op.span.lo)
+                present[where] = not fresh and self._has(op.name, op.span.version, op.span.lo)
             # Only an element that is there is deleted (deleting an absent one fails
             # the batch; add+delete of an absent one fails too once the set is full).
             # Delete then add resets timeout and comment.

@@ -25,9 +25,10 @@ import json
 import logging
 import math
 import time
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from pbxhost.autoban.firewall import Element, Put
 from pbxhost.durable import atomic_writer
@@ -65,7 +66,7 @@ class Saved:
     version: int | None = None
 
 
-def save(path: Path, elements: list[Element], now: float | Clocks | None = None,
+def save(path: Path, elements: Iterable[Element], now: float | Clocks | None = None,
          config: dict[str, list[str]] | None = None) -> None:
     clocks = now if isinstance(now, Clocks) else Clocks.now(now)
     head: dict[str, Any] = {"version": VERSION, "saved_at": round(clocks.wall),
@@ -75,12 +76,20 @@ def save(path: Path, elements: list[Element], now: float | Clocks | None = None,
     with atomic_writer(path, 0o600) as f:
         # one element a line, written as we go: readable, and no second copy in memory
         f.write(json.dumps(head)[:-1] + ', "elements": [')
-        for i, e in enumerate(elements):
-            row = {"set": e.set, "addr": e.addr, "comment": e.comment, "timeout": e.timeout,
-                   "remaining": e.expires,
-                   "expires_at": None if e.expires is None else round(clocks.wall + e.expires)}
-            f.write(("\n " if i == 0 else ",\n ") + json.dumps(row))
+        wall, sep = round(clocks.wall), "\n "
+        for e in elements:
+            # by hand, not json.dumps per row (a third of the time with 100k elements);
+            # set and addr come validated from the kernel, the comment is escaped
+            f.write(f'{sep}{{"set": "{e.set}", "addr": "{e.addr}", '
+                    f'"comment": {json.dumps(e.comment)}, "timeout": {_num(e.timeout)}, '
+                    f'"remaining": {_num(e.expires)}, "expires_at": '
+                    f'{_num(None if e.expires is None else wall + e.expires)}}}')
+            sep = ",\n "
         f.write("\n]}\n")
+
+
+def _num(value: int | None) -> str:
+    return "null" if value is None else str(int(value))
 
 
 def elapsed(data: dict[str, Any], clocks: Clocks) -> float:
@@ -100,33 +109,65 @@ def load(path: Path, now: float | Clocks | None = None) -> Saved:
     broken file (logged)."""
     clocks = now if isinstance(now, Clocks) else Clocks.now(now)
     try:
-        data = json.loads(path.read_text())
-        if not isinstance(data, dict):
-            raise TypeError("not an object")
-        rows = data["elements"]
-        if not isinstance(rows, list):
-            raise TypeError("elements is not a list")
+        data, rows = _read(path)
         version = data.get("version", 1)
         if version not in READS:
             raise ValueError(f"version {version!r} is newer than this autoban reads {READS}")
+        return _saved(path, data, rows, clocks, version)
     except FileNotFoundError:
         return Saved()
     except (OSError, ValueError, KeyError, TypeError) as exc:
         log.error("state file %s unreadable, starting empty: %s", path, exc)
         return Saved()
+
+
+def _read(path: Path) -> tuple[dict[str, Any], Iterator[Any]]:
+    """The head and the element rows. save() writes one row a line (and so did
+    version 1): those are parsed a line at a time, so 100k rows never exist as
+    JSON objects at once; any other layout is parsed whole."""
+    with path.open() as f:
+        first = f.readline()
+        if first.rstrip().endswith('"elements": ['):
+            head = json.loads(first.rstrip() + "]}")
+            return head, _rows(path.open())
+        data = json.loads(first + f.read())
+    if not isinstance(data, dict):
+        raise TypeError("not an object")
+    if not isinstance(data["elements"], list):
+        raise TypeError("elements is not a list")
+    return data, iter(data["elements"])
+
+
+def _rows(f: IO[str]) -> Iterator[Any]:
+    with f:
+        f.readline()
+        for line in f:
+            line = line.strip().removesuffix(",")
+            if line == "]}":
+                return
+            yield json.loads(line)
+    raise ValueError("the element list does not end")
+
+
+def _saved(path: Path, data: dict[str, Any], rows: Iterator[Any], clocks: Clocks,
+           version: int) -> Saved:
     passed = elapsed(data, clocks)
     puts = []
+    comments: dict[str, str] = {}  # one copy of each comment ("sentence 1200" x 50 000)
     for row in rows:
         try:
             left = _remaining(row, data.get("saved_at"))
+            comment = row.get("comment")
+            if isinstance(comment, str):
+                comment = comments.setdefault(comment, comment)
             if left is None:
-                puts.append(Put(str(row["set"]), str(row["addr"]), None, row.get("comment")))
+                puts.append(Put(str(row["set"]), str(row["addr"]), None, comment))
                 continue
             # up: the kernel reported whole seconds, rounded down
             remaining = math.ceil(left - passed)
             if remaining > 0:
-                puts.append(Put(str(row["set"]), str(row["addr"]), remaining, row.get("comment")))
-        except (KeyError, TypeError, ValueError) as exc:
+                puts.append(Put(str(row["set"]), str(row["addr"]), remaining, comment))
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
             log.warning("state file %s: bad element %r skipped: %s", path, row, exc)
     return Saved(puts, _config(data.get("config")), version)
 

@@ -345,7 +345,7 @@ class FakeFirewall:
     def lookup(self, addr: str) -> dict[str, Element]:
         return {name: found[addr] for name, found in self.sets.items() if addr in found}
 
-    def apply(self, ops) -> None:
+    def apply(self, ops, fresh: bool = False) -> None:
         from pbxhost.autoban.firewall import SetFullError
 
         for op in ops:  # all or nothing, as the kernel
@@ -422,3 +422,41 @@ def test_config_made_entries_follow_the_config_cli_made_ones_stay(monkeypatch):
     # a state file of the previous release records no config: nothing is deleted
     ab.sync_config_lists(None)
     assert set(fw.sets["whitelist"]) == {"192.0.2.1", "192.0.2.50"}
+
+
+def test_state_file_in_any_json_layout_is_read(tmp_path):
+    from pbxhost.autoban import state
+
+    path = tmp_path / "state.json"
+    path.write_text(json.dumps({"version": 2, "saved_at": T0, "elements": [
+        {"set": "jail", "addr": "192.0.2.9", "comment": "sentence 60", "timeout": 60,
+         "remaining": 30}]}, indent=3))
+    assert state.load(path, now=T0 + 10).puts == [Put("jail", "192.0.2.9", 20, "sentence 60")]
+
+
+def test_state_file_cut_short_is_refused_whole(tmp_path, caplog):
+    from pbxhost.autoban import state
+
+    path = tmp_path / "state.json"
+    state.save(path, [JAIL, JAIL], now=T0)
+    path.write_text(path.read_text()[:-4])
+    assert state.load(path, now=T0).puts == []
+    assert "unreadable" in caplog.text
+
+
+def test_kernel_keys_are_written_as_ipaddress_writes_them():
+    from hypothesis import given
+    from hypothesis import strategies as st
+
+    from pbxhost.autoban.firewall import _key_text
+
+    @given(st.integers(0, 2**32 - 1), st.integers(0, 2**128 - 1),
+           st.lists(st.integers(0, 7), max_size=8))
+    def check(v4, v6, zeros):
+        for z in zeros:  # runs of zero groups, where :: compression happens
+            v6 &= ~(0xFFFF << (16 * z))
+        assert _key_text(4, v4) == str(ipaddress.IPv4Address(v4))
+        assert _key_text(6, v6) == str(ipaddress.IPv6Address(v6))
+        assert _key_text(6, v6 >> 64) == str(ipaddress.IPv6Address(v6 >> 64))
+
+    check()
