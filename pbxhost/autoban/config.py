@@ -19,6 +19,7 @@ log = logging.getLogger("pbxhost.autoban")
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 LOOPBACK = (ipaddress.ip_network("127.0.0.0/8"), ipaddress.ip_network("::1/128"))
 DEFAULT_STATEFILE = Path("/srv/var/lib/autoban/state.json")
+MIN_PREFIX6 = 32  # a shorter prefix would jail whole providers
 
 
 @dataclass(frozen=True)
@@ -28,6 +29,7 @@ class AutobanConfig:
     ami: AmiSettings = field(default_factory=AmiSettings)
     policy: Settings = field(default_factory=Settings)
     trusttime: int = 0                     # 0: no trust after a successful login
+    prefix6: int = 64                      # IPv6 offenders are counted and jailed per prefix
     whitelist: tuple[str, ...] = ()        # as written: addresses, prefixes, ranges
     blacklist: tuple[str, ...] = ()
     statefile: Path = DEFAULT_STATEFILE
@@ -60,12 +62,18 @@ def load(path: Path) -> AutobanConfig:
         raise conf.ConfigError(str(exc), str(path), line) from exc
     for key in ("whitelist", "blacklist"):
         ab.get_networks(key, [])  # validated here so a typo is reported with file:line
+    prefix6 = ab.get_int("prefix6", 64)
+    if prefix6 is None or not MIN_PREFIX6 <= prefix6 <= 128:
+        item = next((i for i in ab.items if i.key == "prefix6"), None)
+        raise conf.ConfigError(f"prefix6 must be {MIN_PREFIX6}..128, not {prefix6}", str(path),
+                               item.line if item else ab.line)
     return AutobanConfig(
         path=path,
         enabled=bool(ab.get_bool("enabled", True)),
         ami=ami,
         policy=policy,
         trusttime=ab.get_duration("trusttime", 0) or 0,
+        prefix6=prefix6,
         whitelist=_entries(ab.getall("whitelist")),
         blacklist=_entries(ab.getall("blacklist")),
         statefile=Path(ab.get_str("statefile", str(DEFAULT_STATEFILE)) or DEFAULT_STATEFILE),

@@ -9,6 +9,7 @@ reboots, written at most a second after each change."""
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import logging
 import time
 from collections.abc import Callable
@@ -38,6 +39,7 @@ GUARD_INTERVAL = 1.0
 SAVE_DELAY = 0.5
 RESTORE_BATCH = 250
 FULL_WARNING_INTERVAL = 60.0  # seconds between two "set full" warnings
+WHITELIST_CACHE = 5.0  # seconds a copy of the IPv6 whitelist serves the watch decisions
 
 
 def human(seconds: int) -> str:
@@ -61,15 +63,19 @@ def standing_of(found: dict[str, Element]) -> policy.Standing:
     )
 
 
-def ops_for(verdict: policy.Verdict, addr: str,
-            settings: policy.Settings) -> list[Put | Delete]:
+def ops_for(verdict: policy.Verdict, addr: str, settings: policy.Settings,
+            jail_addr: str | None = None) -> list[Put | Delete]:
+    """The kernel operations of a verdict. ADDR is the watch element (an address
+    or an IPv6 prefix); JAIL_ADDR the jail and parole element when it differs
+    (a prefix watched, but one address jailed: see Autoban.element_for)."""
     if verdict.action is policy.Action.WATCH:
         return [Put("watch", addr, settings.watchtime, policy.encode_times(verdict.times))]
     if verdict.action is policy.Action.JAIL:
         note = policy.encode_sentence(verdict.sentence)
+        jail_addr = jail_addr or addr
         # parole covers the jail time and `watchtime` after it: no timer needed at release
-        return [Put("jail", addr, verdict.sentence, note),
-                Put("parole", addr, verdict.sentence + settings.watchtime, note),
+        return [Put("jail", jail_addr, verdict.sentence, note),
+                Put("parole", jail_addr, verdict.sentence + settings.watchtime, note),
                 Delete("watch", addr)]
     return []
 
@@ -82,6 +88,7 @@ class Autoban:
         self._save_pending: asyncio.TimerHandle | None = None
         self.overflow = Overflow()
         self._full_warned: dict[str, float] = {}
+        self._whitelist6: tuple[float, list[config.Network]] = (-WHITELIST_CACHE, [])
 
     def _clocks(self) -> state.Clocks:
         # the real clocks (boot time included) unless a test injected one
@@ -195,25 +202,71 @@ class Autoban:
         if self._is_exempt(addr):
             log.info("%s from %s (account %s): exempt, not counted", name, addr, account)
             return
-        key = str(addr)
-        found = self._lookup(key)
+        found = self._lookup(str(addr))
+        # the element this event counts in: the one that covers the address, else
+        # its IPv6 prefix (unless that holds someone never to be jailed), else itself
+        key = found["watch"].addr if "watch" in found else self.element_for(addr)
         standing = standing_of(found)
         if "watch" not in found and (counted := self.overflow.get(key)):
             standing = replace(standing, times=counted)
         verdict = policy.on_event(self.settings, standing, int(self.clock()))
-        ops = ops_for(verdict, key, self.settings)
+        jail_key = None
+        if verdict.action is policy.Action.JAIL:
+            jail_key = (found["parole"].addr if "parole" in found
+                        else self.element_for(addr, jailing=True))
+        ops = ops_for(verdict, key, self.settings, jail_key)
         if ops and not self._apply_verdict(verdict, key, ops):
             return
-        fields = {"ADDRESS": str(addr), "EVENT": name, "ACCOUNT": account,
+        element = jail_key or key
+        shown = element if element == str(addr) else f"{element} ({addr})"
+        fields = {"ADDRESS": str(addr), "ELEMENT": element, "EVENT": name, "ACCOUNT": account,
                   "VERDICT": verdict.action.value}
         if verdict.action is policy.Action.JAIL:
-            log.log(service.NOTICE, "jailed %s for %s: %s (event %s, account %s)", addr,
+            log.log(service.NOTICE, "jailed %s for %s: %s (event %s, account %s)", shown,
                     human(verdict.sentence), verdict.reason, name, account,
                     extra={**fields, "SENTENCE": verdict.sentence})
         else:
-            log.info("%s from %s (account %s): %s: %s", name, addr, account,
+            log.info("%s from %s (account %s): %s: %s", name, shown, account,
                      verdict.action.value, verdict.reason, extra=fields)
         log.debug("%s handled in %.2f ms", addr, (time.perf_counter() - started) * 1000)
+
+    def element_for(self, addr: Address, jailing: bool = False) -> str:
+        """ADDR's element in the timed sets: for IPv6 its /prefix6, unless that
+        prefix holds an exempt (loopback, own, trunk, websms) or whitelisted
+        address, or, when JAILING, a trusted one: then the address alone."""
+        prefix = self.cfg.prefix6
+        if addr.version == 4 or prefix == 128:
+            return str(addr)
+        net = ipaddress.ip_network(f"{addr}/{prefix}", strict=False)
+        protected = [*self.exempt, *self._whitelisted6(fresh=jailing)]
+        if jailing and self.cfg.trusttime:
+            protected += self._networks(["trust"])
+        if any(net.overlaps(other) for other in protected if other.version == 6):
+            return str(addr)
+        return str(net)
+
+    def _whitelisted6(self, fresh: bool) -> list[config.Network]:
+        """The kernel's whitelist6 (CLI entries included): read at each jailing,
+        else a copy at most WHITELIST_CACHE seconds old (a read costs ~1 ms)."""
+        taken, nets = self._whitelist6
+        if fresh or time.monotonic() - taken >= WHITELIST_CACHE:
+            nets = [n for n in self._networks(["whitelist"]) if n.version == 6]
+            self._whitelist6 = (time.monotonic(), nets)
+        return nets
+
+    def _networks(self, sets: list[str]) -> list[config.Network]:
+        nets: list[config.Network] = []
+        try:
+            for e in self.fw.iter_elements(sets):
+                first, _, last = e.addr.partition("-")
+                if last:
+                    nets += ipaddress.summarize_address_range(ipaddress.ip_address(first),
+                                                              ipaddress.ip_address(last))
+                else:
+                    nets.append(ipaddress.ip_network(e.addr))
+        except FirewallError as exc:
+            log.warning("sets %s not read: %s", ", ".join(sets), exc)
+        return nets
 
     def _apply_verdict(self, verdict: policy.Verdict, key: str,
                        ops: list[Put | Delete]) -> bool:
@@ -307,8 +360,9 @@ class Autoban:
                            lambda s: notifier.status(f"AMI {s}; watching for attacks"))
         notifier.ready(f"connecting to AMI {self.cfg.ami.host}:{self.cfg.ami.port}")
         log.log(service.NOTICE, "autoban started: maxcount %d, watchtime %s, jailtime %s, "
-                "repeatmult %g", self.settings.maxcount, human(self.settings.watchtime),
-                human(self.settings.jailtime), self.settings.repeatmult)
+                "repeatmult %g, prefix6 %d", self.settings.maxcount,
+                human(self.settings.watchtime), human(self.settings.jailtime),
+                self.settings.repeatmult, self.cfg.prefix6)
         await asyncio.gather(client.run(), self.guard(), notifier.watchdog())
 
 

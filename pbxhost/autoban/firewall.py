@@ -63,6 +63,9 @@ CHAIN = "prerouting"
 TIMED_SETS = ("watch", "jail", "parole", "trust")
 LIST_SETS = ("whitelist", "blacklist")
 SETS = TIMED_SETS + LIST_SETS
+# The IPv6 timed sets are interval sets too (flags interval, timeout; no
+# auto-merge: each element keeps its own timeout and comment), so that one
+# element can hold a whole prefix (autoban.conf `prefix6`).
 LEGACY_SETS = ("watch", "jail", "parole", "whitelist", "blacklist")  # the seed's table ip
 
 # Every set is bounded (per family): the kernel refuses a new element in a full
@@ -160,6 +163,9 @@ class _Op:
     @property
     def name(self) -> str:
         return f"{self.base}{self.span.version}"
+
+    def addr_text(self) -> str:
+        return _text(self.span.version, self.span.lo, self.span.hi)
 
 
 # ---- addresses -------------------------------------------------------------
@@ -272,12 +278,34 @@ def _check_base(base: str) -> str:
     return base
 
 
+def _flags(base: str, fam: str) -> tuple[str, ...]:
+    """A set's flags as nft lists them."""
+    if base in LIST_SETS:
+        return ("interval",)
+    return ("interval", "timeout") if fam == "6" else ("timeout",)
+
+
+def _is_interval(base: str, version: int) -> bool:
+    return base in LIST_SETS or version == 6
+
+
+def _in_prefix_set(op: _Op) -> bool:
+    """A prefix (not a single address) for an IPv6 timed set."""
+    return op.base in TIMED_SETS and op.span.version == 6 and not op.span.single
+
+
+def _is_prefix(span: _Span) -> bool:
+    size = span.hi - span.lo + 1
+    return size & (size - 1) == 0 and span.lo % size == 0
+
+
 def _check(op: Put | Delete) -> _Op:
     """Validate one operation; raises ValueError before anything is sent."""
     base = _check_base(op.set)
     span = _span(op.addr)
-    if base in TIMED_SETS and not span.single:
-        raise ValueError(f"{op.addr!r}: set {base} takes single addresses only")
+    if base in TIMED_SETS and not span.single and not (span.version == 6 and _is_prefix(span)):
+        raise ValueError(f"{op.addr!r}: set {base} takes single addresses "
+                         "(and IPv6 prefixes) only")
     if not isinstance(op, Put):
         return _Op(False, base, span, None, None)
     if base in LIST_SETS and op.timeout is not None:
@@ -309,6 +337,22 @@ def _set_ref(exprs: list[Json]) -> str | None:
 
 def _packets(exprs: list[Json]) -> int | None:
     return next((e["counter"]["packets"] for e in exprs if "counter" in e), None)
+
+
+def _joined(base: str, dumped: list[nfnetlink.Found]) -> Iterator[Element]:
+    """An IPv6 interval set's dump (start elements with the data, end markers one
+    past each interval, in any order) as elements: address or prefix."""
+    start: nfnetlink.Found | None = None
+    for e in sorted(dumped, key=lambda e: (e.key, not e.end)):  # an end before a start
+        if not e.end:
+            start = e
+        elif start is not None:
+            yield Element(base, _text(6, start.key, e.key - 1), start.timeout, start.expires,
+                          start.comment)
+            start = None
+    if start is not None:  # the last interval reaches the top of the address space
+        yield Element(base, _text(6, start.key, (1 << 128) - 1), start.timeout,
+                      start.expires, start.comment)
 
 
 # ---- the interval-set model --------------------------------------------------
@@ -360,7 +404,7 @@ def _elem(version: int, piece: _Piece) -> str | Json:
 
 
 def _timed_elem(op: _Op) -> str | Json:
-    attrs: Json = {"val": _text(op.span.version, op.span.lo, op.span.hi)}
+    attrs: Json = {"val": _value(op.span.version, op.span.lo, op.span.hi)}
     if op.timeout is not None:
         attrs["timeout"] = op.timeout
     if op.comment is not None:
@@ -468,19 +512,21 @@ class Firewall:
                 found += [_element(base, item) for item in elems]
         return found
 
-    def _expected(self) -> tuple[dict[str, int | None], tuple[str, ...]]:
-        sizes: dict[str, int | None] = {f"{base}{fam}": self.sizes[base]
-                                        for base in SETS for fam in FAMILIES}
+    def _expected(self) -> tuple[dict[str, tuple[Any, ...]], tuple[str, ...]]:
+        sizes = {f"{base}{fam}": (self.sizes[base], _flags(base, fam))
+                 for base in SETS for fam in FAMILIES}
         notes = tuple(f"autoban: IPv{fam} {note}" for _, _, note in _RULES for fam in FAMILIES)
         return sizes, notes
 
-    def _describe(self) -> tuple[dict[str, int | None], tuple[str, ...]] | None:
-        """Our sets with their sizes and the rule comments, None without the table."""
+    def _describe(self) -> tuple[dict[str, tuple[Any, ...]], tuple[str, ...]] | None:
+        """Our sets with their sizes and flags, and the rule comments; None
+        without the table."""
         if not self.exists():
             return None
         items = self._run([{"list": {"sets": {"family": "inet"}}}], terse=True)
         wanted = self._expected()[0]
-        sizes = {i["set"]["name"]: i["set"].get("size") for i in items
+        sizes = {i["set"]["name"]: (i["set"].get("size"), tuple(i["set"].get("flags", ())))
+                 for i in items
                  if "set" in i and i["set"]["table"] == self.table
                  and i["set"]["name"] in wanted}
         rc, rules, _ = self._json([{"list": {"chain": self._ref(CHAIN)}}])
@@ -492,10 +538,10 @@ class Firewall:
         1.0.6 JSON cannot declare auto-merge; only the checked table name varies."""
         sets = []
         for base in SETS:
-            flags = "timeout" if base in TIMED_SETS else "interval; auto-merge"
-            sets += [f'  set {base}{fam} {{ type ipv{fam}_addr; flags {flags}; '
-                     f'size {int(self.sizes[base])}; comment "{_SET_NOTES[base]}"; }}'
-                     for fam in FAMILIES]
+            for fam in FAMILIES:
+                flags = ", ".join(_flags(base, fam)) + ("; auto-merge" if base in LIST_SETS else "")
+                sets.append(f'  set {base}{fam} {{ type ipv{fam}_addr; flags {flags}; '
+                            f'size {int(self.sizes[base])}; comment "{_SET_NOTES[base]}"; }}')
         rules = [f'    {"ip" if fam == "4" else "ip6"} saddr @{base}{fam} {verdict} '
                  f'comment "autoban: IPv{fam} {note}"'
                  for base, verdict, note in _RULES for fam in FAMILIES]
@@ -512,8 +558,9 @@ class Firewall:
     # -- reading
 
     def lookup(self, addr: str) -> dict[str, Element]:
-        """The sets that hold one address (whitelist/blacklist: that cover it),
-        by base name. Exact-key netlink reads: cost independent of set sizes."""
+        """The sets that hold one address (interval sets: the element that covers
+        it, e.g. an IPv6 /64 in jail6), by base name. Exact-key netlink reads:
+        cost independent of set sizes."""
         span = _span(addr)
         if not span.single:
             raise ValueError(f"{addr!r}: lookup takes a single address")
@@ -534,7 +581,7 @@ class Firewall:
             if found is None:
                 return None
             hi = found.key
-            if base in LIST_SETS:
+            if _is_interval(base, version):
                 # the kernel keeps an interval's end as an element one past it,
                 # absent when the interval reaches the top of the address space
                 end = self._netlink.element(self.table, name, key, end=True)
@@ -578,6 +625,8 @@ class Firewall:
             dumped = self._netlink.iter_dump(self.table, f"{base}{version}")
         except OSError as exc:
             raise FirewallError(str(exc)) from exc
+        if version == 6:
+            return _joined(base, list(dumped))
         return (Element(base, _key_text(version, e.key), e.timeout, e.expires, e.comment)
                 for e in dumped)
 
@@ -608,22 +657,43 @@ class Firewall:
         if not checked:
             return
         commands = self._timed_commands(checked, fresh) + self._interval_commands(checked)
-        if commands:
+        if not commands:
+            return
+        try:
+            self._run(commands)
+        except FirewallError as exc:
+            if "overlaps" not in str(exc) or not any(o.put and _in_prefix_set(o) for o in checked):
+                raise
+            # A prefix over smaller elements of the same set (single addresses jailed
+            # before prefix6 was set, or by hand): the prefix replaces them. Rare, so
+            # found by a dump of the set only now.
+            commands = (self._timed_commands(checked, fresh, clear_inside=True)
+                        + self._interval_commands(checked))
             self._run(commands)
         log.debug("applied %d operations as %d nft commands", len(checked), len(commands))
 
-    def _timed_commands(self, ops: list[_Op], fresh: bool = False) -> list[Json]:
+    def _timed_commands(self, ops: list[_Op], fresh: bool = False,
+                        clear_inside: bool = False) -> list[Json]:
         commands: list[Json] = []
-        present: dict[tuple[str, int], bool] = {}  # as this batch leaves it
+        present: dict[tuple[str, int], bool | _Span] = {}  # as this batch leaves it
         for op in (o for o in ops if o.base in TIMED_SETS):
-            bare = {**self._ref(op.name), "elem": [_text(op.span.version, op.span.lo, op.span.hi)]}
             where = (op.name, op.span.lo)
+            if clear_inside and op.put and _in_prefix_set(op):
+                inside = [_span(e.addr) for e in self._dump(op.base, 6)]
+                inside = [i for i in inside if op.span.lo <= i.lo and i.hi <= op.span.hi
+                          and (i.lo, i.hi) != (op.span.lo, op.span.hi) and i.lo != op.span.lo]
+                commands += [{"delete": {"element": {**self._ref(op.name), "elem": [
+                    _value(6, i.lo, i.hi)]}}} for i in inside]
             if where not in present:
-                present[where] = not fresh and self._has(op.name, op.span.version, op.span.lo)
+                present[where] = not fresh and self._has(op)
+            there = present[where]
+            covering = there if isinstance(there, _Span) else op.span
+            bare = {**self._ref(op.name),
+                    "elem": [_value(op.span.version, covering.lo, covering.hi)]}
             # Only an element that is there is deleted (deleting an absent one fails
             # the batch; add+delete of an absent one fails too once the set is full).
             # Delete then add resets timeout and comment.
-            if present[where]:
+            if there:
                 commands.append({"delete": {"element": bare}})
             if op.put:
                 commands.append({"add": {"element": {**self._ref(op.name),
@@ -631,13 +701,31 @@ class Firewall:
             present[where] = op.put
         return commands
 
-    def _has(self, name: str, version: int, value: int) -> bool:
+    def _has(self, op: _Op) -> bool | _Span:
+        """Whether OP's element is there: True (exactly it), False, or, in an
+        IPv6 interval set, the span of another element that covers OP's first
+        address. A Delete removes that covering element; a Put replaces it
+        when it lies inside OP's span (a single address where the prefix goes),
+        and else fails as the kernel's overlap (the caller decides)."""
         # An element that expires between this read and the batch fails the batch
         # (it is gone); the daemon retries once with a fresh read.
+        version = op.span.version
+        key = _ip(version, op.span.lo).packed
         try:
-            return self._netlink.element(self.table, name, _ip(version, value).packed) is not None
+            found = self._netlink.element(self.table, op.name, key)
+            if found is None or not _is_interval(op.base, version):
+                return found is not None
+            end = self._netlink.element(self.table, op.name, key, end=True)
         except OSError as exc:
             raise FirewallError(str(exc)) from exc
+        hi = end.key - 1 if end else (1 << 128) - 1
+        if (found.key, hi) == (op.span.lo, op.span.hi):
+            return True
+        inside = op.span.lo <= found.key and hi <= op.span.hi
+        if not op.put or inside:
+            return _Span(version, found.key, hi, found.key == hi)
+        raise FirewallError(f"{op.addr_text()} overlaps {_text(version, found.key, hi)} "
+                            f"in {op.name}")
 
     def _interval_commands(self, ops: list[_Op]) -> list[Json]:
         deletes: list[Json] = []

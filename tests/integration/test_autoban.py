@@ -408,3 +408,37 @@ def test_table_of_the_previous_release_is_rebuilt_keeping_its_elements(bed):
     assert "203.0.113.0/28" in bed.members("whitelist")
     chain = bed.pbx_host.run("nft", "list", "chain", "inet", "autoban", CHAIN).stdout
     assert "hook prerouting priority raw" in chain
+
+
+def test_many_addresses_of_one_ipv6_prefix_end_as_one_jail_element(bed, start_phone):
+    """The attacker gets a /64 of its own (the test bed puts every host in
+    2001:db8:1::/64, which holds the PBX's own address: never jailed whole)."""
+    bed.write_conf(maxcount=3)
+    bed.start_daemon()
+    bed.pbx_host.run("ip", "-6", "route", "add", "2001:db8:66::/64", "dev", "eth0")
+    sources = [f"2001:db8:66::{n:x}" for n in range(1, 9)]
+    for source in sources:
+        bed.attacker.run("ip", "addr", "add", f"{source}/64", "dev", "eth0", "nodad")
+    phone = start_phone(bed.phone_host, "jane", JANE_PASSWORD, bed.pbx_host.v6)
+    phone.wait_registered()
+    # one wrong-password REGISTER (one counted event) from each address in turn
+    for n, source in enumerate(sources):
+        walker = Host(bed.attacker.ns, "attacker", bed.attacker.v4, source)
+        result = bed.register(walker, "ipv6", calls=1, timeout=3 if n >= 4 else 20,
+                              port=5070 + n)
+        if n < 4:
+            assert result.returncode == 0, result.stdout[-1500:]
+    bed.wait_log("jailed 2001:db8:66::/64 (2001:db8:66::4) for 20m: 4 events")
+    assert set(bed.members("jail")) == {"2001:db8:66::/64"}
+    assert bed.members("watch") == {}
+    assert len(bed.attack_events("2001:db8:66::")) == 0  # (no event names the prefix itself)
+    assert sum(len(bed.attack_events(s)) for s in sources) == 4  # addresses 5..8: dropped
+    assert bed.drops()["jail6"] >= 4
+    # the phone in the PBX's own /64 is untouched; the CLI shows and frees the prefix
+    assert "2001:db8:66::/64, expires in" in bed.cli("show").stdout
+    phone2 = start_phone(bed.phone_host, "jane", JANE_PASSWORD, bed.pbx_host.v6, port=5072)
+    phone2.wait_registered()
+    bed.cli("del", "all", "=", "2001:db8:66::77")
+    assert bed.members("jail") == {}
+    bed.cli("add", "jail", "=", "2001:db8:66::/64")
+    assert bed.members("parole")["2001:db8:66::/64"]["comment"] == "sentence 1200"

@@ -115,7 +115,8 @@ def test_ensure_creates_the_documented_table_once(netns):
             s = sets[f"{base}{fam}"]
             assert s["table"] == "autoban" and s["family"] == "inet"
             assert s["type"] == f"ipv{fam}_addr"
-            assert s["flags"] == (["timeout"] if base in TIMED_SETS else ["interval"])
+            assert s["flags"] == (["timeout"] if base in TIMED_SETS and fam == "4" else
+                                  ["interval", "timeout"] if base in TIMED_SETS else ["interval"])
             assert s["size"] == DEFAULT_SIZES[base]
     text = netns.run("nft", "list", "table", "inet", "autoban")
     assert text.count("auto-merge") == 2 * len(LIST_SETS)
@@ -437,6 +438,46 @@ def test_jailed_traffic_is_dropped_before_conntrack(make_netns, peer_addr, host_
     assert fw.counters()[f"jail{family(peer_addr)}"] >= 300
     assert conntrack_count(host) <= before  # no entry for the jailed flood (old ones expire)
     assert conntrack_seen(host) == seen     # conntrack never saw it
+
+
+# ---- IPv6 prefixes in the timed sets ------------------------------------------------
+
+def test_ipv6_prefixes_in_timed_sets(fw):
+    fw.apply([Put("jail", "2001:db8:5:6::/64", 600, "sentence 600"),
+              Put("watch", "2001:db8:5:7::9", 60, "events 1")])
+    found = fw.lookup("2001:db8:5:6:abcd::1")["jail"]
+    assert (found.addr, found.timeout, found.comment) == ("2001:db8:5:6::/64", 600,
+                                                          "sentence 600")
+    assert fw.lookup("2001:db8:5:7::9")["watch"].addr == "2001:db8:5:7::9"
+    assert fw.lookup("2001:db8:5:7::8") == {}
+    assert [(e.set, e.addr) for e in fw.elements(["jail", "watch"]) if ":" in e.addr] == [
+        ("jail", "2001:db8:5:6::/64"), ("watch", "2001:db8:5:7::9")]
+    # a single address inside a jailed prefix cannot be added; the prefix stays whole
+    with pytest.raises(FirewallError, match="overlaps 2001:db8:5:6::/64"):
+        fw.apply([Put("jail", "2001:db8:5:6::5", 60)])
+    # a prefix replaces the single address at its start
+    fw.apply([Put("watch", "2001:db8:5:7::/64", 60, "events 2")])
+    assert fw.lookup("2001:db8:5:7::9")["watch"].addr == "2001:db8:5:7::/64"
+    # deleting an address inside a prefix frees the prefix; re-putting updates it
+    fw.apply([Put("jail", "2001:db8:5:6::/64", 900, "sentence 900")])
+    assert fw.lookup("2001:db8:5:6::1")["jail"].comment == "sentence 900"
+    fw.apply([Delete("jail", "2001:db8:5:6::77")])
+    assert fw.lookup("2001:db8:5:6::1") == {}
+    with pytest.raises(ValueError, match="single addresses"):
+        fw.apply([Put("jail", "192.0.2.0/24", 60)])
+    with pytest.raises(ValueError, match="single addresses"):
+        fw.apply([Put("jail", "2001:db8::1-2001:db8::5", 60)])
+
+
+def test_a_jailed_ipv6_prefix_drops_every_address_in_it(make_netns):
+    host, peer = veth_pair(make_netns)
+    sh("ip", "-n", peer.name, "addr", "add", "2001:db8:1::77/64", "dev", "veth1", "nodad")
+    fw = host.firewall()
+    fw.ensure()
+    assert peer.ping("2001:db8:1::1")
+    fw.apply([Put("jail", "2001:db8:1::/64", 600, "sentence 600")])
+    assert not peer.ping("2001:db8:1::1")
+    assert fw.counters()["jail6"] >= 1
 
 
 # ---- bounded sets ------------------------------------------------------------------

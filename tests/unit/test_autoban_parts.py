@@ -343,7 +343,17 @@ class FakeFirewall:
         return True
 
     def lookup(self, addr: str) -> dict[str, Element]:
-        return {name: found[addr] for name, found in self.sets.items() if addr in found}
+        """The element that covers ADDR in each set (prefixes included)."""
+        ip = ipaddress.ip_address(addr)
+        return {name: e
+                for name, found in self.sets.items()
+                for e in ([found[addr]] if addr in found else
+                          [e for e in found.values() if "/" in e.addr
+                           and ip in ipaddress.ip_network(e.addr)][:1])}
+
+    def iter_elements(self, sets=None):
+        return iter([e for name, found in self.sets.items() if sets is None or name in sets
+                     for e in found.values()])
 
     def apply(self, ops, fresh: bool = False) -> None:
         from pbxhost.autoban.firewall import SetFullError
@@ -460,3 +470,68 @@ def test_kernel_keys_are_written_as_ipaddress_writes_them():
         assert _key_text(6, v6 >> 64) == str(ipaddress.IPv6Address(v6 >> 64))
 
     check()
+
+
+def v6_attack(ab, addr: str) -> None:
+    from panoramisk.message import Message
+
+    ab.handle(Message({"Event": "InvalidAccountID", "RemoteAddress": f"IPV6/UDP/{addr}/5060"}))
+
+
+def prefix_bed(prefix6: int = 64, exempt=(), trusttime: int = 0):
+    from pbxhost.autoban import daemon
+
+    fw = FakeFirewall()
+    cfg = config.AutobanConfig(path=Path("x"), enabled=True, prefix6=prefix6, trusttime=trusttime,
+                               policy=policy.Settings(maxcount=10, watchtime=1200, jailtime=1200))
+    ab = daemon.Autoban(cfg, fw, exempt=[ipaddress.ip_network(n) for n in exempt],
+                        clock=lambda: T0)  # type: ignore[arg-type]
+    ab.changed = lambda: None  # type: ignore[method-assign]
+    return ab, fw
+
+
+def test_thousands_of_addresses_of_one_prefix_end_as_one_jail_element(caplog):
+    ab, fw = prefix_bed()
+    caplog.set_level("NOTICE")
+    for i in range(3000):
+        v6_attack(ab, f"2001:db8:66::{i + 1:x}")
+    assert list(fw.sets["jail"]) == ["2001:db8:66::/64"] and fw.sets["watch"] == {}
+    assert list(fw.sets["parole"]) == ["2001:db8:66::/64"]
+    assert "jailed 2001:db8:66::/64 (2001:db8:66::b) for 20m: 11 events" in caplog.text
+
+
+@pytest.mark.parametrize(("prefix6", "exempt", "whitelist", "trust", "element"), [
+    (128, [], [], [], "2001:db8:66::5"),                     # today's behaviour
+    (64, ["2001:db8:66::10/128"], [], [], "2001:db8:66::5"),  # an own / trunk address in it
+    (64, [], ["2001:db8:66::9"], [], "2001:db8:66::5"),      # a whitelisted one (the CLI's too)
+    (64, [], ["2001:db8:66:0:8000::/65"], [], "2001:db8:66::5"),
+    (64, [], [], ["2001:db8:66::7"], "2001:db8:66::5"),      # a phone that logged in
+    (64, [], ["2001:db8:67::1"], [], "2001:db8:66::/64"),    # elsewhere: no matter
+    (48, [], [], [], "2001:db8:66::/48"),
+])
+def test_a_prefix_holding_a_protected_address_jails_the_address_alone(
+        prefix6, exempt, whitelist, trust, element):
+    ab, fw = prefix_bed(prefix6, exempt, trusttime=600)
+    fw.apply([Put("whitelist", w) for w in whitelist] + [Put("trust", t, 600) for t in trust])
+    for _ in range(11):
+        v6_attack(ab, "2001:db8:66::5")
+    assert list(fw.sets["jail"]) == [element]
+
+
+def test_ipv4_is_never_grouped():
+    ab, fw = prefix_bed(prefix6=32)
+    for i in range(11):
+        attack(ab, f"198.51.100.{i + 1}")
+    assert fw.sets["jail"] == {} and len(fw.sets["watch"]) == 11
+
+
+@pytest.mark.parametrize(("line", "ok"), [("prefix6 = 56", 56), ("", 64), ("prefix6 = 128", 128),
+                                          ("prefix6 = 16", None), ("prefix6 = 129", None),
+                                          ("prefix6 = x", None)])
+def test_prefix6_in_autoban_conf(tmp_path, line, ok):
+    path = write(tmp_path, SEED + line + "\n")
+    if ok is None:
+        with pytest.raises(conf.ConfigError, match="prefix6"):
+            config.load(path)
+    else:
+        assert config.load(path).prefix6 == ok
