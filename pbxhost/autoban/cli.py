@@ -161,9 +161,10 @@ def main(argv: list[str] | None = None) -> int:
     except FirewallError as exc:
         cli.fail(PROG, str(exc))
     try:
-        # the daemon's record of autoban.conf's entries is kept as it is
-        state.save(cfg.statefile, fw.iter_elements(),
-                   config=state.load(cfg.statefile).config)
+        # the daemon's records (autoban.conf's entries, trunk addresses) are kept as they are
+        before = state.load(cfg.statefile)
+        state.save(cfg.statefile, fw.iter_elements(), config=before.config,
+                   trunks=before.trunks)
     except OSError as exc:
         print(f"{PROG}: warning: state file not written: {exc}", file=sys.stderr)
     print(f"{verb}: {len(ops)} change(s) in {', '.join(dsets)}")

@@ -34,6 +34,7 @@ class AutobanConfig:
     blacklist: tuple[str, ...] = ()
     statefile: Path = DEFAULT_STATEFILE
     table: str = "autoban"
+    trunk_refresh: int = 300               # seconds between two resolutions of trunk names
 
 
 def load(path: Path) -> AutobanConfig:
@@ -78,6 +79,7 @@ def load(path: Path) -> AutobanConfig:
         blacklist=_entries(ab.getall("blacklist")),
         statefile=Path(ab.get_str("statefile", str(DEFAULT_STATEFILE)) or DEFAULT_STATEFILE),
         table=ab.get_str("table", "autoban") or "autoban",
+        trunk_refresh=max(ab.get_duration("trunk_refresh", 300) or 300, 1),
     )
 
 
@@ -105,23 +107,33 @@ def _host_part(entry: str) -> str:
     return entry.split(":")[0] if entry.count(":") == 1 else entry
 
 
-def _resolve(entry: str) -> list[Network]:
-    host = _host_part(entry)
+def resolve_host(host: str) -> list[Network] | None:
+    """An address or prefix as it is; a host name resolved (None if that fails)."""
     try:
         return [ipaddress.ip_network(host, strict=False)]
     except ValueError:
         pass
     try:
         infos = socket.getaddrinfo(host, None)
-    except OSError as exc:
+    except (OSError, UnicodeError) as exc:  # UnicodeError: a label idna refuses
         log.warning("cannot resolve trunk host %s: %s", host, exc)
-        return []
-    return [ipaddress.ip_network(info[4][0]) for info in infos]
+        return None
+    return list(dict.fromkeys(ipaddress.ip_network(info[4][0]) for info in infos))
 
 
-def trunk_addresses(confdir: Path) -> list[Network]:
-    """The ITSP's addresses: wizard `remote_hosts` and identify `match` in PJSIP config."""
-    nets: list[Network] = []
+def is_name(host: str) -> bool:
+    """Whether HOST needs resolving (not an address or prefix)."""
+    try:
+        ipaddress.ip_network(host, strict=False)
+        return False
+    except ValueError:
+        return True
+
+
+def trunk_hosts(confdir: Path) -> list[str]:
+    """The ITSP's hosts as written (names, addresses, prefixes): wizard
+    `remote_hosts` and identify `match` in PJSIP config."""
+    hosts: list[str] = []
     for name in ("pjsip.conf", "pjsip_wizard.conf"):
         path = confdir / name
         if not path.exists():
@@ -132,13 +144,17 @@ def trunk_addresses(confdir: Path) -> list[Network]:
             log.warning("trunk addresses not read: %s", exc)
             continue
         for section in cfg.sections:
-            hosts = section.getall("remote_hosts")
+            values = section.getall("remote_hosts")
             if section.get("type") == "identify":
-                hosts += section.getall("match")
-            for value in hosts:
-                nets += [n for entry in value.split(",") if entry.strip()
-                         for n in _resolve(entry)]
-    return nets
+                values += section.getall("match")
+            hosts += [_host_part(entry) for value in values
+                      for entry in value.split(",") if entry.strip()]
+    return list(dict.fromkeys(hosts))
+
+
+def trunk_addresses(confdir: Path) -> list[Network]:
+    """The ITSP's addresses now (names resolved once)."""
+    return [n for host in trunk_hosts(confdir) for n in resolve_host(host) or []]
 
 
 def websms_sources(confdir: Path) -> list[Network]:
@@ -160,4 +176,8 @@ def websms_sources(confdir: Path) -> list[Network]:
 
 
 def exempt_networks(confdir: Path) -> list[Network]:
-    return [*LOOPBACK, *host_addresses(), *trunk_addresses(confdir), *websms_sources(confdir)]
+    """Never jailed, fixed for the daemon's run: loopback, this host's addresses,
+    the trunk's literal addresses, websms's sources (trunk host names: trunks.py)."""
+    literal = [n for host in trunk_hosts(confdir) if not is_name(host)
+               for n in resolve_host(host) or []]
+    return [*LOOPBACK, *host_addresses(), *literal, *websms_sources(confdir)]

@@ -32,6 +32,7 @@ from pbxhost.autoban.firewall import (
     SetFullError,
 )
 from pbxhost.autoban.overflow import Overflow
+from pbxhost.autoban.trunks import Trunks
 
 log = logging.getLogger("pbxhost.autoban")
 EX_CONFIG = 78  # sysexits: configuration error (the unit does not restart-loop on it)
@@ -82,8 +83,12 @@ def ops_for(verdict: policy.Verdict, addr: str, settings: policy.Settings,
 
 class Autoban:
     def __init__(self, cfg: config.AutobanConfig, firewall: Firewall,
-                 exempt: list[config.Network], clock: Callable[[], float] = time.time) -> None:
-        self.cfg, self.fw, self.exempt, self.clock = cfg, firewall, exempt, clock
+                 exempt: list[config.Network], clock: Callable[[], float] = time.time,
+                 trunks: Trunks | None = None) -> None:
+        self.cfg, self.fw, self.clock = cfg, firewall, clock
+        self.fixed_exempt = exempt
+        self.trunks = trunks or Trunks([])
+        self.exempt = [*exempt, *self.trunks.networks()]
         self.settings = cfg.policy
         self._save_pending: asyncio.TimerHandle | None = None
         self.overflow = Overflow()
@@ -335,9 +340,45 @@ class Autoban:
         self._save_pending = None
         try:
             state.save(self.cfg.statefile, self.fw.iter_elements(), self._clocks(),
-                       config=self.config_lists())
+                       config=self.config_lists(), trunks=self.trunks.saved())
         except (OSError, FirewallError) as exc:
             log.error("state not saved to %s: %s", self.cfg.statefile, exc)
+
+    # -- the trunk's names ------------------------------------------------------
+    def use_saved_trunks(self, saved: state.Saved) -> None:
+        """Until the names resolve, the addresses they had when the state was saved."""
+        self.trunks = Trunks(self.trunks.names, saved.trunks)
+        self.exempt = [*self.fixed_exempt, *self.trunks.networks()]
+        if self.trunks.networks():
+            log.info("trunk addresses from %s until the names resolve: %s", self.cfg.statefile,
+                     ", ".join(map(str, self.trunks.networks())))
+
+    async def refresh_trunks(self) -> None:
+        """Resolve the trunk's names now and every `trunk_refresh` seconds."""
+        if not self.trunks.names or not any(config.is_name(n) for n in self.trunks.names):
+            return
+        while True:
+            new = await asyncio.to_thread(self.trunks.refresh)
+            self.exempt = [*self.fixed_exempt, *self.trunks.networks()]
+            self.release_trunk(new)
+            self.changed()
+            await asyncio.sleep(self.cfg.trunk_refresh)
+
+    def release_trunk(self, nets: list[config.Network]) -> None:
+        """A trunk address newly known is taken out of watch, jail and parole."""
+        for net in nets:
+            found = self._lookup(str(net.network_address)) if net.num_addresses == 1 else {}
+            ops: list[Put | Delete] = [Delete(base, e.addr) for base, e in found.items()
+                                       if base in ("watch", "jail", "parole")]
+            if not ops:
+                continue
+            try:
+                self._apply(ops)
+            except FirewallError as exc:
+                log.error("trunk address %s not released: %s", net, exc)
+                continue
+            log.log(service.NOTICE, "released %s: it is the trunk's address now", net,
+                    extra={"ADDRESS": str(net.network_address)})
 
     async def guard(self) -> None:
         """Rebuild the table within a second or two of it disappearing."""
@@ -351,6 +392,7 @@ class Autoban:
 
     async def run(self, notifier: service.Notifier) -> None:
         saved = state.load(self.cfg.statefile, self._clocks())
+        self.use_saved_trunks(saved)
         self.upgrade_table()
         self.ensure_table(saved)
         self.sync_config_lists(saved.config)
@@ -363,7 +405,8 @@ class Autoban:
                 "repeatmult %g, prefix6 %d", self.settings.maxcount,
                 human(self.settings.watchtime), human(self.settings.jailtime),
                 self.settings.repeatmult, self.cfg.prefix6)
-        await asyncio.gather(client.run(), self.guard(), notifier.watchdog())
+        await asyncio.gather(client.run(), self.guard(), self.refresh_trunks(),
+                             notifier.watchdog())
 
 
 async def idle(notifier: service.Notifier, why: str) -> None:
@@ -389,8 +432,11 @@ def main(argv: list[str] | None = None) -> int:
         log.log(service.NOTICE, "autoban %s; idling without touching the firewall", why)
         return service.run(idle(notifier, why))
     exempt = config.exempt_networks(Path(path).parent)
-    log.info("never jailed: %s", ", ".join(str(n) for n in exempt))
-    return service.run(Autoban(cfg, Firewall(cfg.table), exempt).run(notifier))
+    trunks = Trunks([h for h in config.trunk_hosts(Path(path).parent) if config.is_name(h)])
+    log.info("never jailed: %s%s", ", ".join(str(n) for n in exempt),
+             "".join(f", {name} (trunk, resolved every {human(cfg.trunk_refresh)})"
+                     for name in trunks.names))
+    return service.run(Autoban(cfg, Firewall(cfg.table), exempt, trunks=trunks).run(notifier))
 
 
 if __name__ == "__main__":

@@ -5,6 +5,7 @@ Format (version 2; version 1, the previous release's, is read too):
 
     {"version": 2, "saved_at": 1795675185, "boot_id": "…", "boottime": 812.5,
      "config": {"whitelist": [...], "blacklist": [...]},
+     "trunks": {"sip.itsp.example": ["198.51.100.5"]},
      "elements": [{"set": "jail", "addr": "192.0.2.9", "comment": "sentence 1200",
                    "timeout": 1200, "remaining": 600, "expires_at": 1795675785}, ...]}
 
@@ -17,7 +18,8 @@ PLAUSIBLE_SINCE and not in the future), else taken as zero: a file written by
 a clock far behind (no RTC, 1970) or far ahead keeps its remaining times
 instead of being dropped or stretched. `config` lists the whitelist/blacklist
 entries that came from autoban.conf at the last start, so an entry removed
-from the file is removed from the set (entries added with the CLI stay)."""
+from the file is removed from the set (entries added with the CLI stay);
+`trunks` the addresses the trunk's host names last resolved to (trunks.py)."""
 
 from __future__ import annotations
 
@@ -64,14 +66,16 @@ class Saved:
     puts: list[Put] = field(default_factory=list)
     config: dict[str, list[str]] | None = None  # None: not recorded (version 1)
     version: int | None = None
+    trunks: dict[str, list[str]] = field(default_factory=dict)  # name → last addresses
 
 
 def save(path: Path, elements: Iterable[Element], now: float | Clocks | None = None,
-         config: dict[str, list[str]] | None = None) -> None:
+         config: dict[str, list[str]] | None = None,
+         trunks: dict[str, list[str]] | None = None) -> None:
     clocks = now if isinstance(now, Clocks) else Clocks.now(now)
     head: dict[str, Any] = {"version": VERSION, "saved_at": round(clocks.wall),
                             "boot_id": clocks.boot_id, "boottime": clocks.boottime,
-                            "config": config}
+                            "config": config, "trunks": trunks or {}}
     # atomic: the file is the old or the new state, never half
     with atomic_writer(path, 0o600) as f:
         # one element a line, written as we go: readable, and no second copy in memory
@@ -169,7 +173,10 @@ def _saved(path: Path, data: dict[str, Any], rows: Iterator[Any], clocks: Clocks
                 puts.append(Put(str(row["set"]), str(row["addr"]), remaining, comment))
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
             log.warning("state file %s: bad element %r skipped: %s", path, row, exc)
-    return Saved(puts, _config(data.get("config")), version)
+    trunks = data.get("trunks")
+    trunks = {str(k): [str(a) for a in v] for k, v in trunks.items()
+              if isinstance(v, list)} if isinstance(trunks, dict) else {}
+    return Saved(puts, _config(data.get("config")), version, trunks)
 
 
 def _remaining(row: dict[str, Any], saved_at: Any) -> float | None:

@@ -442,3 +442,42 @@ def test_many_addresses_of_one_ipv6_prefix_end_as_one_jail_element(bed, start_ph
     assert bed.members("jail") == {}
     bed.cli("add", "jail", "=", "2001:db8:66::/64")
     assert bed.members("parole")["2001:db8:66::/64"]["comment"] == "sentence 1200"
+
+
+def test_trunk_names_are_resolved_again_and_outlive_a_dead_resolver(bed):
+    # `ip netns exec` (how the daemon is started) mounts /etc/netns/NS/hosts on /etc/hosts
+    etc = Path("/etc/netns") / bed.pbx_host.ns
+    etc.mkdir(parents=True)
+    try:
+        hosts = etc / "hosts"
+        hosts.write_text("127.0.0.1 localhost\n192.0.2.200 itsp.test\n")
+        (bed.confdir / "pjsip_wizard.conf").write_text(
+            "[itsp]\ntype = wizard\nremote_hosts = itsp.test:5060\n")
+        bed.write_conf(maxcount=1, extra="trunk_refresh = 1s\n")
+        bed.start_daemon()
+        bed.wait_log("trunk itsp.test resolves to 192.0.2.200/32")
+        bed.register(bed.attacker, "ipv4", calls=2)
+        bed.wait_log(f"jailed {bed.attacker.v4}")
+        # the ITSP moves to the attacker's address (the file keeps its inode: the
+        # daemon's bind mount sees the change)
+        hosts.write_text(f"127.0.0.1 localhost\n{bed.attacker.v4} itsp.test\n")
+        bed.wait_log(f"released {bed.attacker.v4}/32: it is the trunk's address now")
+        assert bed.members("jail") == {} and bed.members("parole") == {}
+        bed.register(bed.attacker, "ipv4", calls=3, port=5074)
+        poll(lambda: bed.log.count("exempt, not counted") >= 3, 10, "3 exempt events")
+        poll(lambda: bed.attacker.v4 in bed.statefile.read_text(), 5, "trunk in the state file")
+        # a reboot with the resolver down: the state file's addresses protect the trunk
+        bed.stop_daemon()
+        bed.pbx_host.run("nft", "delete", "table", "inet", "autoban")
+        hosts.write_text("127.0.0.1 localhost\n")
+        bed.start_daemon()
+        bed.wait_log(f"trunk itsp.test: keeping its last addresses {bed.attacker.v4}/32")
+        before = len(bed.attack_events(bed.attacker.v4))
+        bed.register(bed.attacker, "ipv4", calls=3, port=5076)
+        poll(lambda: len(bed.attack_events(bed.attacker.v4)) >= before + 3, 10, "3 events")
+        bed.wait_log(f"from {bed.attacker.v4} (account jane): exempt, not counted")
+        assert bed.members("jail") == {} and bed.members("watch") == {}
+    finally:
+        for path in etc.iterdir():
+            path.unlink()
+        etc.rmdir()

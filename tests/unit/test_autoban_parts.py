@@ -535,3 +535,52 @@ def test_prefix6_in_autoban_conf(tmp_path, line, ok):
             config.load(path)
     else:
         assert config.load(path).prefix6 == ok
+
+
+def test_trunk_names_keep_their_last_addresses_when_resolution_fails(caplog):
+    from pbxhost.autoban.trunks import Trunks
+
+    answers = {"itsp.example": [ipaddress.ip_network("198.51.100.5/32")]}
+    trunks = Trunks(["itsp.example"], {"itsp.example": ["198.51.100.4"]})
+    assert [str(n) for n in trunks.networks()] == ["198.51.100.4/32"]  # from the state file
+    assert [str(n) for n in trunks.refresh(answers.get)] == ["198.51.100.5/32"]
+    assert trunks.saved() == {"itsp.example": ["198.51.100.5/32"]}
+    for down in (lambda name: None, lambda name: []):  # resolver down, or an empty answer
+        assert trunks.refresh(down) == []
+        assert [str(n) for n in trunks.networks()] == ["198.51.100.5/32"]
+    assert "keeping its last addresses 198.51.100.5/32" in caplog.text
+
+
+def test_trunk_host_names_and_literals_are_told_apart(tmp_path):
+    (tmp_path / "pjsip_wizard.conf").write_text(
+        "[itsp]\ntype = wizard\nremote_hosts = sip.itsp.example:5060, 198.51.100.5\n")
+    assert config.trunk_hosts(tmp_path) == ["sip.itsp.example", "198.51.100.5"]
+    assert [config.is_name(h) for h in config.trunk_hosts(tmp_path)] == [True, False]
+    assert config.resolve_host("name.invalid") is None
+    assert config.resolve_host("a" * 70 + ".example") is None  # idna refuses: no traceback
+
+
+def test_state_file_keeps_trunk_addresses(tmp_path):
+    from pbxhost.autoban import state
+
+    path = tmp_path / "state.json"
+    state.save(path, [], now=T0, trunks={"sip.itsp.example": ["198.51.100.5/32"]})
+    assert state.load(path, now=T0).trunks == {"sip.itsp.example": ["198.51.100.5/32"]}
+
+
+def test_a_new_trunk_address_is_released_and_never_counted(caplog):
+    from pbxhost.autoban.trunks import Trunks
+
+    ab, fw = prefix_bed()
+    caplog.set_level("NOTICE")
+    for _ in range(11):
+        attack(ab, "198.51.100.5")
+    assert "198.51.100.5" in fw.sets["jail"]
+    ab.trunks = Trunks(["itsp.example"])
+    new = ab.trunks.refresh(lambda name: [ipaddress.ip_network("198.51.100.5/32")])
+    ab.exempt = [*ab.fixed_exempt, *ab.trunks.networks()]
+    ab.release_trunk(new)
+    assert fw.sets["jail"] == {} and fw.sets["parole"] == {}
+    attack(ab, "198.51.100.5")
+    assert fw.sets["watch"] == {}
+    assert "released 198.51.100.5/32: it is the trunk's address now" in caplog.text
