@@ -30,6 +30,7 @@ class AutobanConfig:
     policy: Settings = field(default_factory=Settings)
     trusttime: int = 0                     # 0: no trust after a successful login
     prefix6: int = 64                      # IPv6 offenders are counted and jailed per prefix
+    proventime: int = 7200                 # a successful login proves its address . port this long
     whitelist: tuple[str, ...] = ()        # as written: addresses, prefixes, ranges
     blacklist: tuple[str, ...] = ()
     statefile: Path = DEFAULT_STATEFILE
@@ -75,6 +76,7 @@ def load(path: Path) -> AutobanConfig:
         policy=policy,
         trusttime=ab.get_duration("trusttime", 0) or 0,
         prefix6=prefix6,
+        proventime=ab.get_duration("proventime", 7200) or 0,
         whitelist=_entries(ab.getall("whitelist")),
         blacklist=_entries(ab.getall("blacklist")),
         statefile=Path(ab.get_str("statefile", str(DEFAULT_STATEFILE)) or DEFAULT_STATEFILE),
@@ -155,6 +157,26 @@ def trunk_hosts(confdir: Path) -> list[str]:
 def trunk_addresses(confdir: Path) -> list[Network]:
     """The ITSP's addresses now (names resolved once)."""
     return [n for host in trunk_hosts(confdir) for n in resolve_host(host) or []]
+
+
+def sip_ports(confdir: Path) -> list[int]:
+    """The ports of PJSIP's udp, tcp and tls transports (`bind`, default 5060,
+    5061 for tls): what a sipjail closes. 5060 and 5061 when none is found."""
+    path = confdir / "pjsip.conf"
+    ports: list[int] = []
+    try:
+        sections = conf.load(path).sections if path.exists() else []
+    except conf.ConfigError as exc:
+        log.warning("SIP ports not read: %s", exc)
+        sections = []
+    for section in sections:
+        protocol = (section.get("protocol") or "udp").lower()
+        if section.get("type") != "transport" or protocol not in ("udp", "tcp", "tls"):
+            continue
+        bind = (section.get("bind") or "").strip()
+        port = bind.rsplit(":", 1)[1] if bind.count(":") == 1 or "]:" in bind else ""
+        ports.append(int(port) if port.isdigit() else 5061 if protocol == "tls" else 5060)
+    return sorted(set(ports)) or [5060, 5061]
 
 
 def websms_sources(confdir: Path) -> list[Network]:

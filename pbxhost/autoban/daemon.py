@@ -21,8 +21,9 @@ from panoramisk.message import Message
 from pbxhost import cli, conf, service
 from pbxhost.ami import AmiClient
 from pbxhost.autoban import config, legacy, policy, state
-from pbxhost.autoban.events import ATTACK_EVENTS, Address, parse_remote_address
+from pbxhost.autoban.events import ATTACK_EVENTS, Address, Remote, parse_remote
 from pbxhost.autoban.firewall import (
+    DEFAULT_SIP_PORTS,
     LIST_SETS,
     Delete,
     Element,
@@ -58,6 +59,7 @@ def standing_of(found: dict[str, Element]) -> policy.Standing:
     return policy.Standing(
         times=policy.decode_times(found["watch"].comment) if "watch" in found else (),
         jailed="jail" in found,
+        sipjailed="sipjail" in found,
         sentence=policy.decode_sentence(found["parole"].comment) if "parole" in found else None,
         whitelisted="whitelist" in found,
         trusted="trust" in found,
@@ -65,18 +67,21 @@ def standing_of(found: dict[str, Element]) -> policy.Standing:
 
 
 def ops_for(verdict: policy.Verdict, addr: str, settings: policy.Settings,
-            jail_addr: str | None = None) -> list[Put | Delete]:
+            jail_addr: str | None = None, parole_left: int | None = None) -> list[Put | Delete]:
     """The kernel operations of a verdict. ADDR is the watch element (an address
     or an IPv6 prefix); JAIL_ADDR the jail and parole element when it differs
-    (a prefix watched, but one address jailed: see Autoban.element_for)."""
+    (a prefix watched, but one address jailed: see Autoban.element_for);
+    PAROLE_LEFT what is left of a parole that must not get shorter."""
     if verdict.action is policy.Action.WATCH:
         return [Put("watch", addr, settings.watchtime, policy.encode_times(verdict.times))]
     if verdict.action is policy.Action.JAIL:
-        note = policy.encode_sentence(verdict.sentence)
         jail_addr = jail_addr or addr
+        record = verdict.record or verdict.sentence
         # parole covers the jail time and `watchtime` after it: no timer needed at release
-        return [Put("jail", jail_addr, verdict.sentence, note),
-                Put("parole", jail_addr, verdict.sentence + settings.watchtime, note),
+        parole = max(verdict.sentence + settings.watchtime, parole_left or 0)
+        return [Put(verdict.scope.value, jail_addr, verdict.sentence,
+                    policy.encode_sentence(verdict.sentence)),
+                Put("parole", jail_addr, parole, policy.encode_sentence(record)),
                 Delete("watch", addr)]
     return []
 
@@ -84,8 +89,9 @@ def ops_for(verdict: policy.Verdict, addr: str, settings: policy.Settings,
 class Autoban:
     def __init__(self, cfg: config.AutobanConfig, firewall: Firewall,
                  exempt: list[config.Network], clock: Callable[[], float] = time.time,
-                 trunks: Trunks | None = None) -> None:
+                 trunks: Trunks | None = None, sip_ports: list[int] | None = None) -> None:
         self.cfg, self.fw, self.clock = cfg, firewall, clock
+        self.sip_ports = sip_ports or list(DEFAULT_SIP_PORTS)
         self.fixed_exempt = exempt
         self.trunks = trunks or Trunks([])
         self.exempt = [*exempt, *self.trunks.networks()]
@@ -106,6 +112,7 @@ class Autoban:
         if self.fw.exists():
             return False
         self.fw.ensure()
+        self.fw.set_sip_ports(self.sip_ports)
         if saved is None:
             saved = state.load(self.cfg.statefile, self._clocks())
         applied = self._apply_each_valid([*saved.puts, *self._config_lists()], fresh=True)
@@ -121,6 +128,7 @@ class Autoban:
         keep = [Put(e.set, e.addr, e.expires, e.comment) for e in self.fw.salvage()
                 if e.expires is None or e.expires > 0]
         self.fw.ensure()
+        self.fw.set_sip_ports(self.sip_ports)
         applied = self._apply_each_valid(keep, fresh=True)
         log.log(service.NOTICE, "table inet %s rebuilt for this version; %d of %d "
                 "elements kept", self.cfg.table, applied, len(keep))
@@ -185,24 +193,30 @@ class Autoban:
         name = event.get("Event", "")
         if name in ATTACK_EVENTS:
             self.on_attack(event)
-        elif name == "SuccessfulAuth" and self.cfg.trusttime and event.get("UsingPassword") == "1":
+        elif (name == "SuccessfulAuth" and event.get("UsingPassword") == "1"
+              and (self.cfg.trusttime or self.cfg.proventime)):
             self.on_success(event)
 
-    def _address(self, event: Message) -> Address | None:
+    def _remote(self, event: Message) -> Remote | None:
         try:
-            return parse_remote_address(event.get("RemoteAddress", ""))
+            return parse_remote(event.get("RemoteAddress", ""))
         except ValueError as exc:
             log.warning("%s event skipped: %s", event.get("Event"), exc)
             return None
+
+    def _address(self, event: Message) -> Address | None:
+        remote = self._remote(event)
+        return None if remote is None else remote.addr
 
     def _is_exempt(self, addr: Address) -> bool:
         return any(addr in net for net in self.exempt)
 
     def on_attack(self, event: Message) -> None:
         started = time.perf_counter()
-        addr = self._address(event)
-        if addr is None:
+        remote = self._remote(event)
+        if remote is None:
             return
+        addr = remote.addr
         name, account = event.get("Event"), event.get("AccountID", "")
         if self._is_exempt(addr):
             log.info("%s from %s (account %s): exempt, not counted", name, addr, account)
@@ -214,12 +228,13 @@ class Autoban:
         standing = standing_of(found)
         if "watch" not in found and (counted := self.overflow.get(key)):
             standing = replace(standing, times=counted)
-        verdict = policy.on_event(self.settings, standing, int(self.clock()))
+        verdict = policy.on_event(self.settings, standing, int(self.clock()), remote.proven)
         jail_key = None
         if verdict.action is policy.Action.JAIL:
             jail_key = (found["parole"].addr if "parole" in found
                         else self.element_for(addr, jailing=True))
-        ops = ops_for(verdict, key, self.settings, jail_key)
+        parole_left = found["parole"].expires if "parole" in found else None
+        ops = ops_for(verdict, key, self.settings, jail_key, parole_left)
         if ops and not self._apply_verdict(verdict, key, ops):
             return
         element = jail_key or key
@@ -227,9 +242,11 @@ class Autoban:
         fields = {"ADDRESS": str(addr), "ELEMENT": element, "EVENT": name, "ACCOUNT": account,
                   "VERDICT": verdict.action.value}
         if verdict.action is policy.Action.JAIL:
-            log.log(service.NOTICE, "jailed %s for %s: %s (event %s, account %s)", shown,
-                    human(verdict.sentence), verdict.reason, name, account,
-                    extra={**fields, "SENTENCE": verdict.sentence})
+            scope = ("" if verdict.scope is policy.Scope.ALL else
+                     f", SIP only ({remote.transport or 'UDP'}: the source is not proven)")
+            log.log(service.NOTICE, "jailed %s for %s%s: %s (event %s, account %s)", shown,
+                    human(verdict.sentence), scope, verdict.reason, name, account,
+                    extra={**fields, "SENTENCE": verdict.sentence, "SCOPE": verdict.scope.value})
         else:
             log.info("%s from %s (account %s): %s: %s", name, shown, account,
                      verdict.action.value, verdict.reason, extra=fields)
@@ -300,8 +317,16 @@ class Autoban:
             log.warning("set %s is full (size %d): %s", name, self.fw.sizes[name], what)
 
     def on_success(self, event: Message) -> None:
-        addr = self._address(event)
-        if addr is None or self._is_exempt(addr):
+        """A digest login succeeded: the client saw our challenge, so its address
+        and port are proven (a round trip); `trusttime` trusts the address too."""
+        remote = self._remote(event)
+        if remote is None or self._is_exempt(remote.addr):
+            return
+        addr, account = remote.addr, event.get("AccountID", "")
+        fields = {"ADDRESS": str(addr), "EVENT": "SuccessfulAuth", "ACCOUNT": account}
+        if self.cfg.proventime and remote.port is not None:
+            self._prove(remote, fields)
+        if not self.cfg.trusttime:
             return
         try:
             self._apply([Put("trust", str(addr), self.cfg.trusttime)])
@@ -309,8 +334,25 @@ class Autoban:
             self._warn_full("trust", f"{addr} not trusted")
             return
         log.info("%s trusted for %s after a successful login as %s", addr,
-                 human(self.cfg.trusttime), event.get("AccountID", ""),
-                 extra={"ADDRESS": str(addr), "EVENT": "SuccessfulAuth"})
+                 human(self.cfg.trusttime), account, extra=fields)
+
+    def _prove(self, remote: Remote, fields: dict[str, str]) -> None:
+        assert remote.port is not None
+        pair = f"{remote.addr} {remote.proto} {remote.port}"
+        try:
+            known = self.fw.proven(str(remote.addr), remote.proto, remote.port)
+            # every authenticated request says it again: renew at half time only
+            if known is not None and (known.expires or 0) > self.cfg.proventime // 2:
+                return
+            self._apply([Put("proven", pair, self.cfg.proventime)])
+        except SetFullError:
+            self._warn_full("proven", f"{pair} not proven")
+            return
+        except FirewallError as exc:
+            log.error("%s not proven: %s", pair, exc)
+            return
+        log.info("%s proven for %s by a successful login as %s: accepted before any jail",
+                 pair, human(self.cfg.proventime), fields["ACCOUNT"], extra=fields)
 
     def _lookup(self, addr: str) -> dict[str, Element]:
         try:
@@ -369,7 +411,7 @@ class Autoban:
         for net in nets:
             found = self._lookup(str(net.network_address)) if net.num_addresses == 1 else {}
             ops: list[Put | Delete] = [Delete(base, e.addr) for base, e in found.items()
-                                       if base in ("watch", "jail", "parole")]
+                                       if base in ("watch", "jail", "sipjail", "parole")]
             if not ops:
                 continue
             try:
@@ -394,7 +436,8 @@ class Autoban:
         saved = state.load(self.cfg.statefile, self._clocks())
         self.use_saved_trunks(saved)
         self.upgrade_table()
-        self.ensure_table(saved)
+        if not self.ensure_table(saved):
+            self.fw.set_sip_ports(self.sip_ports)
         self.sync_config_lists(saved.config)
         self.import_legacy()
         self.save()
@@ -436,7 +479,9 @@ def main(argv: list[str] | None = None) -> int:
     log.info("never jailed: %s%s", ", ".join(str(n) for n in exempt),
              "".join(f", {name} (trunk, resolved every {human(cfg.trunk_refresh)})"
                      for name in trunks.names))
-    return service.run(Autoban(cfg, Firewall(cfg.table), exempt, trunks=trunks).run(notifier))
+    ports = config.sip_ports(Path(path).parent)
+    return service.run(Autoban(cfg, Firewall(cfg.table), exempt, trunks=trunks,
+                               sip_ports=ports).run(notifier))
 
 
 if __name__ == "__main__":

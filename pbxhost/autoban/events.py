@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+from dataclasses import dataclass
 
 # Each of these is a request that failed authentication or authorisation:
 #   InvalidAccountID          unknown user (scanners probe extensions)
@@ -17,6 +18,41 @@ ATTACK_EVENTS = frozenset({
     "RequestBadFormat", "AuthMethodNotAllowed",
 })
 Address = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+
+# A connection-oriented transport proves the source address (a handshake); UDP
+# does not: the sender may never see a reply (a forged source).
+PROVEN_TRANSPORTS = frozenset({"TCP", "TLS", "WS", "WSS"})
+
+
+@dataclass(frozen=True)
+class Remote:
+    addr: Address
+    transport: str   # "UDP", "TCP", "TLS", "WS", "WSS"; "" when the event has none
+    port: int | None
+
+    @property
+    def proven(self) -> bool:
+        return self.transport in PROVEN_TRANSPORTS
+
+    @property
+    def proto(self) -> str:
+        """The layer-4 protocol its packets use: udp or tcp."""
+        return "udp" if self.transport in ("UDP", "") else "tcp"
+
+
+def parse_remote(value: str) -> Remote:
+    """RemoteAddress → address, transport and port (see parse_remote_address)."""
+    addr = parse_remote_address(value)
+    parts = value.strip().split("/")
+    transport = parts[1].upper() if len(parts) == 4 else ""
+    try:
+        port: int | None = int(parts[-1])
+        if not 0 < port < 65536:  # type: ignore[operator]
+            port = None
+    except ValueError:
+        port = None
+    return Remote(addr, transport, port)
 
 
 def parse_remote_address(value: str) -> Address:

@@ -60,9 +60,13 @@ log = logging.getLogger("pbxhost.autoban.firewall")
 
 FAMILIES = ("4", "6")
 CHAIN = "prerouting"
-TIMED_SETS = ("watch", "jail", "parole", "trust")
+TIMED_SETS = ("watch", "jail", "sipjail", "parole", "trust")
+PAIR_SETS = ("proven",)  # address . protocol . port, e.g. "192.0.2.9 udp 5060"
 LIST_SETS = ("whitelist", "blacklist")
-SETS = TIMED_SETS + LIST_SETS
+SETS = TIMED_SETS + PAIR_SETS + LIST_SETS
+SIP_PORTS = "sipports"  # the ports a sipjail closes (PJSIP's transports)
+DEFAULT_SIP_PORTS = (5060, 5061)
+PROTOS = {"tcp": 6, "udp": 17}
 # The IPv6 timed sets are interval sets too (flags interval, timeout; no
 # auto-merge: each element keeps its own timeout and comment), so that one
 # element can hold a whole prefix (autoban.conf `prefix6`).
@@ -73,8 +77,8 @@ LEGACY_SETS = ("watch", "jail", "parole", "whitelist", "blacklist")  # the seed'
 # a full watch set never blocks jailing (the daemon counts in memory instead), and
 # jail/parole are separate sets, so a flood of watched addresses cannot evict them.
 # An interval set's element takes two kernel slots (start and end).
-DEFAULT_SIZES = {"watch": 100_000, "jail": 100_000, "parole": 100_000, "trust": 10_000,
-                 "whitelist": 20_000, "blacklist": 20_000}
+DEFAULT_SIZES = {"watch": 100_000, "jail": 100_000, "sipjail": 100_000, "parole": 100_000,
+                 "trust": 10_000, "proven": 100_000, "whitelist": 20_000, "blacklist": 20_000}
 _ENFILE_TEXT = "Too many open files in system"  # strerror(ENFILE): the set is full
 
 # Largest element timeout in seconds: the kernel's limit (ms < U64_MAX / 10^6,
@@ -89,15 +93,23 @@ _NAME = re.compile(r"[A-Za-z][A-Za-z0-9_]{0,63}")
 _SET_NOTES = {
     "watch": "addresses being watched; comment: the policy's event times",
     "jail": "jailed addresses, dropped until the timeout ends",
+    "sipjail": "jailed on unproven (UDP) evidence: their SIP dropped until the timeout ends",
+    "proven": "address, protocol, port of a successful login: accepted before any jail",
     "parole": "addresses released from jail, still remembered",
     "trust": "addresses that logged in successfully; never jailed",
     "whitelist": "never blocked (addresses, prefixes, ranges)",
     "blacklist": "always dropped (addresses, prefixes, ranges)",
 }
-_RULES = (  # (set, verdict, what the rule means to someone reading `nft list ruleset`)
-    ("whitelist", "accept", "whitelisted source: accepted, autoban never blocks it"),
-    ("blacklist", "counter drop", "blacklisted source: dropped"),
-    ("jail", "counter drop", "jailed source: dropped until its sentence ends"),
+_RULES = (  # (set, match, verdict, what the rule means to someone reading `nft list ruleset`)
+    ("whitelist", "{ip} saddr @whitelist{fam}", "accept",
+     "whitelisted source: accepted, autoban never blocks it"),
+    ("blacklist", "{ip} saddr @blacklist{fam}", "counter drop", "blacklisted source: dropped"),
+    ("proven", "{ip} saddr . meta l4proto . th sport @proven{fam}", "accept",
+     "proven address and port (a successful login): accepted before any jail"),
+    ("jail", "{ip} saddr @jail{fam}", "counter drop",
+     "jailed source: dropped until its sentence ends"),
+    ("sipjail", "meta l4proto {{ tcp, udp }} th dport @" + SIP_PORTS + " {ip} saddr @sipjail{fam}",
+     "counter drop", "jailed on UDP evidence: its SIP dropped until its sentence ends"),
 )
 
 
@@ -159,6 +171,7 @@ class _Op:
     span: _Span
     timeout: int | None
     comment: str | None
+    pair: tuple[str, int] | None = None  # proven: protocol and port (Delete: None = all)
 
     @property
     def name(self) -> str:
@@ -282,6 +295,8 @@ def _flags(base: str, fam: str) -> tuple[str, ...]:
     """A set's flags as nft lists them."""
     if base in LIST_SETS:
         return ("interval",)
+    if base in PAIR_SETS:
+        return ("timeout",)
     return ("interval", "timeout") if fam == "6" else ("timeout",)
 
 
@@ -299,9 +314,43 @@ def _is_prefix(span: _Span) -> bool:
     return size & (size - 1) == 0 and span.lo % size == 0
 
 
+def _parse_pair(text: str) -> tuple[str, tuple[str, int] | None]:
+    """`192.0.2.9 udp 5060` → ("192.0.2.9", ("udp", 5060)); `192.0.2.9` → (…, None)."""
+    words = text.split() if isinstance(text, str) else []
+    if len(words) == 1:
+        return words[0], None
+    if len(words) == 3 and words[1] in PROTOS and words[2].isdigit() and 0 < int(words[2]) < 65536:
+        return words[0], (words[1], int(words[2]))
+    raise ValueError(f"{text!r}: a proven element is `ADDRESS udp|tcp PORT`")
+
+
+def _pair_text(version: int, key: bytes) -> str:
+    """A proven4/6 key (address, protocol and port, each padded to 4 bytes) as text."""
+    size = 4 if version == 4 else 16
+    proto = next((name for name, number in PROTOS.items() if number == key[size]), str(key[size]))
+    port = int.from_bytes(key[size + 4:size + 6], "big")
+    return f"{_key_text(version, int.from_bytes(key[:size], 'big'))} {proto} {port}"
+
+
+def _pair_key(op: _Op) -> bytes:
+    assert op.pair is not None
+    proto, port = op.pair
+    return (_ip(op.span.version, op.span.lo).packed + bytes([PROTOS[proto], 0, 0, 0])
+            + port.to_bytes(2, "big") + bytes(2))
+
+
 def _check(op: Put | Delete) -> _Op:
     """Validate one operation; raises ValueError before anything is sent."""
     base = _check_base(op.set)
+    if base in PAIR_SETS:
+        addr, pair = _parse_pair(op.addr)
+        span = _span(addr)
+        if not span.single or (pair is None and isinstance(op, Put)):
+            raise ValueError(f"{op.addr!r}: a proven element is `ADDRESS udp|tcp PORT`")
+        if not isinstance(op, Put):
+            return _Op(False, base, span, None, None, pair)
+        _check_comment(op.comment)
+        return _Op(True, base, span, _check_timeout(op.timeout), op.comment, pair)
     span = _span(op.addr)
     if base in TIMED_SETS and not span.single and not (span.version == 6 and _is_prefix(span)):
         raise ValueError(f"{op.addr!r}: set {base} takes single addresses "
@@ -327,12 +376,13 @@ def _element(base: str, item: str | Json) -> Element:
 
 
 def _set_ref(exprs: list[Json]) -> str | None:
-    """The set a rule matches against ("jail4"), if any."""
+    """The set a rule matches the source against ("jail4"), if any."""
+    found = None
     for expr in exprs:
         right = expr.get("match", {}).get("right")
-        if isinstance(right, str) and right.startswith("@"):
-            return right[1:]
-    return None
+        if isinstance(right, str) and right.startswith("@") and right[1:] != SIP_PORTS:
+            found = right[1:]
+    return found
 
 
 def _packets(exprs: list[Json]) -> int | None:
@@ -513,9 +563,10 @@ class Firewall:
         return found
 
     def _expected(self) -> tuple[dict[str, tuple[Any, ...]], tuple[str, ...]]:
-        sizes = {f"{base}{fam}": (self.sizes[base], _flags(base, fam))
-                 for base in SETS for fam in FAMILIES}
-        notes = tuple(f"autoban: IPv{fam} {note}" for _, _, note in _RULES for fam in FAMILIES)
+        sizes: dict[str, tuple[Any, ...]] = {f"{base}{fam}": (self.sizes[base], _flags(base, fam))
+                                              for base in SETS for fam in FAMILIES}
+        sizes[SIP_PORTS] = (None, ("interval",))
+        notes = tuple(f"autoban: IPv{fam} {note}" for *_, note in _RULES for fam in FAMILIES)
         return sizes, notes
 
     def _describe(self) -> tuple[dict[str, tuple[Any, ...]], tuple[str, ...]] | None:
@@ -536,15 +587,18 @@ class Firewall:
     def _skeleton(self) -> str:
         """The whole table as one nft transaction, replacing any old one. Text, as
         1.0.6 JSON cannot declare auto-merge; only the checked table name varies."""
-        sets = []
+        sets = [f'  set {SIP_PORTS} {{ type inet_service; flags interval; '
+                f'comment "the ports a sipjail closes: PJSIP transports"; }}']
         for base in SETS:
             for fam in FAMILIES:
                 flags = ", ".join(_flags(base, fam)) + ("; auto-merge" if base in LIST_SETS else "")
-                sets.append(f'  set {base}{fam} {{ type ipv{fam}_addr; flags {flags}; '
+                kind = (f"ipv{fam}_addr . inet_proto . inet_service" if base in PAIR_SETS
+                        else f"ipv{fam}_addr")
+                sets.append(f'  set {base}{fam} {{ type {kind}; flags {flags}; '
                             f'size {int(self.sizes[base])}; comment "{_SET_NOTES[base]}"; }}')
-        rules = [f'    {"ip" if fam == "4" else "ip6"} saddr @{base}{fam} {verdict} '
+        rules = [f'    {match.format(ip="ip" if fam == "4" else "ip6", fam=fam)} {verdict} '
                  f'comment "autoban: IPv{fam} {note}"'
-                 for base, verdict, note in _RULES for fam in FAMILIES]
+                 for _, match, verdict, note in _RULES for fam in FAMILIES]
         return "\n".join([
             f"add table inet {self.table}", f"delete table inet {self.table}",
             f"table inet {self.table} {{", '  comment "autoban: intrusion prevention for Asterisk"',
@@ -568,7 +622,7 @@ class Firewall:
             raise FirewallError(f"table inet {self.table} is missing")
         key = _ip(span.version, span.lo).packed
         found: dict[str, Element] = {}
-        for base in SETS:
+        for base in (b for b in SETS if b not in PAIR_SETS):
             element = self._get(base, span.version, key)
             if element is not None:
                 found[base] = element
@@ -603,6 +657,8 @@ class Firewall:
                 yield from self._set_elements(base, fam)
 
     def _set_elements(self, base: str, fam: str) -> Iterator[Element]:
+        if base in PAIR_SETS:
+            return self._dump_pairs(base, int(fam))
         if base in TIMED_SETS:
             return self._dump(base, int(fam))
         # intervals come as start/end pairs: libnftables joins them
@@ -619,6 +675,15 @@ class Firewall:
                 except FirewallError as exc:
                     log.info("set %s%s not kept: %s", base, fam, exc)
         return found
+
+    def _dump_pairs(self, base: str, version: int) -> Iterator[Element]:
+        try:
+            dumped = self._netlink.iter_dump(self.table, f"{base}{version}")
+        except OSError as exc:
+            raise FirewallError(str(exc)) from exc
+        size = 12 if version == 4 else 24
+        return (Element(base, _pair_text(version, e.key.to_bytes(size, "big")), e.timeout,
+                        e.expires, e.comment) for e in dumped)
 
     def _dump(self, base: str, version: int) -> Iterator[Element]:
         try:
@@ -656,7 +721,8 @@ class Firewall:
         checked = [_check(op) for op in ops]
         if not checked:
             return
-        commands = self._timed_commands(checked, fresh) + self._interval_commands(checked)
+        commands = (self._timed_commands(checked, fresh) + self._pair_commands(checked, fresh)
+                    + self._interval_commands(checked))
         if not commands:
             return
         try:
@@ -668,7 +734,7 @@ class Firewall:
             # before prefix6 was set, or by hand): the prefix replaces them. Rare, so
             # found by a dump of the set only now.
             commands = (self._timed_commands(checked, fresh, clear_inside=True)
-                        + self._interval_commands(checked))
+                        + self._pair_commands(checked, fresh) + self._interval_commands(checked))
             self._run(commands)
         log.debug("applied %d operations as %d nft commands", len(checked), len(commands))
 
@@ -700,6 +766,78 @@ class Firewall:
                                                      "elem": [_timed_elem(op)]}}})
             present[where] = op.put
         return commands
+
+    def _pair_commands(self, ops: list[_Op], fresh: bool) -> list[Json]:
+        """proven: exact pairs are read first like the timed sets' elements; a
+        Delete of an address alone deletes every pair of that address."""
+        commands: list[Json] = []
+        present: dict[tuple[str, bytes], bool] = {}
+        for op in (o for o in ops if o.base in PAIR_SETS):
+            if op.pair is None:
+                pairs = [e.addr for e in self._set_elements(op.base, str(op.span.version))
+                         if e.addr.split()[0] == _key_text(op.span.version, op.span.lo)]
+                found = [_Op(False, op.base, op.span, None, None, _parse_pair(p)[1])
+                         for p in pairs]
+            else:
+                found = [op]
+            for one in found:
+                assert one.pair is not None
+                key = _pair_key(one)
+                where = (one.name, key)
+                if where not in present:  # pairs found by the dump are there
+                    present[where] = op.pair is None or (not fresh
+                                                         and self._has_key(one.name, key))
+                value = {"concat": [_key_text(one.span.version, one.span.lo), *one.pair]}
+                if present[where]:
+                    commands.append({"delete": {"element": {**self._ref(one.name),
+                                                            "elem": [value]}}})
+                if op.put:
+                    attrs: Json = {"val": value}
+                    if op.timeout is not None:
+                        attrs["timeout"] = op.timeout
+                    if op.comment is not None:
+                        attrs["comment"] = op.comment
+                    commands.append({"add": {"element": {**self._ref(one.name),
+                                                         "elem": [{"elem": attrs}]}}})
+                present[where] = op.put
+        return commands
+
+    def _has_key(self, name: str, key: bytes) -> bool:
+        try:
+            return self._netlink.element(self.table, name, key) is not None
+        except OSError as exc:
+            raise FirewallError(str(exc)) from exc
+
+    def proven(self, addr: str, proto: str, port: int) -> Element | None:
+        """The proven element of ADDR's PROTO PORT, if there (one netlink GET)."""
+        op = _check(Put("proven", f"{addr} {proto} {port}"))
+        try:
+            found = self._netlink.element(self.table, op.name, _pair_key(op))
+        except OSError as exc:
+            raise FirewallError(str(exc)) from exc
+        if found is None:
+            return None
+        return Element("proven", f"{op.addr_text()} {proto} {port}", found.timeout,
+                       found.expires, found.comment)
+
+    def set_sip_ports(self, ports: Iterable[int]) -> None:
+        """The ports a sipjail closes (both protocols), replacing the old ones."""
+        wanted = sorted({int(p) for p in ports if 0 < int(p) < 65536})
+        commands: list[Json] = [{"flush": {"set": self._ref(SIP_PORTS)}}]
+        if wanted:
+            commands.append({"add": {"element": {**self._ref(SIP_PORTS), "elem": wanted}}})
+        self._run(commands)
+
+    def sip_ports(self) -> list[int]:
+        items = self._run([{"list": {"set": self._ref(SIP_PORTS)}}])
+        elems = next(i["set"] for i in items if "set" in i).get("elem", [])
+        ports: list[int] = []
+        for e in elems:
+            if isinstance(e, int):
+                ports.append(e)
+            elif isinstance(e, dict) and "range" in e:
+                ports += range(e["range"][0], e["range"][1] + 1)
+        return ports
 
     def _has(self, op: _Op) -> bool | _Span:
         """Whether OP's element is there: True (exactly it), False, or, in an

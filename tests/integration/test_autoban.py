@@ -23,7 +23,8 @@ from testbed.sip import Baresip, sipp_register
 from testbed.wait import poll
 
 JANE_PASSWORD = "Jane-pass-8812"
-PJSIP = TRANSPORTS + pjsip_user("jane", JANE_PASSWORD)
+TCP_TRANSPORT = "[transport-tcp]\ntype = transport\nprotocol = tcp\nbind = 0.0.0.0:5060\n\n"
+PJSIP = TRANSPORTS + TCP_TRANSPORT + pjsip_user("jane", JANE_PASSWORD)
 AMI_SECRET = "autoban-test-secret"
 MANAGER = manager_conf("autoban", AMI_SECRET, read="security")
 ATTACKS = ("InvalidAccountID", "InvalidPassword", "ChallengeResponseFailed", "FailedACL")
@@ -33,7 +34,7 @@ class Bed:
     """A PBX with Asterisk and autoband, an attacker, a phone."""
 
     def __init__(self, net, start_asterisk, tmp_path: Path) -> None:
-        self.tmp = tmp_path
+        self.tmp, self.net = tmp_path, net
         self.pbx_host = net.host("pbx", 10)
         self.attacker = net.host("attacker", 66)
         self.phone_host = net.host("phone", 30)
@@ -103,10 +104,10 @@ class Bed:
                 if e["Event"] in ATTACKS and f"/{source}/" in e.get("RemoteAddress", "")]
 
     def register(self, host: Host, family: str, user="jane", password="wrong", calls=1,
-                 rate=10, expect=401, port=5070, timeout=20):
+                 rate=10, expect=401, port=5070, timeout=20, transport="u1"):
         target = self.pbx_host.v4 if family == "ipv4" else self.pbx_host.v6
         return sipp_register(host, target, user, password, self.tmp, expect=expect, calls=calls,
-                             rate=rate, local_port=port, timeout=timeout)
+                             rate=rate, local_port=port, timeout=timeout, transport=transport)
 
 
 @pytest.fixture
@@ -119,14 +120,14 @@ def bed(net, start_asterisk, tmp_path):
 def assert_banned_then_released(bed: Bed, family: str, before: dict[str, int]) -> None:
     """The three proofs: in jail, drop counter rose, and after `del all` REGISTER works."""
     source = bed.addr(bed.attacker, family)
-    assert source in bed.members("jail")
+    assert source in bed.members("sipjail")
     suffix = "4" if family == "ipv4" else "6"
-    assert bed.drops()[f"jail{suffix}"] > before.get(f"jail{suffix}", 0)
+    assert bed.drops()[f"sipjail{suffix}"] > before.get(f"sipjail{suffix}", 0)
     blocked = bed.register(bed.attacker, family, password=JANE_PASSWORD, expect=200,
                            port=5090, timeout=3)
     assert blocked.returncode != 0  # dropped: no answer at all
     bed.cli("del", "all", "=", source)
-    assert source not in bed.members("jail")
+    assert source not in bed.members("sipjail")
     ok = bed.register(bed.attacker, family, password=JANE_PASSWORD, expect=200, port=5092)
     assert ok.returncode == 0, ok.stdout[-2000:] + ok.stderr
 
@@ -149,7 +150,7 @@ def test_attacker_is_jailed_phone_keeps_working(bed, start_phone, family, user):
     leak = len(bed.attack_events(source)) - (maxcount + 1)
     print(f"leak after jailing ({family}, {user}): {leak} events")
     assert 0 <= leak <= 3
-    assert bed.phone_host.v4 not in bed.members("jail")
+    assert bed.phone_host.v4 not in {**bed.members("jail"), **bed.members("sipjail")}
     phone2 = start_phone(bed.phone_host, "jane", JANE_PASSWORD,
                          bed.pbx_host.v4 if family == "ipv4" else bed.pbx_host.v6, port=5072)
     phone2.wait_registered()  # a phone in another namespace still registers
@@ -165,7 +166,7 @@ def test_legitimate_registrations_create_no_watch_entry(bed):
     bed.pbx.ami.wait_event(lambda e: e["Event"] == "SuccessfulAuth"
                            and bed.attacker.v4 in e.get("RemoteAddress", ""))
     assert sum(1 for e in bed.pbx.ami.events if e["Event"] == "ChallengeSent") >= 50
-    assert bed.members("watch") == {} and bed.members("jail") == {}
+    assert bed.members("watch") == {} and bed.members("sipjail") == {}
 
 
 def test_whitelisted_attacker_is_never_jailed(bed):
@@ -173,7 +174,7 @@ def test_whitelisted_attacker_is_never_jailed(bed):
     bed.start_daemon()
     bed.register(bed.attacker, "ipv4", calls=8, rate=20)
     poll(lambda: len(bed.attack_events(bed.attacker.v4)) >= 8, 10, "8 events")
-    assert bed.members("jail") == {} and bed.members("watch") == {}
+    assert bed.members("sipjail") == {} and bed.members("watch") == {}
     assert f"{bed.attacker.v4}/32" in bed.members("whitelist") or \
         bed.attacker.v4 in bed.members("whitelist")
 
@@ -198,7 +199,7 @@ def test_kill_9_mid_attack_loses_nothing(bed):
     bed.start_daemon()
     bed.register(bed.attacker, "ipv4", calls=1, port=5074)
     bed.wait_log(f"jailed {bed.attacker.v4}")
-    assert bed.attacker.v4 in bed.members("jail")
+    assert bed.attacker.v4 in bed.members("sipjail")
 
 
 def test_table_deleted_by_hand_comes_back_with_its_elements(bed):
@@ -213,7 +214,7 @@ def test_table_deleted_by_hand_comes_back_with_its_elements(bed):
     poll(lambda: bed.pbx_host.run("nft", "list", "table", "inet", "autoban",
                                            check=False).returncode == 0, 3, "table rebuilt")
     assert time.monotonic() - start < 2.5
-    assert bed.attacker.v4 in bed.members("jail")
+    assert bed.attacker.v4 in bed.members("sipjail")
 
 
 def test_reboot_restores_jail_with_remaining_time(bed):
@@ -223,25 +224,26 @@ def test_reboot_restores_jail_with_remaining_time(bed):
     bed.wait_log(f"jailed {bed.attacker.v4}")
     poll(lambda: bed.statefile.exists() and bed.attacker.v4 in bed.statefile.read_text(),
                   3, "state file")
-    before, t0 = bed.members("jail")[bed.attacker.v4]["expires"], time.monotonic()
+    before, t0 = bed.members("sipjail")[bed.attacker.v4]["expires"], time.monotonic()
     bed.stop_daemon(signal.SIGKILL)
     bed.pbx_host.run("nft", "delete", "table", "inet", "autoban")  # what a reboot does
     time.sleep(1.5)  # let real time pass, so "remaining" is really checked
     bed.start_daemon()
-    after, t1 = bed.members("jail")[bed.attacker.v4]["expires"], time.monotonic()
+    after, t1 = bed.members("sipjail")[bed.attacker.v4]["expires"], time.monotonic()
     assert abs((before - (t1 - t0)) - after) <= 2, (before, after, t1 - t0)
     assert bed.members("parole")[bed.attacker.v4]["comment"] == "sentence 600"
 
 
 def test_release_parole_and_rejail_with_multiplied_sentence(bed):
+    # over TCP: the source is proven, so the sentence grows (unproven ones do not)
     bed.write_conf(maxcount=1, watchtime="6s", jailtime="2s", repeatmult=3)
     bed.start_daemon()
-    bed.register(bed.attacker, "ipv4", calls=2)
-    bed.wait_log(f"jailed {bed.attacker.v4} for 2s")
+    bed.register(bed.attacker, "ipv4", calls=2, transport="t1")
+    bed.wait_log(f"jailed {bed.attacker.v4} for 2s:")
     poll(lambda: bed.attacker.v4 not in bed.members("jail"), 5, "release")
     assert bed.attacker.v4 in bed.members("parole")  # released, on parole
-    bed.register(bed.attacker, "ipv4", calls=1, port=5076)  # one event on parole
-    line = bed.wait_log(f"jailed {bed.attacker.v4} for 6s")
+    bed.register(bed.attacker, "ipv4", calls=1, port=5076, transport="t1")  # one event on parole
+    line = bed.wait_log(f"jailed {bed.attacker.v4} for 6s:")
     assert "offended on parole" in line
     # silence through parole → forgotten
     poll(lambda: bed.attacker.v4 not in bed.members("parole"), 15, "parole over")
@@ -355,7 +357,7 @@ def test_trust_after_successful_login_keeps_an_office_in(bed, start_phone):
     # a misconfigured phone behind the same address fails again and again
     bed.register(bed.phone_host, "ipv4", calls=6, port=5080)
     poll(lambda: len(bed.attack_events(bed.phone_host.v4)) >= 6, 10, "6 events")
-    assert bed.phone_host.v4 not in bed.members("jail")
+    assert bed.phone_host.v4 not in bed.members("sipjail")
     assert "trusted after a successful login" in bed.log
     # trust never overrides the blacklist
     bed.cli("add", "blacklist", "=", bed.phone_host.v4)
@@ -428,18 +430,19 @@ def test_many_addresses_of_one_ipv6_prefix_end_as_one_jail_element(bed, start_ph
                               port=5070 + n)
         if n < 4:
             assert result.returncode == 0, result.stdout[-1500:]
-    bed.wait_log("jailed 2001:db8:66::/64 (2001:db8:66::4) for 20m: 4 events")
-    assert set(bed.members("jail")) == {"2001:db8:66::/64"}
+    bed.wait_log("jailed 2001:db8:66::/64 (2001:db8:66::4) for 20m, SIP only (UDP: the source "
+                 "is not proven): 4 events")
+    assert set(bed.members("sipjail")) == {"2001:db8:66::/64"}
     assert bed.members("watch") == {}
     assert len(bed.attack_events("2001:db8:66::")) == 0  # (no event names the prefix itself)
     assert sum(len(bed.attack_events(s)) for s in sources) == 4  # addresses 5..8: dropped
-    assert bed.drops()["jail6"] >= 4
+    assert bed.drops()["sipjail6"] >= 4
     # the phone in the PBX's own /64 is untouched; the CLI shows and frees the prefix
     assert "2001:db8:66::/64, expires in" in bed.cli("show").stdout
     phone2 = start_phone(bed.phone_host, "jane", JANE_PASSWORD, bed.pbx_host.v6, port=5072)
     phone2.wait_registered()
     bed.cli("del", "all", "=", "2001:db8:66::77")
-    assert bed.members("jail") == {}
+    assert bed.members("sipjail") == {}
     bed.cli("add", "jail", "=", "2001:db8:66::/64")
     assert bed.members("parole")["2001:db8:66::/64"]["comment"] == "sentence 1200"
 
@@ -462,7 +465,7 @@ def test_trunk_names_are_resolved_again_and_outlive_a_dead_resolver(bed):
         # daemon's bind mount sees the change)
         hosts.write_text(f"127.0.0.1 localhost\n{bed.attacker.v4} itsp.test\n")
         bed.wait_log(f"released {bed.attacker.v4}/32: it is the trunk's address now")
-        assert bed.members("jail") == {} and bed.members("parole") == {}
+        assert bed.members("sipjail") == {} and bed.members("parole") == {}
         bed.register(bed.attacker, "ipv4", calls=3, port=5074)
         poll(lambda: bed.log.count("exempt, not counted") >= 3, 10, "3 exempt events")
         poll(lambda: bed.attacker.v4 in bed.statefile.read_text(), 5, "trunk in the state file")
@@ -476,8 +479,106 @@ def test_trunk_names_are_resolved_again_and_outlive_a_dead_resolver(bed):
         bed.register(bed.attacker, "ipv4", calls=3, port=5076)
         poll(lambda: len(bed.attack_events(bed.attacker.v4)) >= before + 3, 10, "3 events")
         bed.wait_log(f"from {bed.attacker.v4} (account jane): exempt, not counted")
-        assert bed.members("jail") == {} and bed.members("watch") == {}
+        assert bed.members("sipjail") == {} and bed.members("watch") == {}
     finally:
         for path in etc.iterdir():
             path.unlink()
         etc.rmdir()
+
+
+FORGE = r"""
+import os, socket, sys
+pbx, claim, count = sys.argv[1], sys.argv[2], int(sys.argv[3])
+DIGEST = ('Authorization: Digest username="jane", realm="asterisk", '
+          'nonce="1764170000/0123456789abcdef0123456789abcdef", uri="sip:{pbx}", '
+          'response="0123456789abcdef0123456789abcdef", algorithm=MD5\r\n')
+def register(user, port, auth):
+    tag = os.urandom(6).hex()
+    return (f"REGISTER sip:{pbx} SIP/2.0\r\nVia: SIP/2.0/UDP {claim}:{port};branch=z9hG4bK{tag}\r\n"
+            f"Max-Forwards: 70\r\nFrom: <sip:{user}@{pbx}>;tag={tag}\r\nTo: <sip:{user}@{pbx}>\r\n"
+            f"Call-ID: {tag}@{claim}\r\nCSeq: 1 REGISTER\r\n"
+            f"Contact: <sip:{user}@{claim}:{port}>\r\n"
+            f"{auth}Expires: 60\r\nContent-Length: 0\r\n\r\n").encode()
+for port, user, auth in ((5999, "jane", DIGEST.format(pbx=pbx)), (6001, "nobody", "")):
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind((claim, port))
+        for _ in range(count):
+            s.sendto(register(user, port, auth), (pbx, 5060))
+"""
+
+
+def forger_claiming(bed: Bed, claim: str) -> Host:
+    """A host that sends from CLAIM (another host's address) and never gets a reply:
+    it answers no ARP (the PBX keeps replying to the real owner) and drops all input."""
+    forger = bed.net.host("forger", 77)
+    mac = json.loads(bed.pbx_host.run("ip", "-j", "link", "show", "eth0").stdout)[0]["address"]
+    forger.run("ip", "link", "set", "eth0", "arp", "off")
+    forger.run("ip", "addr", "add", f"{claim}/24", "dev", "eth0")
+    forger.run("ip", "neigh", "replace", bed.pbx_host.v4, "lladdr", mac, "dev", "eth0",
+               "nud", "permanent")
+    forger.run("nft", "add table inet blind; add chain inet blind in "
+               "{ type filter hook input priority 0; policy drop; }")
+    return forger
+
+
+def test_forged_flood_leaves_the_phones_at_that_address_working(bed, start_phone):
+    bed.write_conf(maxcount=3)
+    bed.start_daemon()
+    a = bed.phone_host.v4
+    phone = start_phone(bed.phone_host, "jane", JANE_PASSWORD, bed.pbx_host.v4, port=5070,
+                        trace=True)
+    phone.wait_registered()
+    poll(lambda: f"{a} udp 5070" in bed.members("proven"), 10, "the phone's proven pair")
+    forger = forger_claiming(bed, a)
+    # forged REGISTERs claiming A: a made-up digest for jane, and an unknown user
+    forger.run(sys.executable, "-c", FORGE, bed.pbx_host.v4, a, "20")
+    line = bed.wait_log(f"jailed {a} for 20m, SIP only (UDP: the source is not proven)")
+    assert a in bed.members("sipjail") and a not in bed.members("jail")
+    # the registered phone keeps working: a MESSAGE reaches it ...
+    bed.pbx.ami.action("MessageSend", Destination="pjsip:jane", From="sip:pbx@example",
+                       Body="still here")
+    assert phone.wait_messages(1)[0].body == b"still here"
+    # ... A reaches the host outside SIP ...
+    assert bed.phone_host.run("ping", "-c1", "-W2", bed.pbx_host.v4, check=False).returncode == 0
+    # ... and re-registers from its address and port
+    phone.stop()
+    ok = bed.register(bed.phone_host, "ipv4", password=JANE_PASSWORD, expect=200, port=5070)
+    assert ok.returncode == 0, ok.stdout[-1500:]
+    # what the forger still achieves: SIP from a port of A not yet proven is shut out
+    blocked = bed.register(bed.phone_host, "ipv4", password=JANE_PASSWORD, expect=200,
+                           port=5090, timeout=3)
+    assert blocked.returncode != 0
+    # and it cannot make the sentence grow: another flood on parole, still 20m, SIP only
+    bed.cli("del", "sipjail", "=", a)
+    forger.run(sys.executable, "-c", FORGE, bed.pbx_host.v4, a, "3")
+    again = bed.wait_log("offended on parole")
+    assert f"jailed {a} for 20m, SIP only" in again and line != again
+
+
+def test_guesser_behind_an_office_nat_is_stopped_the_phones_stay(bed, start_phone):
+    bed.write_conf(maxcount=3)
+    bed.start_daemon()
+    office = bed.phone_host.v4
+    phone = start_phone(bed.phone_host, "jane", JANE_PASSWORD, bed.pbx_host.v4, port=5070,
+                        trace=True)
+    phone.wait_registered()
+    poll(lambda: f"{office} udp 5070" in bed.members("proven"), 10, "proven pair")
+    # a colleague's misconfigured phone (or a guesser) at the same address, other port
+    bed.register(bed.phone_host, "ipv4", calls=10, rate=20, port=5080, timeout=8)
+    bed.wait_log(f"jailed {office} for 20m, SIP only")
+    assert len(bed.attack_events(office)) <= 4 + 3  # stopped at the same event as ever
+    bed.pbx.ami.action("MessageSend", Destination="pjsip:jane", From="sip:pbx@example",
+                       Body="office")
+    assert phone.wait_messages(1)[0].body == b"office"
+
+
+def test_tcp_guesser_is_jailed_whole(bed):
+    bed.write_conf(maxcount=3)
+    bed.start_daemon()
+    assert bed.attacker.run("ping", "-c1", "-W2", bed.pbx_host.v4, check=False).returncode == 0
+    bed.register(bed.attacker, "ipv4", calls=6, rate=20, timeout=8, transport="t1")
+    line = bed.wait_log(f"jailed {bed.attacker.v4} for 20m:")
+    assert "SIP only" not in line
+    assert bed.attacker.v4 in bed.members("jail")
+    assert bed.attacker.run("ping", "-c1", "-W1", bed.pbx_host.v4, check=False).returncode != 0
+    assert bed.drops()["jail4"] >= 1

@@ -13,6 +13,7 @@ from __future__ import annotations
 import itertools
 import json
 import os
+import socket
 import statistics
 import time
 from collections.abc import Callable, Iterator
@@ -109,14 +110,17 @@ def test_ensure_creates_the_documented_table_once(netns):
     assert fw.exists()
     items = ruleset(netns)
     sets = {i["set"]["name"]: i["set"] for i in items if "set" in i}
-    assert set(sets) == {f"{base}{fam}" for base in SETS for fam in "46"}
+    assert set(sets) == {f"{base}{fam}" for base in SETS for fam in "46"} | {"sipports"}
+    assert (sets["sipports"]["type"], sets["sipports"]["flags"]) == ("inet_service", ["interval"])
     for base in SETS:
         for fam in "46":
             s = sets[f"{base}{fam}"]
             assert s["table"] == "autoban" and s["family"] == "inet"
-            assert s["type"] == f"ipv{fam}_addr"
+            assert s["type"] == (f"ipv{fam}_addr" if base != "proven" else
+                                 [f"ipv{fam}_addr", "inet_proto", "inet_service"])
             assert s["flags"] == (["timeout"] if base in TIMED_SETS and fam == "4" else
-                                  ["interval", "timeout"] if base in TIMED_SETS else ["interval"])
+                                  ["interval", "timeout"] if base in TIMED_SETS else
+                                  ["timeout"] if base == "proven" else ["interval"])
             assert s["size"] == DEFAULT_SIZES[base]
     text = netns.run("nft", "list", "table", "inet", "autoban")
     assert text.count("auto-merge") == 2 * len(LIST_SETS)
@@ -124,13 +128,16 @@ def test_ensure_creates_the_documented_table_once(netns):
     assert (chain["name"], chain["type"], chain["hook"], chain["prio"], chain["policy"]) == (
         "prerouting", "filter", "prerouting", -300, "accept")
     rules = [i["rule"] for i in items if "rule" in i]
-    summary = [(r["expr"][0]["match"]["left"]["payload"]["protocol"],
-                r["expr"][0]["match"]["right"], [next(iter(e)) for e in r["expr"][1:]])
-               for r in rules]
+    summary = [(r["expr"][-3 if "counter" in r["expr"][-2] else -2]["match"]["right"],
+                [next(iter(e)) for e in r["expr"] if "match" not in e]) for r in rules]
     assert summary == [
-        ("ip", "@whitelist4", ["accept"]), ("ip6", "@whitelist6", ["accept"]),
-        ("ip", "@blacklist4", ["counter", "drop"]), ("ip6", "@blacklist6", ["counter", "drop"]),
-        ("ip", "@jail4", ["counter", "drop"]), ("ip6", "@jail6", ["counter", "drop"])]
+        ("@whitelist4", ["accept"]), ("@whitelist6", ["accept"]),
+        ("@blacklist4", ["counter", "drop"]), ("@blacklist6", ["counter", "drop"]),
+        ("@proven4", ["accept"]), ("@proven6", ["accept"]),
+        ("@jail4", ["counter", "drop"]), ("@jail6", ["counter", "drop"]),
+        ("@sipjail4", ["counter", "drop"]), ("@sipjail6", ["counter", "drop"])]
+    assert "meta l4proto { tcp, udp } th dport @sipports ip saddr @sipjail4 counter" in text
+    assert "ip6 saddr . meta l4proto . th sport @proven6 accept" in text
     assert all(r["comment"].startswith("autoban: ") for r in rules)
 
 
@@ -386,7 +393,8 @@ def test_jailed_and_blacklisted_sources_are_dropped_and_counted(make_netns, peer
     fw.apply([Put("whitelist", peer_addr)])  # the whitelist wins over blacklist and jail
     fw.apply([Put("jail", peer_addr, 600)])
     assert peer.ping(host_addr)
-    assert set(fw.counters()) == {"blacklist4", "blacklist6", "jail4", "jail6"}
+    assert set(fw.counters()) == {"blacklist4", "blacklist6", "jail4", "jail6", "sipjail4",
+                                  "sipjail6"}
 
 
 UDP_FLOOD = """
@@ -478,6 +486,84 @@ def test_a_jailed_ipv6_prefix_drops_every_address_in_it(make_netns):
     fw.apply([Put("jail", "2001:db8:1::/64", 600, "sentence 600")])
     assert not peer.ping("2001:db8:1::1")
     assert fw.counters()["jail6"] >= 1
+
+
+# ---- scope by proof: sipjail and proven pairs ---------------------------------------
+
+class Udp:
+    """UDP between a peer and a host namespace; a datagram that did not arrive is
+    told by a marker sent after it on an open port (the kernel keeps the order)."""
+
+    def __init__(self, host: Netns, peer: Netns, host_addr: str, ports: list[int]) -> None:
+        self.host_addr, self.peer = host_addr, peer
+        self.inbox = {}
+        for port in ports:
+            sock = in_netns(host.name, lambda: socket.socket(socket.AF_INET, socket.SOCK_DGRAM))
+            sock.bind((host_addr, port))
+            sock.settimeout(2)
+            self.inbox[port] = sock
+
+    def send(self, sport: int, dport: int, data: bytes) -> None:
+        sock = in_netns(self.peer.name, lambda: socket.socket(socket.AF_INET, socket.SOCK_DGRAM))
+        with sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.bind(("0.0.0.0", sport))
+            sock.sendto(data, (self.host_addr, dport))
+
+    def passes(self, sport: int, dport: int, marker_port: int) -> bool:
+        """Whether a datagram from SPORT to DPORT arrives (MARKER_PORT must be open)."""
+        tag = os.urandom(4)
+        self.send(sport, dport, b"probe" + tag)
+        self.send(sport, marker_port, b"marker" + tag)
+        got = []
+        while True:  # the marker is on its way: the probe, if it passed, arrived before it
+            data = self.inbox[marker_port].recv(100)
+            got.append(data)
+            if data == b"marker" + tag:
+                break
+        if dport == marker_port:
+            return b"probe" + tag in got
+        self.inbox[dport].setblocking(False)
+        try:
+            while True:
+                if self.inbox[dport].recv(100) == b"probe" + tag:
+                    return True
+        except BlockingIOError:
+            return False
+        finally:
+            self.inbox[dport].settimeout(2)
+
+
+def test_sipjail_closes_sip_ports_only_and_proven_pairs_pass_every_jail(make_netns):
+    host, peer = veth_pair(make_netns)
+    fw = host.firewall()
+    fw.ensure()
+    fw.set_sip_ports([5060, 5061])
+    assert fw.sip_ports() == [5060, 5061]
+    udp = Udp(host, peer, "192.0.2.1", [5060, 5999, 6000])
+    assert udp.passes(40000, 5060, 5999)
+    fw.apply([Put("sipjail", "192.0.2.2", 600, "sentence 600")])
+    assert not udp.passes(40000, 5060, 5999)   # SIP closed (the marker, to 5999, passes)
+    assert udp.passes(40000, 6000, 5999)       # everything else open
+    assert peer.ping("192.0.2.1")
+    # a proven pair (a phone that logged in from that address and port) passes
+    fw.apply([Put("proven", "192.0.2.2 udp 40010", 600)])
+    assert udp.passes(40010, 5060, 5999)
+    assert not udp.passes(40020, 5060, 5999)
+    fw.apply([Put("jail", "192.0.2.2", 600, "sentence 600")])  # a full jail: the same
+    assert udp.passes(40010, 5060, 5999) and udp.passes(40010, 6000, 5999)
+    assert not peer.ping("192.0.2.1")
+    assert fw.counters()["sipjail4"] >= 2
+    found = fw.proven("192.0.2.2", "udp", 40010)
+    assert found is not None and found.timeout == 600 and fw.proven("192.0.2.2", "udp", 1) is None
+    assert [e.addr for e in fw.elements(["proven"])] == ["192.0.2.2 udp 40010"]
+    fw.apply([Put("proven", "2001:db8:1::2 tcp 5061", 60), Put("proven", "192.0.2.2 tcp 9", 60)])
+    assert sorted(e.addr for e in fw.elements(["proven"])) == [
+        "192.0.2.2 tcp 9", "192.0.2.2 udp 40010", "2001:db8:1::2 tcp 5061"]
+    fw.apply([Delete("proven", "192.0.2.2")])  # every pair of the address
+    assert [e.addr for e in fw.elements(["proven"])] == ["2001:db8:1::2 tcp 5061"]
+    with pytest.raises(ValueError, match="ADDRESS udp"):
+        fw.apply([Put("proven", "192.0.2.2", 60)])
 
 
 # ---- bounded sets ------------------------------------------------------------------

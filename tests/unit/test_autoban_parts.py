@@ -132,7 +132,8 @@ def test_jail_ops_put_jail_and_parole_and_clear_watch():
     (["add", "blacklist", "=", "77.247.110.24", "jail"],
      ("add", ["blacklist"], ["77.247.110.24", "jail"])),
     (["del", "all", "=", "45.143.220.72"],
-     ("del", ["watch", "jail", "parole", "trust", "whitelist", "blacklist"], ["45.143.220.72"])),
+     ("del", ["watch", "jail", "sipjail", "parole", "trust", "proven", "whitelist", "blacklist"],
+      ["45.143.220.72"])),
     (["add", "whitelist", "=", "192.0.2.1-192.0.2.200", "2001:db8::/32"],
      ("add", ["whitelist"], ["192.0.2.1-192.0.2.200", "2001:db8::/32"])),
 ])
@@ -224,7 +225,8 @@ def test_uncounted_events_never_reach_the_firewall():
 
     from pbxhost.autoban.daemon import Autoban
 
-    ab = Autoban(config.AutobanConfig(path=Path("x")), NoFirewall(), exempt=[])  # type: ignore[arg-type]
+    cfg = config.AutobanConfig(path=Path("x"), proventime=0)
+    ab = Autoban(cfg, NoFirewall(), exempt=[])  # type: ignore[arg-type]
     for name in ("ChallengeSent", "SuccessfulAuth", "FullyBooted"):
         ab.handle(Message({"Event": name, "RemoteAddress": "IPV4/UDP/192.0.2.1/5060",
                            "UsingPassword": "1"}))
@@ -374,10 +376,10 @@ class FakeFirewall:
         return [e for found in self.sets.values() for e in found.values()]
 
 
-def attack(ab, addr: str, name: str = "ChallengeResponseFailed") -> None:
+def attack(ab, addr: str, name: str = "ChallengeResponseFailed", transport: str = "TCP") -> None:
     from panoramisk.message import Message
 
-    ab.handle(Message({"Event": name, "RemoteAddress": f"IPV4/UDP/{addr}/5060"}))
+    ab.handle(Message({"Event": name, "RemoteAddress": f"IPV4/{transport}/{addr}/5060"}))
 
 
 def test_a_full_watch_set_neither_evicts_jails_nor_stops_new_jails(caplog, monkeypatch):
@@ -475,7 +477,7 @@ def test_kernel_keys_are_written_as_ipaddress_writes_them():
 def v6_attack(ab, addr: str) -> None:
     from panoramisk.message import Message
 
-    ab.handle(Message({"Event": "InvalidAccountID", "RemoteAddress": f"IPV6/UDP/{addr}/5060"}))
+    ab.handle(Message({"Event": "InvalidAccountID", "RemoteAddress": f"IPV6/TCP/{addr}/5060"}))
 
 
 def prefix_bed(prefix6: int = 64, exempt=(), trusttime: int = 0):
@@ -584,3 +586,54 @@ def test_a_new_trunk_address_is_released_and_never_counted(caplog):
     attack(ab, "198.51.100.5")
     assert fw.sets["watch"] == {}
     assert "released 198.51.100.5/32: it is the trunk's address now" in caplog.text
+
+
+@pytest.mark.parametrize(("raw", "transport", "port", "proven"), [
+    ("IPV4/UDP/203.0.113.9/5060", "UDP", 5060, False),
+    ("IPV4/TCP/203.0.113.9/41892", "TCP", 41892, True),
+    ("IPV6/TLS/[2001:db8::9]/5061", "TLS", 5061, True),
+    ("IPV4/203.0.113.9/5060", "", 5060, False),
+    ("IPV4/UDP/203.0.113.9/0", "UDP", None, False),
+])
+def test_remote_transport_and_port(raw, transport, port, proven):
+    from pbxhost.autoban.events import parse_remote
+
+    remote = parse_remote(raw)
+    assert (remote.transport, remote.port, remote.proven) == (transport, port, proven)
+
+
+def test_udp_evidence_sipjails_tcp_evidence_jails():
+    ab, fw = prefix_bed()
+    for _ in range(11):
+        attack(ab, "198.51.100.1", transport="UDP")
+    assert list(fw.sets["sipjail"]) == ["198.51.100.1"] and fw.sets["jail"] == {}
+    assert fw.sets["parole"]["198.51.100.1"].comment == "sentence 1200"
+    attack(ab, "198.51.100.1", transport="UDP")  # in flight: nothing changes
+    assert fw.sets["jail"] == {}
+    attack(ab, "198.51.100.1", transport="TCP")  # proven now: the whole address, grown
+    assert fw.sets["jail"]["198.51.100.1"].comment == "sentence 7200"
+
+
+def success(ab, remote: str, using_password: str = "1") -> None:
+    from panoramisk.message import Message
+
+    ab.handle(Message({"Event": "SuccessfulAuth", "RemoteAddress": remote,
+                       "UsingPassword": using_password, "AccountID": "jane"}))
+
+
+class ProvenFirewall(FakeFirewall):
+    def proven(self, addr: str, proto: str, port: int):
+        return self.sets["proven"].get(f"{addr} {proto} {port}")
+
+
+def test_successful_login_proves_its_address_and_port(caplog):
+    ab, _ = prefix_bed()
+    ab.fw = fw = ProvenFirewall()
+    success(ab, "IPV4/UDP/192.0.2.30/5062")
+    success(ab, "IPV6/TCP/[2001:db8::30]/40000")
+    success(ab, "IPV4/UDP/192.0.2.31/5062", using_password="0")  # no digest: no proof
+    assert set(fw.sets["proven"]) == {"192.0.2.30 udp 5062", "2001:db8::30 tcp 40000"}
+    assert fw.sets["proven"]["192.0.2.30 udp 5062"].timeout == 7200
+    puts = len(fw.log)
+    success(ab, "IPV4/UDP/192.0.2.30/5062")  # renewed at half time only
+    assert len(fw.log) == puts
