@@ -140,7 +140,7 @@ def main(argv: list[str] | None = None) -> int:
         cfg = config.load(cli.find_config("autoban.conf", args.config))
     except conf.ConfigError as exc:
         cli.fail(PROG, str(exc))
-    fw = Firewall(cfg.table)
+    fw = Firewall(cfg.table, prefix6=cfg.prefix6)
     try:
         if not fw.exists():
             cli.fail(PROG, f"table inet {cfg.table} does not exist (is autoband running?)")

@@ -480,8 +480,8 @@ def main(argv: list[str] | None = None) -> int:
              "".join(f", {name} (trunk, resolved every {human(cfg.trunk_refresh)})"
                      for name in trunks.names))
     ports = config.sip_ports(Path(path).parent)
-    return service.run(Autoban(cfg, Firewall(cfg.table), exempt, trunks=trunks,
-                               sip_ports=ports).run(notifier))
+    firewall = Firewall(cfg.table, prefix6=cfg.prefix6)
+    return service.run(Autoban(cfg, firewall, exempt, trunks=trunks, sip_ports=ports).run(notifier))
 
 
 if __name__ == "__main__":

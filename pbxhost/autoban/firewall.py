@@ -43,6 +43,7 @@ What libnftables 1.0.6 (Debian 12) and the kernel taught us, by experiment:
 from __future__ import annotations
 
 import ipaddress
+import itertools
 import json
 import logging
 import re
@@ -67,9 +68,12 @@ SETS = TIMED_SETS + PAIR_SETS + LIST_SETS
 SIP_PORTS = "sipports"  # the ports a sipjail closes (PJSIP's transports)
 DEFAULT_SIP_PORTS = (5060, 5061)
 PROTOS = {"tcp": 6, "udp": 17}
-# The IPv6 timed sets are interval sets too (flags interval, timeout; no
-# auto-merge: each element keeps its own timeout and comment), so that one
-# element can hold a whole prefix (autoban.conf `prefix6`).
+# IPv6 prefixes (autoban.conf `prefix6`) live in sets of their own, keyed by the
+# prefix's first address and matched with the source address masked: watchnet6,
+# jailnet6, sipjailnet6, parolenet6. (Interval sets would do it in one set, but
+# libnftables 1.0.6 reads every element of a table's interval sets before each
+# change: with thousands of prefixes, every write took ~10 ms.)
+NET_BASES = ("watch", "jail", "sipjail", "parole")
 LEGACY_SETS = ("watch", "jail", "parole", "whitelist", "blacklist")  # the seed's table ip
 
 # Every set is bounded (per family): the kernel refuses a new element in a full
@@ -175,7 +179,14 @@ class _Op:
 
     @property
     def name(self) -> str:
+        if self.net:
+            return f"{self.base}net6"
         return f"{self.base}{self.span.version}"
+
+    @property
+    def net(self) -> bool:
+        """An IPv6 prefix in a timed set: kept in BASEnet6 under its first address."""
+        return self.base in NET_BASES and self.span.version == 6 and not self.span.single
 
     def addr_text(self) -> str:
         return _text(self.span.version, self.span.lo, self.span.hi)
@@ -293,20 +304,7 @@ def _check_base(base: str) -> str:
 
 def _flags(base: str, fam: str) -> tuple[str, ...]:
     """A set's flags as nft lists them."""
-    if base in LIST_SETS:
-        return ("interval",)
-    if base in PAIR_SETS:
-        return ("timeout",)
-    return ("interval", "timeout") if fam == "6" else ("timeout",)
-
-
-def _is_interval(base: str, version: int) -> bool:
-    return base in LIST_SETS or version == 6
-
-
-def _in_prefix_set(op: _Op) -> bool:
-    """A prefix (not a single address) for an IPv6 timed set."""
-    return op.base in TIMED_SETS and op.span.version == 6 and not op.span.single
+    return ("interval",) if base in LIST_SETS else ("timeout",)
 
 
 def _is_prefix(span: _Span) -> bool:
@@ -352,9 +350,10 @@ def _check(op: Put | Delete) -> _Op:
         _check_comment(op.comment)
         return _Op(True, base, span, _check_timeout(op.timeout), op.comment, pair)
     span = _span(op.addr)
-    if base in TIMED_SETS and not span.single and not (span.version == 6 and _is_prefix(span)):
+    if base in TIMED_SETS and not span.single and not (
+            span.version == 6 and base in NET_BASES and _is_prefix(span)):
         raise ValueError(f"{op.addr!r}: set {base} takes single addresses "
-                         "(and IPv6 prefixes) only")
+                         "(and IPv6 prefixes of length prefix6) only")
     if not isinstance(op, Put):
         return _Op(False, base, span, None, None)
     if base in LIST_SETS and op.timeout is not None:
@@ -387,22 +386,6 @@ def _set_ref(exprs: list[Json]) -> str | None:
 
 def _packets(exprs: list[Json]) -> int | None:
     return next((e["counter"]["packets"] for e in exprs if "counter" in e), None)
-
-
-def _joined(base: str, dumped: list[nfnetlink.Found]) -> Iterator[Element]:
-    """An IPv6 interval set's dump (start elements with the data, end markers one
-    past each interval, in any order) as elements: address or prefix."""
-    start: nfnetlink.Found | None = None
-    for e in sorted(dumped, key=lambda e: (e.key, not e.end)):  # an end before a start
-        if not e.end:
-            start = e
-        elif start is not None:
-            yield Element(base, _text(6, start.key, e.key - 1), start.timeout, start.expires,
-                          start.comment)
-            start = None
-    if start is not None:  # the last interval reaches the top of the address space
-        yield Element(base, _text(6, start.key, (1 << 128) - 1), start.timeout,
-                      start.expires, start.comment)
 
 
 # ---- the interval-set model --------------------------------------------------
@@ -453,8 +436,8 @@ def _elem(version: int, piece: _Piece) -> str | Json:
     return value if piece.comment is None else {"elem": {"val": value, "comment": piece.comment}}
 
 
-def _timed_elem(op: _Op) -> str | Json:
-    attrs: Json = {"val": _value(op.span.version, op.span.lo, op.span.hi)}
+def _timed_elem(op: _Op, key: str) -> str | Json:
+    attrs: Json = {"val": key}
     if op.timeout is not None:
         attrs["timeout"] = op.timeout
     if op.comment is not None:
@@ -471,11 +454,16 @@ class Firewall:
 
     MAX_TIMEOUT = MAX_TIMEOUT
 
-    def __init__(self, table: str = "autoban", sizes: dict[str, int] | None = None) -> None:
+    def __init__(self, table: str = "autoban", sizes: dict[str, int] | None = None,
+                 prefix6: int = 64) -> None:
         if not isinstance(table, str) or not _NAME.fullmatch(table):
             raise ValueError(f"table name {table!r}: letters, digits, _ (max 64)")
         self.table = table
         self.sizes = {**DEFAULT_SIZES, **(sizes or {})}
+        if not isinstance(prefix6, int) or not 1 <= prefix6 <= 128:
+            raise ValueError(f"prefix6 must be 1..128, not {prefix6!r}")
+        self.prefix6 = prefix6
+        self._mask6 = ((1 << 128) - 1) ^ ((1 << (128 - prefix6)) - 1)
         if any(not isinstance(n, int) or n < 1 for n in self.sizes.values()):
             raise ValueError(f"set sizes must be positive: {self.sizes}")
         self._lock = threading.Lock()  # one nft context: one call at a time
@@ -565,9 +553,24 @@ class Firewall:
     def _expected(self) -> tuple[dict[str, tuple[Any, ...]], tuple[str, ...]]:
         sizes: dict[str, tuple[Any, ...]] = {f"{base}{fam}": (self.sizes[base], _flags(base, fam))
                                               for base in SETS for fam in FAMILIES}
+        sizes.update({f"{base}net6": (self.sizes[base], ("timeout",)) for base in NET_BASES})
         sizes[SIP_PORTS] = (None, ("interval",))
-        notes = tuple(f"autoban: IPv{fam} {note}" for *_, note in _RULES for fam in FAMILIES)
-        return sizes, notes
+        return sizes, tuple(note for _, note in self._rules())
+
+    def _rules(self) -> list[tuple[str, str]]:
+        """The chain's rules and their comments (the comments tell a table of
+        another version or another prefix6 apart)."""
+        mask = str(ipaddress.IPv6Address(self._mask6))
+        rules = []
+        for base, match, verdict, note in _RULES:
+            for fam in FAMILIES:
+                rules.append((f"{match.format(ip='ip' if fam == '4' else 'ip6', fam=fam)} "
+                              f"{verdict}", f"autoban: IPv{fam} {note}"))
+            if base in NET_BASES:  # jail, sipjail: the prefixes too
+                net = match.format(ip="ip6", fam="6").replace(
+                    f"ip6 saddr @{base}6", f"ip6 saddr & {mask} @{base}net6")
+                rules.append((f"{net} {verdict}", f"autoban: IPv6 /{self.prefix6} {note}"))
+        return rules
 
     def _describe(self) -> tuple[dict[str, tuple[Any, ...]], tuple[str, ...]] | None:
         """Our sets with their sizes and flags, and the rule comments; None
@@ -596,9 +599,11 @@ class Firewall:
                         else f"ipv{fam}_addr")
                 sets.append(f'  set {base}{fam} {{ type {kind}; flags {flags}; '
                             f'size {int(self.sizes[base])}; comment "{_SET_NOTES[base]}"; }}')
-        rules = [f'    {match.format(ip="ip" if fam == "4" else "ip6", fam=fam)} {verdict} '
-                 f'comment "autoban: IPv{fam} {note}"'
-                 for _, match, verdict, note in _RULES for fam in FAMILIES]
+            if base in NET_BASES:
+                sets.append(f'  set {base}net6 {{ type ipv6_addr; flags timeout; '
+                            f'size {int(self.sizes[base])}; comment "IPv6 prefixes: '
+                            f'{_SET_NOTES[base]}"; }}')
+        rules = [f'    {rule} comment "{note}"' for rule, note in self._rules()]
         return "\n".join([
             f"add table inet {self.table}", f"delete table inet {self.table}",
             f"table inet {self.table} {{", '  comment "autoban: intrusion prevention for Asterisk"',
@@ -612,9 +617,9 @@ class Firewall:
     # -- reading
 
     def lookup(self, addr: str) -> dict[str, Element]:
-        """The sets that hold one address (interval sets: the element that covers
-        it, e.g. an IPv6 /64 in jail6), by base name. Exact-key netlink reads:
-        cost independent of set sizes."""
+        """The sets that hold one address (whitelist/blacklist: the element that
+        covers it; IPv6: the address itself, else its /prefix6 element), by base
+        name. Exact-key netlink reads: cost independent of set sizes."""
         span = _span(addr)
         if not span.single:
             raise ValueError(f"{addr!r}: lookup takes a single address")
@@ -624,9 +629,24 @@ class Firewall:
         found: dict[str, Element] = {}
         for base in (b for b in SETS if b not in PAIR_SETS):
             element = self._get(base, span.version, key)
+            if element is None and span.version == 6 and base in NET_BASES:
+                element = self._get_net(base, span.lo)
             if element is not None:
                 found[base] = element
         return found
+
+    def _get_net(self, base: str, value: int) -> Element | None:
+        first = value & self._mask6
+        try:
+            found = self._netlink.element(self.table, f"{base}net6", _ip(6, first).packed)
+        except OSError as exc:
+            raise FirewallError(str(exc)) from exc
+        if found is None:
+            return None
+        return Element(base, self._net_text(first), found.timeout, found.expires, found.comment)
+
+    def _net_text(self, first: int) -> str:
+        return f"{_key_text(6, first)}/{self.prefix6}"
 
     def _get(self, base: str, version: int, key: bytes) -> Element | None:
         name = f"{base}{version}"
@@ -635,7 +655,7 @@ class Firewall:
             if found is None:
                 return None
             hi = found.key
-            if _is_interval(base, version):
+            if base in LIST_SETS:
                 # the kernel keeps an interval's end as an element one past it,
                 # absent when the interval reaches the top of the address space
                 end = self._netlink.element(self.table, name, key, end=True)
@@ -659,6 +679,15 @@ class Firewall:
     def _set_elements(self, base: str, fam: str) -> Iterator[Element]:
         if base in PAIR_SETS:
             return self._dump_pairs(base, int(fam))
+        if base in NET_BASES and fam == "6":
+            singles = self._dump(base, 6)
+            try:
+                nets = list(self._netlink.iter_dump(self.table, f"{base}net6"))
+            except OSError as exc:
+                raise FirewallError(str(exc)) from exc
+            return itertools.chain(singles, (
+                Element(base, self._net_text(e.key), e.timeout, e.expires, e.comment)
+                for e in nets))
         if base in TIMED_SETS:
             return self._dump(base, int(fam))
         # intervals come as start/end pairs: libnftables joins them
@@ -690,8 +719,6 @@ class Firewall:
             dumped = self._netlink.iter_dump(self.table, f"{base}{version}")
         except OSError as exc:
             raise FirewallError(str(exc)) from exc
-        if version == 6:
-            return _joined(base, list(dumped))
         return (Element(base, _key_text(version, e.key), e.timeout, e.expires, e.comment)
                 for e in dumped)
 
@@ -708,7 +735,8 @@ class Firewall:
         for rule in (i["rule"] for i in items if "rule" in i):
             name, packets = _set_ref(rule["expr"]), _packets(rule["expr"])
             if name is not None and packets is not None:
-                found[name] = packets
+                name = name.replace("net6", "6")  # prefixes count with their set
+                found[name] = found.get(name, 0) + packets
         return found
 
     # -- writing
@@ -719,53 +747,52 @@ class Firewall:
         FRESH: filling a table just built, the timed elements are not read first
         (a Put of one that is there anyway keeps its comment)."""
         checked = [_check(op) for op in ops]
+        for op in checked:
+            if op.net and op.span.hi - op.span.lo + 1 != 1 << (128 - self.prefix6):
+                raise ValueError(f"{op.addr_text()}: IPv6 prefixes in timed sets are "
+                                 f"/{self.prefix6} (prefix6)")
         if not checked:
             return
         commands = (self._timed_commands(checked, fresh) + self._pair_commands(checked, fresh)
                     + self._interval_commands(checked))
-        if not commands:
-            return
-        try:
-            self._run(commands)
-        except FirewallError as exc:
-            if "overlaps" not in str(exc) or not any(o.put and _in_prefix_set(o) for o in checked):
-                raise
-            # A prefix over smaller elements of the same set (single addresses jailed
-            # before prefix6 was set, or by hand): the prefix replaces them. Rare, so
-            # found by a dump of the set only now.
-            commands = (self._timed_commands(checked, fresh, clear_inside=True)
-                        + self._pair_commands(checked, fresh) + self._interval_commands(checked))
+        if commands:
             self._run(commands)
         log.debug("applied %d operations as %d nft commands", len(checked), len(commands))
 
-    def _timed_commands(self, ops: list[_Op], fresh: bool = False,
-                        clear_inside: bool = False) -> list[Json]:
+    def _timed_commands(self, ops: list[_Op], fresh: bool = False) -> list[Json]:
         commands: list[Json] = []
-        present: dict[tuple[str, int], bool | _Span] = {}  # as this batch leaves it
-        for op in (o for o in ops if o.base in TIMED_SETS):
+        present: dict[tuple[str, int], bool] = {}  # as this batch leaves it
+        for op in self._with_covering_nets([o for o in ops if o.base in TIMED_SETS]):
             where = (op.name, op.span.lo)
-            if clear_inside and op.put and _in_prefix_set(op):
-                inside = [_span(e.addr) for e in self._dump(op.base, 6)]
-                inside = [i for i in inside if op.span.lo <= i.lo and i.hi <= op.span.hi
-                          and (i.lo, i.hi) != (op.span.lo, op.span.hi) and i.lo != op.span.lo]
-                commands += [{"delete": {"element": {**self._ref(op.name), "elem": [
-                    _value(6, i.lo, i.hi)]}}} for i in inside]
             if where not in present:
                 present[where] = not fresh and self._has(op)
-            there = present[where]
-            covering = there if isinstance(there, _Span) else op.span
-            bare = {**self._ref(op.name),
-                    "elem": [_value(op.span.version, covering.lo, covering.hi)]}
+            # net elements are keyed by the prefix's first address
+            key = str(_ip(op.span.version, op.span.lo))
+            bare = {**self._ref(op.name), "elem": [key]}
             # Only an element that is there is deleted (deleting an absent one fails
             # the batch; add+delete of an absent one fails too once the set is full).
             # Delete then add resets timeout and comment.
-            if there:
+            if present[where]:
                 commands.append({"delete": {"element": bare}})
             if op.put:
                 commands.append({"add": {"element": {**self._ref(op.name),
-                                                     "elem": [_timed_elem(op)]}}})
+                                                     "elem": [_timed_elem(op, key)]}}})
             present[where] = op.put
         return commands
+
+    def _with_covering_nets(self, ops: list[_Op]) -> list[_Op]:
+        """A Delete of one IPv6 address deletes its /prefix6 element too: what frees
+        the address (`autoban del all = 2001:db8::5`)."""
+        out: list[_Op] = []
+        for op in ops:
+            out.append(op)
+            if (not op.put and op.span.version == 6 and op.span.single
+                    and op.base in NET_BASES):
+                first = op.span.lo & self._mask6
+                last = first + (1 << (128 - self.prefix6)) - 1
+                if first != last:
+                    out.append(_Op(False, op.base, _Span(6, first, last, False), None, None))
+        return out
 
     def _pair_commands(self, ops: list[_Op], fresh: bool) -> list[Json]:
         """proven: exact pairs are read first like the timed sets' elements; a
@@ -839,31 +866,11 @@ class Firewall:
                 ports += range(e["range"][0], e["range"][1] + 1)
         return ports
 
-    def _has(self, op: _Op) -> bool | _Span:
-        """Whether OP's element is there: True (exactly it), False, or, in an
-        IPv6 interval set, the span of another element that covers OP's first
-        address. A Delete removes that covering element; a Put replaces it
-        when it lies inside OP's span (a single address where the prefix goes),
-        and else fails as the kernel's overlap (the caller decides)."""
+    def _has(self, op: _Op) -> bool:
+        """Whether OP's element is there (one netlink GET)."""
         # An element that expires between this read and the batch fails the batch
         # (it is gone); the daemon retries once with a fresh read.
-        version = op.span.version
-        key = _ip(version, op.span.lo).packed
-        try:
-            found = self._netlink.element(self.table, op.name, key)
-            if found is None or not _is_interval(op.base, version):
-                return found is not None
-            end = self._netlink.element(self.table, op.name, key, end=True)
-        except OSError as exc:
-            raise FirewallError(str(exc)) from exc
-        hi = end.key - 1 if end else (1 << 128) - 1
-        if (found.key, hi) == (op.span.lo, op.span.hi):
-            return True
-        inside = op.span.lo <= found.key and hi <= op.span.hi
-        if not op.put or inside:
-            return _Span(version, found.key, hi, found.key == hi)
-        raise FirewallError(f"{op.addr_text()} overlaps {_text(version, found.key, hi)} "
-                            f"in {op.name}")
+        return self._has_key(op.name, _ip(op.span.version, op.span.lo).packed)
 
     def _interval_commands(self, ops: list[_Op]) -> list[Json]:
         deletes: list[Json] = []

@@ -110,7 +110,9 @@ def test_ensure_creates_the_documented_table_once(netns):
     assert fw.exists()
     items = ruleset(netns)
     sets = {i["set"]["name"]: i["set"] for i in items if "set" in i}
-    assert set(sets) == {f"{base}{fam}" for base in SETS for fam in "46"} | {"sipports"}
+    nets = {f"{base}net6" for base in ("watch", "jail", "sipjail", "parole")}
+    assert set(sets) == {f"{base}{fam}" for base in SETS for fam in "46"} | {"sipports"} | nets
+    assert all(sets[n]["flags"] == ["timeout"] and sets[n]["type"] == "ipv6_addr" for n in nets)
     assert (sets["sipports"]["type"], sets["sipports"]["flags"]) == ("inet_service", ["interval"])
     for base in SETS:
         for fam in "46":
@@ -118,9 +120,7 @@ def test_ensure_creates_the_documented_table_once(netns):
             assert s["table"] == "autoban" and s["family"] == "inet"
             assert s["type"] == (f"ipv{fam}_addr" if base != "proven" else
                                  [f"ipv{fam}_addr", "inet_proto", "inet_service"])
-            assert s["flags"] == (["timeout"] if base in TIMED_SETS and fam == "4" else
-                                  ["interval", "timeout"] if base in TIMED_SETS else
-                                  ["timeout"] if base == "proven" else ["interval"])
+            assert s["flags"] == (["interval"] if base in LIST_SETS else ["timeout"])
             assert s["size"] == DEFAULT_SIZES[base]
     text = netns.run("nft", "list", "table", "inet", "autoban")
     assert text.count("auto-merge") == 2 * len(LIST_SETS)
@@ -135,7 +135,10 @@ def test_ensure_creates_the_documented_table_once(netns):
         ("@blacklist4", ["counter", "drop"]), ("@blacklist6", ["counter", "drop"]),
         ("@proven4", ["accept"]), ("@proven6", ["accept"]),
         ("@jail4", ["counter", "drop"]), ("@jail6", ["counter", "drop"]),
-        ("@sipjail4", ["counter", "drop"]), ("@sipjail6", ["counter", "drop"])]
+        ("@jailnet6", ["counter", "drop"]),
+        ("@sipjail4", ["counter", "drop"]), ("@sipjail6", ["counter", "drop"]),
+        ("@sipjailnet6", ["counter", "drop"])]
+    assert "ip6 saddr & ffff:ffff:ffff:ffff:: == @jailnet6 counter" in text
     assert "meta l4proto { tcp, udp } th dport @sipports ip saddr @sipjail4 counter" in text
     assert "ip6 saddr . meta l4proto . th sport @proven6 accept" in text
     assert all(r["comment"].startswith("autoban: ") for r in rules)
@@ -458,15 +461,13 @@ def test_ipv6_prefixes_in_timed_sets(fw):
                                                           "sentence 600")
     assert fw.lookup("2001:db8:5:7::9")["watch"].addr == "2001:db8:5:7::9"
     assert fw.lookup("2001:db8:5:7::8") == {}
-    assert [(e.set, e.addr) for e in fw.elements(["jail", "watch"]) if ":" in e.addr] == [
+    assert sorted((e.set, e.addr) for e in fw.elements(["jail", "watch"]) if ":" in e.addr) == [
         ("jail", "2001:db8:5:6::/64"), ("watch", "2001:db8:5:7::9")]
-    # a single address inside a jailed prefix cannot be added; the prefix stays whole
-    with pytest.raises(FirewallError, match="overlaps 2001:db8:5:6::/64"):
-        fw.apply([Put("jail", "2001:db8:5:6::5", 60)])
-    # a prefix replaces the single address at its start
+    # an address and its prefix may both be there: the lookup gives the address
     fw.apply([Put("watch", "2001:db8:5:7::/64", 60, "events 2")])
-    assert fw.lookup("2001:db8:5:7::9")["watch"].addr == "2001:db8:5:7::/64"
-    # deleting an address inside a prefix frees the prefix; re-putting updates it
+    assert fw.lookup("2001:db8:5:7::9")["watch"].addr == "2001:db8:5:7::9"
+    assert fw.lookup("2001:db8:5:7::8")["watch"].addr == "2001:db8:5:7::/64"
+    # re-putting updates; deleting an address inside a prefix frees the prefix
     fw.apply([Put("jail", "2001:db8:5:6::/64", 900, "sentence 900")])
     assert fw.lookup("2001:db8:5:6::1")["jail"].comment == "sentence 900"
     fw.apply([Delete("jail", "2001:db8:5:6::77")])
@@ -475,6 +476,10 @@ def test_ipv6_prefixes_in_timed_sets(fw):
         fw.apply([Put("jail", "192.0.2.0/24", 60)])
     with pytest.raises(ValueError, match="single addresses"):
         fw.apply([Put("jail", "2001:db8::1-2001:db8::5", 60)])
+    with pytest.raises(ValueError, match="are /64"):
+        fw.apply([Put("jail", "2001:db8::/48", 60)])
+    with pytest.raises(ValueError, match="single addresses"):
+        fw.apply([Put("trust", "2001:db8::/64", 60)])
 
 
 def test_a_jailed_ipv6_prefix_drops_every_address_in_it(make_netns):
