@@ -15,11 +15,13 @@ from pbxhost import conf
 from pbxhost.ami import AmiSettings
 from pbxhost.autoban.policy import Settings
 
+SEED_FILE = Path("/srv/var/lib/nftables/autoban.nft")  # the seed's saved table
+MIN_PREFIX6 = 32  # a shorter prefix would jail whole providers
+
 log = logging.getLogger("pbxhost.autoban")
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 LOOPBACK = (ipaddress.ip_network("127.0.0.0/8"), ipaddress.ip_network("::1/128"))
 DEFAULT_STATEFILE = Path("/srv/var/lib/autoban/state.json")
-MIN_PREFIX6 = 32  # a shorter prefix would jail whole providers
 
 
 @dataclass(frozen=True)
@@ -36,6 +38,7 @@ class AutobanConfig:
     statefile: Path = DEFAULT_STATEFILE
     table: str = "autoban"
     trunk_refresh: int = 300               # seconds between two resolutions of trunk names
+    seedfile: Path = SEED_FILE             # the seed's saved table, imported once
 
 
 def load(path: Path) -> AutobanConfig:
@@ -82,6 +85,7 @@ def load(path: Path) -> AutobanConfig:
         statefile=Path(ab.get_str("statefile", str(DEFAULT_STATEFILE)) or DEFAULT_STATEFILE),
         table=ab.get_str("table", "autoban") or "autoban",
         trunk_refresh=max(ab.get_duration("trunk_refresh", 300) or 300, 1),
+        seedfile=Path(ab.get_str("seedfile", str(SEED_FILE)) or SEED_FILE),
     )
 
 

@@ -188,6 +188,31 @@ class Autoban:
         log.log(service.NOTICE, "imported %d elements from the seed's table ip %s and "
                 "removed it", applied, self.cfg.table)
 
+    def import_seed_file(self) -> None:
+        """The seed's /srv/var/lib/nftables/autoban.nft, once: its jail, parole,
+        watch, whitelist and blacklist; the file is renamed *.imported after."""
+        path = self.cfg.seedfile
+        if not path.is_file():
+            return
+        try:
+            age = max(0, int(self.clock() - path.stat().st_mtime))
+            elements = legacy.parse_seed_file(path.read_text(), age)
+        except (OSError, ValueError, UnicodeError) as exc:
+            log.error("the seed's %s not imported: %s", path, exc)
+            return
+        puts = legacy.convert(elements, self.settings, int(self.clock()))
+        applied = self._apply_each_valid(puts)
+        done = path.with_name(path.name + ".imported")
+        try:
+            path.rename(done)
+        except OSError as exc:
+            log.error("the seed's %s imported but not renamed (it will be imported "
+                      "again): %s", path, exc)
+            return
+        log.log(service.NOTICE, "imported %d of %d elements from the seed's %s (remaining "
+                "times counted from the file's time, %s ago); renamed it %s", applied,
+                len(elements), path, human(age), done.name)
+
     # -- events ---------------------------------------------------------------
     def handle(self, event: Message) -> None:
         name = event.get("Event", "")
@@ -440,6 +465,7 @@ class Autoban:
             self.fw.set_sip_ports(self.sip_ports)
         self.sync_config_lists(saved.config)
         self.import_legacy()
+        self.import_seed_file()
         self.save()
         client = AmiClient(self.cfg.ami, self.handle,
                            lambda s: notifier.status(f"AMI {s}; watching for attacks"))

@@ -349,6 +349,27 @@ def test_seed_era_table_is_imported_and_removed(bed):
     assert "table ip autoban" not in tables and "table inet autoban" in tables
 
 
+def test_seed_era_state_file_is_imported_once(bed):
+    # what the seed's container saved on exit: `nft --stateless list table autoban`
+    seedfile = bed.tmp / "nftables/autoban.nft"
+    seedfile.parent.mkdir()
+    seedfile.write_text((Path(__file__).parents[1] / "fixtures/autoban/seed-autoban.nft")
+                        .read_text())
+    bed.write_conf(extra=f"seedfile = {seedfile}\n")
+    bed.start_daemon(wait="imported 6 of 6 elements from the seed's")
+    jail = bed.members("jail")["198.51.100.20"]
+    assert jail["comment"] == "sentence 7200" and 7100 < jail["expires"] <= 7200
+    assert bed.members("parole")["198.51.100.20"]["comment"] == "sentence 7200"
+    assert 10700 - 60 < bed.members("jail")["198.51.100.23"]["expires"] <= 10800
+    assert {"198.51.100.22", "203.0.113.7"} <= set(bed.members("blacklist"))
+    assert "198.51.100.21" in bed.members("watch")
+    assert not seedfile.exists() and seedfile.with_name("autoban.nft.imported").exists()
+    assert "table ip autoban" not in bed.pbx_host.run("nft", "list", "tables").stdout
+    bed.stop_daemon()
+    bed.start_daemon()
+    assert bed.log.count("autoban started") == 2 and bed.log.count("from the seed's") == 1
+
+
 def test_trust_after_successful_login_keeps_an_office_in(bed, start_phone):
     bed.write_conf(maxcount=2, extra="trusttime = 10m\n")
     bed.start_daemon()

@@ -637,3 +637,21 @@ def test_successful_login_proves_its_address_and_port(caplog):
     puts = len(fw.log)
     success(ab, "IPV4/UDP/192.0.2.30/5062")  # renewed at half time only
     assert len(fw.log) == puts
+
+
+SEED_NFT = (Path(__file__).parents[1] / "fixtures/autoban/seed-autoban.nft").read_text()
+
+
+def test_seed_file_is_parsed_with_times_counted_from_the_file():
+    elements = legacy.parse_seed_file(SEED_NFT, age=100)
+    assert [(e.set, e.addr, e.timeout, e.expires) for e in elements] == [
+        ("watch", "198.51.100.21", 1203, 1103),
+        ("jail", "198.51.100.20", 7200, 7100),
+        ("jail", "198.51.100.23", 86400, 10700),       # an `expires` wins over the timeout
+        ("parole", "198.51.100.20", 8400, 8300),
+        ("blacklist", "198.51.100.22", None, None),
+        ("blacklist", "203.0.113.7", None, None)]
+    assert legacy.duration("1d2h3m4s500ms") == 93784
+    with pytest.raises(ValueError):
+        legacy.duration("soon")
+    assert legacy.parse_seed_file("garbage", 0) == []
