@@ -201,10 +201,8 @@ class Netlink:
 
 def _found(attrs: dict[int, bytes]) -> Found:
     timeout, expires = reply_times(attrs)
-    flags = attrs.get(_NFTA_SET_ELEM_FLAGS)
-    end = bool(flags and struct.unpack(">I", flags)[0] & _NFT_SET_ELEM_INTERVAL_END)
     return Found(reply_key(attrs), timeout, expires,
-                 udata_comment(attrs.get(NFTA_SET_ELEM_USERDATA, b"")), end)
+                 udata_comment(attrs.get(NFTA_SET_ELEM_USERDATA, b"")))
 
 
 @dataclass(frozen=True)
@@ -214,4 +212,3 @@ class Found:
     timeout: int | None
     expires: int | None
     comment: str | None
-    end: bool = False  # an interval set's end marker (the key one past the interval)
