@@ -165,7 +165,7 @@ def main(argv: list[str] | None = None) -> int:
         cli.fail(PROG, str(exc))
     try:
         # the daemon's records (autoban.conf's entries, trunk addresses) are kept as they are
-        before = state.load(cfg.statefile)
+        before = state.records(cfg.statefile)
         state.save(cfg.statefile, fw.iter_elements(), config=before.config,
                    trunks=before.trunks)
     except OSError as exc:

@@ -125,6 +125,21 @@ def load(path: Path, now: float | Clocks | None = None) -> Saved:
         return Saved()
 
 
+def records(path: Path) -> Saved:
+    """Only the file's records (config, trunks), not its elements: what the CLI
+    keeps when it rewrites the file (the head is the first line, as save() writes
+    it; another layout is read whole)."""
+    try:
+        data, _ = _read(path)
+    except FileNotFoundError:
+        return Saved()
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        log.warning("state file %s unreadable: %s", path, exc)
+        return Saved()
+    return Saved([], _config(data.get("config")), data.get("version", 1),
+                 _trunks(data.get("trunks")))
+
+
 def _read(path: Path) -> tuple[dict[str, Any], Iterator[Any]]:
     """The head and the element rows. save() writes one row a line (and so did
     version 1): those are parsed a line at a time, so 100k rows never exist as
@@ -173,10 +188,13 @@ def _saved(path: Path, data: dict[str, Any], rows: Iterator[Any], clocks: Clocks
                 puts.append(Put(str(row["set"]), str(row["addr"]), remaining, comment))
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
             log.warning("state file %s: bad element %r skipped: %s", path, row, exc)
-    trunks = data.get("trunks")
-    trunks = {str(k): [str(a) for a in v] for k, v in trunks.items()
-              if isinstance(v, list)} if isinstance(trunks, dict) else {}
-    return Saved(puts, _config(data.get("config")), version, trunks)
+    return Saved(puts, _config(data.get("config")), version, _trunks(data.get("trunks")))
+
+
+def _trunks(value: Any) -> dict[str, list[str]]:
+    if not isinstance(value, dict):
+        return {}
+    return {str(k): [str(a) for a in v] for k, v in value.items() if isinstance(v, list)}
 
 
 def _remaining(row: dict[str, Any], saved_at: Any) -> float | None:

@@ -655,3 +655,14 @@ def test_seed_file_is_parsed_with_times_counted_from_the_file():
     with pytest.raises(ValueError):
         legacy.duration("soon")
     assert legacy.parse_seed_file("garbage", 0) == []
+
+
+def test_state_file_records_are_read_without_the_elements(tmp_path):
+    from pbxhost.autoban import state
+
+    path = tmp_path / "state.json"
+    lists = {"whitelist": ["192.0.2.1"], "blacklist": []}
+    state.save(path, [JAIL] * 3, now=T0, config=lists, trunks={"itsp": ["198.51.100.5/32"]})
+    got = state.records(path)
+    assert (got.puts, got.config, got.trunks) == ([], lists, {"itsp": ["198.51.100.5/32"]})
+    assert state.records(tmp_path / "absent.json").config is None
