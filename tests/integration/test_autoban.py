@@ -604,3 +604,16 @@ def test_tcp_guesser_is_jailed_whole(bed):
     assert bed.attacker.v4 in bed.members("jail")
     assert bed.attacker.run("ping", "-c1", "-W1", bed.pbx_host.v4, check=False).returncode != 0
     assert bed.drops()["jail4"] >= 1
+
+
+def test_cli_set_to_set_copies_as_the_seed_had_them(bed):
+    bed.write_conf()
+    bed.start_daemon()
+    bed.cli("add", "watch", "=", "198.51.100.7", "2001:db8:99::7")
+    bed.cli("add", "jail", "parole", "=", "watch")
+    assert set(bed.members("jail")) == set(bed.members("parole")) == {"198.51.100.7",
+                                                                     "2001:db8:99::7"}
+    bed.cli("add", "blacklist", "=", "jail")
+    assert set(bed.members("blacklist")) == {"198.51.100.7", "2001:db8:99::7"}
+    bed.cli("del", "all", "=", "all")
+    assert all(bed.members(name) == {} for name in ("watch", "jail", "parole", "blacklist"))
