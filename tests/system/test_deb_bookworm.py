@@ -120,7 +120,7 @@ def test_bookworms_autoband_jails_a_guesser_of_asterisk_22(bookworm, tmp_path):
             sipp_register(guesser, pbx_host.v4, "jane.doe", "not-her-password", tmp_path,
                           expect=401, calls=12, rate=20, timeout=20)
             poll(lambda: guesser.v4 in pbx_host.run(
-                "chroot", str(merged), "autoban", "list", "jail").stdout or None,
+                "chroot", str(merged), "autoban", "list", "jail", "sipjail").stdout or None,
                 30, f"{guesser.v4} jailed by bookworm's autoband")
         finally:
             daemon.terminate()
