@@ -238,7 +238,7 @@ def test_autoban_alone_on_debians_stock_asterisk_jails_a_guesser(base, repos, ne
                                       check=False).stdout or None, 30, "autoban logged in to AMI")
     sipp_register(guesser, pbx.host.v4, "jane.doe", "not-her-password", tmp_path,
                   expect=401, calls=12, rate=20, timeout=20)
-    poll(lambda: guesser.v4 in pbx.run("autoban", "list", "jail", "sipjail").stdout or None, 30,
+    poll(lambda: system.jailed(pbx, guesser.v4) or None, 30,
          f"{guesser.v4} jailed")
 
 
