@@ -353,6 +353,9 @@ class FakeFirewall:
                           [e for e in found.values() if "/" in e.addr
                            and ip in ipaddress.ip_network(e.addr)][:1])}
 
+    def lookup_many(self, addrs: list[str]) -> list[dict[str, Element]]:
+        return [self.lookup(addr) for addr in addrs]
+
     def iter_elements(self, sets=None):
         return iter([e for name, found in self.sets.items() if sets is None or name in sets
                      for e in found.values()])
