@@ -1,10 +1,12 @@
 """`autoband`: AMI security events → policy → nftables.
 
-Events are handled synchronously as they are read: a lookup and one atomic
-batch in the kernel take about a millisecond, and while we work Asterisk's
-socket is not read, so a flood is throttled by TCP instead of piling up in
-memory. The kernel's sets are the only state; the state file is a copy for
-reboots, written at most a second after each change."""
+The events of one AMI read are decided as one batch before Asterisk's socket
+is read again, so a flood is throttled by TCP instead of piling up in memory:
+the kernel is read once per address per window (pipelined netlink reads), a
+jailing is written at the end of its batch, and watch counts are written within
+policy.FLUSH_INTERVAL (docs/autoban.md, "Throughput"). The kernel's sets are
+the only state; the state file is a copy for reboots, written at most a second
+after each change."""
 
 from __future__ import annotations
 
