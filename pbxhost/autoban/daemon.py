@@ -431,11 +431,14 @@ class Autoban:
             self._flush_timer.cancel()
             self._flush_timer = None
         if self._pending:
+            ops = self._watch_ops()
             try:
-                self._apply(self._watch_ops())
+                # batches of RESTORE_BATCH: libnftables' memory grows with a batch's size
+                for i in range(0, len(ops), RESTORE_BATCH):
+                    self._apply(ops[i:i + RESTORE_BATCH])
                 self._settle(list(self._pending))
             except FirewallError:
-                self._flush_each()
+                self._flush_each()  # what was written is written again: same counts
         self._pending, self._window = {}, None
         self._seen.clear()
         self._written.clear()

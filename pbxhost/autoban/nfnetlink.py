@@ -206,7 +206,7 @@ class Netlink:
                 self._sock.send(data)
                 waiting = set(seqs)
                 while waiting:
-                    for kind, got, payload in _messages(self._sock.recv(1 << 20)):
+                    for kind, got, payload in _messages(self._sock.recv(65536)):
                         if got not in waiting:
                             continue  # a late answer to an earlier, timed-out request
                         if kind != _NLMSG_ERROR:
