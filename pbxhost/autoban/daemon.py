@@ -292,6 +292,12 @@ class Autoban:
         queue, self._queue = self._queue, []
         if not queue:
             return
+        try:
+            self._decide_all(queue)
+        except Exception:  # as AmiClient.dispatch did for one event: the session goes on
+            log.exception("%d AMI events not handled; session kept", len(queue))
+
+    def _decide_all(self, queue: list[tuple[Remote, str, str]]) -> None:
         started = time.perf_counter()
         if self._window is None:
             self._window = time.monotonic()

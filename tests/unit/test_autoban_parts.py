@@ -788,3 +788,21 @@ def test_a_full_watch_set_at_the_flush_keeps_the_refused_counts_in_memory(caplog
 
     asyncio.run(flood())
     assert "set watch is full" in caplog.text
+
+
+def test_a_batch_that_fails_is_logged_and_the_next_one_is_decided(caplog):
+    ab, fw = batch_bed()
+    real = fw.lookup_many
+    fw.lookup_many = lambda addrs: 1 / 0  # type: ignore[method-assign]
+
+    async def chunks() -> None:
+        attack(ab, "192.0.2.8")
+        await asyncio.sleep(0)
+        fw.lookup_many = real  # type: ignore[method-assign]
+        for _ in range(4):
+            attack(ab, "192.0.2.9")
+        await asyncio.sleep(0)
+        assert "192.0.2.9" in fw.sets["jail"]
+
+    asyncio.run(chunks())
+    assert "1 AMI events not handled; session kept" in caplog.text
