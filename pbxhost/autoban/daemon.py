@@ -1,10 +1,12 @@
 """`autoband`: AMI security events → policy → nftables.
 
-Events are handled synchronously as they are read: a lookup and one atomic
-batch in the kernel take about a millisecond, and while we work Asterisk's
-socket is not read, so a flood is throttled by TCP instead of piling up in
-memory. The kernel's sets are the only state; the state file is a copy for
-reboots, written at most a second after each change."""
+The events of one AMI read are decided as one batch before Asterisk's socket
+is read again, so a flood is throttled by TCP instead of piling up in memory:
+the kernel is read once per address per window (pipelined netlink reads), a
+jailing is written at the end of its batch, and watch counts are written within
+policy.FLUSH_INTERVAL (docs/autoban.md, "Throughput"). The kernel's sets are
+the only state; the state file is a copy for reboots, written at most a second
+after each change."""
 
 from __future__ import annotations
 
@@ -13,8 +15,9 @@ import ipaddress
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 from panoramisk.message import Message
 
@@ -85,6 +88,22 @@ def ops_for(verdict: policy.Verdict, addr: str, settings: policy.Settings,
     return []
 
 
+def policy_sets() -> tuple[str, ...]:
+    """The sets a window's writes touch (watch counts and jailings)."""
+    return ("watch", "jail", "sipjail", "parole")
+
+
+@dataclass(frozen=True)
+class Jailing:
+    """A jailing decided in a batch, written at the batch's end, logged once written."""
+    verdict: policy.Verdict
+    key: str
+    ops: list[Put | Delete]
+    addr: str
+    message: tuple[Any, ...]
+    fields: dict[str, Any]
+
+
 class Autoban:
     def __init__(self, cfg: config.AutobanConfig, firewall: Firewall,
                  exempt: list[config.Network], clock: Callable[[], float] = time.time,
@@ -99,6 +118,14 @@ class Autoban:
         self.overflow = Overflow()
         self._full_warned: dict[str, float] = {}
         self._whitelist6: tuple[float, list[config.Network]] = (-WHITELIST_CACHE, [])
+        # the batching window (docs/autoban.md, "Throughput")
+        self._queue: list[tuple[Remote, str, str]] = []
+        self._drain_scheduled = False
+        self._window: float | None = None           # monotonic start of the window
+        self._flush_timer: asyncio.TimerHandle | None = None
+        self._seen: dict[str, dict[str, Element]] = {}  # kernel reads of this window
+        self._written: dict[tuple[str, str], Element | None] = {}  # this window's writes
+        self._pending: dict[str, policy.Verdict] = {}  # watch counts not yet written
 
     def _clocks(self) -> state.Clocks:
         # the real clocks (boot time included) unless a test injected one
@@ -236,16 +263,97 @@ class Autoban:
         return any(addr in net for net in self.exempt)
 
     def on_attack(self, event: Message) -> None:
-        started = time.perf_counter()
+        """Queue the event; the queue is drained once the AMI chunk that carried it
+        has been parsed (see drain), or at once when no event loop runs (tests)."""
         remote = self._remote(event)
         if remote is None:
             return
-        addr = remote.addr
-        name, account = event.get("Event"), event.get("AccountID", "")
-        if self._is_exempt(addr):
-            log.info("%s from %s (account %s): exempt, not counted", name, addr, account)
+        name, account = event.get("Event", ""), event.get("AccountID", "")
+        if self._is_exempt(remote.addr):
+            log.info("%s from %s (account %s): exempt, not counted", name, remote.addr, account)
             return
-        found = self._lookup(str(addr))
+        self._queue.append((remote, name, account))
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            self.drain()
+            self.flush()
+            return
+        if not self._drain_scheduled:
+            self._drain_scheduled = True
+            loop.call_soon(self.drain)
+
+    def drain(self) -> None:
+        """Decide every queued event: the kernel is read once per address (all
+        reads of the batch pipelined) and the jailings of the batch written in
+        one libnftables call before the next AMI chunk is read; watch counts wait
+        in memory for flush(), at most policy.FLUSH_INTERVAL."""
+        self._drain_scheduled = False
+        queue, self._queue = self._queue, []
+        if not queue:
+            return
+        try:
+            self._decide_all(queue)
+        except Exception:  # as AmiClient.dispatch did for one event: the session goes on
+            log.exception("%d AMI events not handled; session kept", len(queue))
+
+    def _decide_all(self, queue: list[tuple[Remote, str, str]]) -> None:
+        started = time.perf_counter()
+        if self._window is None:
+            self._window = time.monotonic()
+        self._prefetch(list(dict.fromkeys(str(r.addr) for r, _, _ in queue
+                                          if str(r.addr) not in self._seen)))
+        jailings: list[Jailing] = []
+        for remote, name, account in queue:
+            self._decide(remote, name, account, jailings)
+        if jailings:
+            self._carry_out(jailings)
+        if policy.flush_due(self._window, time.monotonic()):
+            self.flush()
+        else:
+            self._schedule_flush()
+        log.debug("%d events handled in %.2f ms", len(queue),
+                  (time.perf_counter() - started) * 1000)
+
+    def _prefetch(self, addrs: list[str]) -> None:
+        if not addrs:
+            return
+        try:
+            answers = self.fw.lookup_many(addrs)
+        except FirewallError:
+            self.ensure_table()
+            answers = self.fw.lookup_many(addrs)
+        self._seen.update(zip(addrs, answers, strict=True))
+
+    def _found(self, addr: Address) -> dict[str, Element]:
+        """What the kernel held for ADDR at its read in this window, with what this
+        window wrote (or will write at the flush) laid over it."""
+        text = str(addr)
+        if text not in self._seen:  # read again after a failed jailing
+            self._seen[text] = self._lookup(text)
+        found = dict(self._seen[text])
+        if not self._written:
+            return found
+        keys = [text]
+        if addr.version == 6 and self.cfg.prefix6 < 128:
+            keys.append(str(ipaddress.ip_network(f"{addr}/{self.cfg.prefix6}", strict=False)))
+        for base in policy_sets():
+            for key in keys:  # the address's own element before its prefix's
+                if (base, key) in self._written:
+                    element = self._written[base, key]
+                    if element is not None:
+                        found[base] = element
+                        break
+                    if base in found and found[base].addr == key:
+                        del found[base]
+                elif base in found and found[base].addr == key:
+                    break
+        return found
+
+    def _decide(self, remote: Remote, name: str, account: str,
+                jailings: list[Jailing]) -> None:
+        addr = remote.addr
+        found = self._found(addr)
         # the element this event counts in: the one that covers the address, else
         # its IPv6 prefix (unless that holds someone never to be jailed), else itself
         key = found["watch"].addr if "watch" in found else self.element_for(addr)
@@ -259,22 +367,107 @@ class Autoban:
                         else self.element_for(addr, jailing=True))
         parole_left = found["parole"].expires if "parole" in found else None
         ops = ops_for(verdict, key, self.settings, jail_key, parole_left)
-        if ops and not self._apply_verdict(verdict, key, ops):
-            return
         element = jail_key or key
         shown = element if element == str(addr) else f"{element} ({addr})"
         fields = {"ADDRESS": str(addr), "ELEMENT": element, "EVENT": name, "ACCOUNT": account,
                   "VERDICT": verdict.action.value}
-        if verdict.action is policy.Action.JAIL:
+        if verdict.action is policy.Action.WATCH:
+            self._pending[key] = verdict
+            self._write(ops)
+        elif verdict.action is policy.Action.JAIL:
+            self._pending.pop(key, None)  # the jailing deletes the watch element
+            self._write(ops)
             scope = ("" if verdict.scope is policy.Scope.ALL else
                      f", SIP only ({remote.transport or 'UDP'}: the source is not proven)")
-            log.log(service.NOTICE, "jailed %s for %s%s: %s (event %s, account %s)", shown,
-                    human(verdict.sentence), scope, verdict.reason, name, account,
-                    extra={**fields, "SENTENCE": verdict.sentence, "SCOPE": verdict.scope.value})
+            jailings.append(Jailing(verdict, key, ops, str(addr), (
+                "jailed %s for %s%s: %s (event %s, account %s)", shown,
+                human(verdict.sentence), scope, verdict.reason, name, account),
+                {**fields, "SENTENCE": verdict.sentence, "SCOPE": verdict.scope.value}))
+            return
+        log.info("%s from %s (account %s): %s: %s", name, shown, account,
+                 verdict.action.value, verdict.reason, extra=fields)
+
+    def _write(self, ops: list[Put | Delete]) -> None:
+        for op in ops:
+            self._written[op.set, op.addr] = (
+                Element(op.set, op.addr, op.timeout, op.timeout, op.comment)
+                if isinstance(op, Put) else None)
+
+    def _carry_out(self, jailings: list[Jailing]) -> None:
+        """The batch's jailings and every pending watch count, one libnftables call;
+        when that fails, each on its own (a full set fails only its own part)."""
+        ops = [op for j in jailings for op in j.ops]
+        try:
+            self._apply([*self._watch_ops(), *ops])
+        except FirewallError:
+            self._flush_each()
+            done = [j for j in jailings if self._jail_alone(j)]
         else:
-            log.info("%s from %s (account %s): %s: %s", name, shown, account,
-                     verdict.action.value, verdict.reason, extra=fields)
-        log.debug("%s handled in %.2f ms", addr, (time.perf_counter() - started) * 1000)
+            self._settle(list(self._pending))
+            self._pending = {}
+            done = jailings
+        for j in jailings:
+            self.overflow.pop(j.key)
+        for j in done:
+            log.log(service.NOTICE, *j.message, extra=j.fields)
+
+    def _jail_alone(self, j: Jailing) -> bool:
+        try:
+            if self._apply_verdict(j.verdict, j.key, j.ops):
+                return True
+        except FirewallError as exc:
+            log.error("%s not jailed: %s", j.key, exc, extra={"ADDRESS": j.addr})
+        for op in j.ops:  # not written: forget it, read the kernel again
+            self._written.pop((op.set, op.addr), None)
+        self._seen.pop(j.addr, None)
+        return False
+
+    def _watch_ops(self) -> list[Put | Delete]:
+        return [op for key, verdict in self._pending.items()
+                for op in ops_for(verdict, key, self.settings)]
+
+    def _settle(self, keys: list[str]) -> None:
+        for key in keys:  # counted in the kernel now, no longer in memory
+            self.overflow.pop(key)
+
+    def flush(self) -> None:
+        """Write the pending watch counts (one libnftables call) and end the window:
+        the next events read the kernel again."""
+        if self._flush_timer is not None:
+            self._flush_timer.cancel()
+            self._flush_timer = None
+        if self._pending:
+            ops = self._watch_ops()
+            try:
+                # batches of RESTORE_BATCH: libnftables' memory grows with a batch's size
+                for i in range(0, len(ops), RESTORE_BATCH):
+                    self._apply(ops[i:i + RESTORE_BATCH])
+                self._settle(list(self._pending))
+            except FirewallError:
+                self._flush_each()  # what was written is written again: same counts
+        self._pending, self._window = {}, None
+        self._seen.clear()
+        self._written.clear()
+
+    def _flush_each(self) -> None:
+        """The pending counts one by one: a full watch set keeps the refused ones
+        in memory (overflow), as docs/autoban.md's "Full sets" says."""
+        for key, verdict in self._pending.items():
+            try:
+                self._apply_verdict(verdict, key, ops_for(verdict, key, self.settings))
+            except FirewallError as exc:
+                log.error("watch %s not written: %s", key, exc, extra={"ADDRESS": key})
+        self._pending = {}
+
+    def _schedule_flush(self) -> None:
+        if self._flush_timer is not None or self._window is None:
+            return
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            return  # no loop (tests): on_attack flushes after each drain
+        delay = policy.flush_delay(self._window, time.monotonic())
+        self._flush_timer = loop.call_later(delay, self.flush)
 
     def element_for(self, addr: Address, jailing: bool = False) -> str:
         """ADDR's element in the timed sets: for IPv6 its /prefix6, unless that

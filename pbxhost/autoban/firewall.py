@@ -65,6 +65,7 @@ TIMED_SETS = ("watch", "jail", "sipjail", "parole", "trust")
 PAIR_SETS = ("proven",)  # address . protocol . port, e.g. "192.0.2.9 udp 5060"
 LIST_SETS = ("whitelist", "blacklist")
 SETS = TIMED_SETS + PAIR_SETS + LIST_SETS
+STANDING_SETS = ("watch", "jail", "sipjail", "parole", "trust", "whitelist")  # a verdict's input
 SIP_PORTS = "sipports"  # the ports a sipjail closes (PJSIP's transports)
 DEFAULT_SIP_PORTS = (5060, 5061)
 PROTOS = {"tcp": 6, "udp": 17}
@@ -635,6 +636,52 @@ class Firewall:
                 found[base] = element
         return found
 
+    def lookup_many(self, addrs: list[str],
+                    bases: Iterable[str] = STANDING_SETS) -> list[dict[str, Element]]:
+        """lookup() of each of ADDRS in BASES (default: the sets a verdict reads),
+        all exact-key reads pipelined on one socket."""
+        if not self.exists():
+            raise FirewallError(f"table inet {self.table} is missing")
+        queries: list[tuple[str, bytes]] = []
+        plans: list[list[tuple[str, int, int, int]]] = []  # (base, version, value, query index)
+        bases = [b for b in bases if b not in PAIR_SETS]
+        for addr in addrs:
+            span = _span(addr)
+            if not span.single:
+                raise ValueError(f"{addr!r}: lookup takes a single address")
+            plan = []
+            for base in bases:
+                plan.append((base, span.version, span.lo, len(queries)))
+                queries.append((f"{base}{span.version}", _ip(span.version, span.lo).packed))
+                if span.version == 6 and base in NET_BASES:
+                    first = span.lo & self._mask6
+                    plan.append((base, 0, first, len(queries)))
+                    queries.append((f"{base}net6", _ip(6, first).packed))
+            plans.append(plan)
+        try:
+            answers = self._netlink.elements(self.table, queries)
+        except OSError as exc:
+            raise FirewallError(str(exc)) from exc
+        out = []
+        for plan in plans:
+            found: dict[str, Element] = {}
+            for base, version, value, index in plan:
+                got = answers[index]
+                if got is None or base in found:
+                    continue  # the address's own element before its prefix's
+                if version == 0:
+                    found[base] = Element(base, self._net_text(value), got.timeout,
+                                          got.expires, got.comment)
+                elif base in LIST_SETS:  # an interval: its end needs a read of its own
+                    element = self._get(base, version, _ip(version, value).packed)
+                    if element is not None:
+                        found[base] = element
+                else:
+                    found[base] = Element(base, _text(version, got.key, got.key), got.timeout,
+                                          got.expires, got.comment)
+            out.append(found)
+        return out
+
     def _get_net(self, base: str, value: int) -> Element | None:
         first = value & self._mask6
         try:
@@ -761,11 +808,23 @@ class Firewall:
 
     def _timed_commands(self, ops: list[_Op], fresh: bool = False) -> list[Json]:
         commands: list[Json] = []
+        timed = self._with_covering_nets([o for o in ops if o.base in TIMED_SETS])
         present: dict[tuple[str, int], bool] = {}  # as this batch leaves it
-        for op in self._with_covering_nets([o for o in ops if o.base in TIMED_SETS]):
+        # What is there now, every read of the batch in one pipeline. An element that
+        # expires between this read and the batch fails the batch (it is gone); the
+        # daemon retries once with a fresh read.
+        if not fresh:
+            wheres = list(dict.fromkeys((op.name, op.span.lo, op.span.version) for op in timed))
+            try:
+                there = self._netlink.present(self.table, [(name, _ip(version, lo).packed)
+                                                           for name, lo, version in wheres])
+            except OSError as exc:
+                raise FirewallError(str(exc)) from exc
+            present = {(name, lo): got for (name, lo, _), got in zip(wheres, there, strict=True)}
+        for op in timed:
             where = (op.name, op.span.lo)
             if where not in present:
-                present[where] = not fresh and self._has(op)
+                present[where] = False
             # net elements are keyed by the prefix's first address
             key = str(_ip(op.span.version, op.span.lo))
             bare = {**self._ref(op.name), "elem": [key]}
@@ -865,12 +924,6 @@ class Firewall:
             elif isinstance(e, dict) and "range" in e:
                 ports += range(e["range"][0], e["range"][1] + 1)
         return ports
-
-    def _has(self, op: _Op) -> bool:
-        """Whether OP's element is there (one netlink GET)."""
-        # An element that expires between this read and the batch fails the batch
-        # (it is gone); the daemon retries once with a fresh read.
-        return self._has_key(op.name, _ip(op.span.version, op.span.lo).packed)
 
     def _interval_commands(self, ops: list[_Op]) -> list[Json]:
         deletes: list[Json] = []

@@ -139,3 +139,21 @@ def decode_sentence(comment: str | None) -> int | None:
     match = re.fullmatch(r"sentence (\d+)", comment or "")
     return int(match.group(1)) if match else None
 
+
+
+# Batching (docs/autoban.md, "Throughput"): watch counts wait in memory at most
+# FLUSH_INTERVAL before they are written; a jailing never waits for the window.
+
+FLUSH_INTERVAL = 0.1  # seconds: what a kill -9 may lose of the watch counts
+
+
+def flush_due(first_pending: float | None, now: float,
+              interval: float = FLUSH_INTERVAL) -> bool:
+    """Whether the pending watch counts (the oldest unwritten since FIRST_PENDING,
+    a monotonic time; None: nothing pending) must be written now."""
+    return first_pending is not None and now - first_pending >= interval
+
+
+def flush_delay(first_pending: float, now: float, interval: float = FLUSH_INTERVAL) -> float:
+    """Seconds until the pending counts are due (0 when already due)."""
+    return max(0.0, first_pending + interval - now)

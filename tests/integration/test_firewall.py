@@ -188,6 +188,26 @@ def test_table_deleted_behind_our_back(fw, netns):
 
 # ---- elements ------------------------------------------------------------------
 
+def test_lookup_many_answers_as_lookup_does_for_hundreds_of_addresses(fw):
+    """The pipelined reads (several netlink writes of PIPELINE requests each) give
+    what one lookup per address gives: own elements, IPv6 prefixes, list ranges."""
+    addrs = [f"198.51.{i >> 8}.{i & 255}" for i in range(300)]
+    addrs += [f"2001:db8:{i:x}::{i + 1:x}" for i in range(100)]
+    fw.apply([Put("watch", a, 600, f"events {1795675185 + i}") for i, a in enumerate(addrs[::3])])
+    fw.apply([Put("jail", "2001:db8:5::/64", 600, "sentence 600"),
+              Put("parole", "198.51.0.7", 900, "sentence 600"),
+              Put("trust", "198.51.1.1", 60),
+              Put("whitelist", "198.51.0.96-198.51.0.99"), Put("whitelist", "2001:db8:9::/48")])
+    def view(found: dict[str, Element]) -> dict[str, tuple]:  # expires ticks between reads
+        return {b: (e.set, e.addr, e.timeout, e.comment) for b, e in found.items()
+                if b != "blacklist"}
+
+    many = fw.lookup_many(addrs)
+    assert [view(f) for f in many] == [view(fw.lookup(a)) for a in addrs]
+    assert sum("watch" in f for f in many) == 134 and "jail" in many[305]
+    assert fw.lookup_many([]) == []
+
+
 @pytest.mark.parametrize("addr", ["192.0.2.9", "2001:db8::9"])
 def test_put_lookup_elements_round_trip(fw, addr):
     puts = [Put(base, addr, 600 + i, f"{base} data é {i}") for i, base in enumerate(TIMED_SETS)]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
 import json
 from pathlib import Path
@@ -353,6 +354,9 @@ class FakeFirewall:
                           [e for e in found.values() if "/" in e.addr
                            and ip in ipaddress.ip_network(e.addr)][:1])}
 
+    def lookup_many(self, addrs: list[str]) -> list[dict[str, Element]]:
+        return [self.lookup(addr) for addr in addrs]
+
     def iter_elements(self, sets=None):
         return iter([e for name, found in self.sets.items() if sets is None or name in sets
                      for e in found.values()])
@@ -360,10 +364,13 @@ class FakeFirewall:
     def apply(self, ops, fresh: bool = False) -> None:
         from pbxhost.autoban.firewall import SetFullError
 
+        added: dict[str, set[str]] = {}
         for op in ops:  # all or nothing, as the kernel
-            if (isinstance(op, Put) and op.addr not in self.sets[op.set]
-                    and len(self.sets[op.set]) >= self.sizes[op.set]):
-                raise SetFullError(f"set {op.set} full")
+            if isinstance(op, Put) and op.addr not in self.sets[op.set]:
+                new = added.setdefault(op.set, set())
+                new.add(op.addr)
+                if len(self.sets[op.set]) + len(new) > self.sizes[op.set]:
+                    raise SetFullError(f"set {op.set} full")
         for op in ops:
             self.log.append(op)
             if isinstance(op, Put):
@@ -666,3 +673,136 @@ def test_state_file_records_are_read_without_the_elements(tmp_path):
     got = state.records(path)
     assert (got.puts, got.config, got.trunks) == ([], lists, {"itsp": ["198.51.100.5/32"]})
     assert state.records(tmp_path / "absent.json").config is None
+
+
+# ---- throughput: the batching window (docs/autoban.md, "Throughput") ----------------
+
+def test_flush_is_due_a_window_after_the_first_pending_count():
+    assert not policy.flush_due(None, 100.0)
+    assert not policy.flush_due(100.0, 100.0 + policy.FLUSH_INTERVAL / 2)
+    assert policy.flush_due(0.0, policy.FLUSH_INTERVAL)
+    assert policy.flush_due(100.0, 100.0 + 2 * policy.FLUSH_INTERVAL)
+    assert policy.flush_delay(100.0, 100.03) == pytest.approx(policy.FLUSH_INTERVAL - 0.03)
+    assert policy.flush_delay(100.0, 105.0) == 0.0
+    assert policy.FLUSH_INTERVAL <= 0.1  # what a kill -9 may lose, as documented
+
+
+class CountingFirewall(FakeFirewall):
+    """FakeFirewall that counts the reads and writes the daemon makes."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.reads = self.writes = 0
+
+    def lookup_many(self, addrs):
+        self.reads += 1
+        return super().lookup_many(addrs)
+
+    def apply(self, ops, fresh: bool = False) -> None:
+        self.writes += 1
+        super().apply(ops, fresh)
+
+
+def batch_bed(maxcount: int = 3):
+    from pbxhost.autoban import daemon
+
+    fw = CountingFirewall()
+    cfg = config.AutobanConfig(path=Path("x"), enabled=True,
+                               policy=policy.Settings(maxcount=maxcount, watchtime=60,
+                                                      jailtime=100))
+    ab = daemon.Autoban(cfg, fw, exempt=[], clock=lambda: T0)  # type: ignore[arg-type]
+    ab.changed = lambda: None  # type: ignore[method-assign]
+    return ab, fw
+
+
+def test_a_chunk_of_events_is_one_read_and_its_counts_wait_for_the_window():
+    ab, fw = batch_bed()
+
+    async def chunk() -> None:
+        loop = asyncio.get_running_loop()
+        for i in range(200):  # what one AMI read hands over: 100 addresses, 2 events each
+            attack(ab, f"198.51.100.{i % 100}")
+        await asyncio.sleep(0)  # the drain runs once the chunk is parsed
+        assert fw.reads == 1 and fw.writes == 0 and fw.sets["watch"] == {}
+        assert ab._flush_timer is not None
+        assert ab._flush_timer.when() - loop.time() <= policy.FLUSH_INTERVAL
+        ab.flush()  # what the timer does
+        assert fw.writes == 1 and len(fw.sets["watch"]) == 100
+        assert policy.decode_times(fw.sets["watch"]["198.51.100.7"].comment) == (T0, T0)
+
+    asyncio.run(chunk())
+
+
+def test_the_event_that_crosses_maxcount_jails_before_the_next_chunk_is_read():
+    ab, fw = batch_bed(maxcount=3)
+
+    async def chunks() -> None:
+        for n in range(4):
+            attack(ab, "203.0.113.7")
+            attack(ab, f"10.0.0.{n}")  # other addresses in the same chunks
+            await asyncio.sleep(0)
+            assert ("203.0.113.7" in fw.sets["jail"]) == (n == 3)
+        # the jailing wrote the pending counts with it; its watch element is gone
+        assert "203.0.113.7" not in fw.sets["watch"] and "10.0.0.2" in fw.sets["watch"]
+        attack(ab, "203.0.113.7")  # in flight while jailed: same window, no second jailing
+        await asyncio.sleep(0)
+        assert sum(isinstance(op, Put) and op.set == "jail" for op in fw.log) == 1
+
+    asyncio.run(chunks())
+
+
+def test_counts_in_memory_add_to_the_kernels_across_chunks_of_one_window():
+    ab, fw = batch_bed(maxcount=3)
+    fw.apply([Put("watch", "192.0.2.5", 60, policy.encode_times((T0 - 5, T0 - 4)))])
+
+    async def chunks() -> None:
+        attack(ab, "192.0.2.5")       # 3 of 3: pending in memory
+        await asyncio.sleep(0)
+        assert policy.decode_times(fw.sets["watch"]["192.0.2.5"].comment) == (T0 - 5, T0 - 4)
+        attack(ab, "192.0.2.5")       # the 4th, read from memory, not the stale kernel
+        await asyncio.sleep(0)
+        assert "192.0.2.5" in fw.sets["jail"]
+
+    asyncio.run(chunks())
+
+
+def test_a_full_watch_set_at_the_flush_keeps_the_refused_counts_in_memory(caplog):
+    from pbxhost.autoban import daemon
+
+    fw = FakeFirewall({"watch": 2})
+    cfg = config.AutobanConfig(path=Path("x"), enabled=True,
+                               policy=policy.Settings(maxcount=3, watchtime=60, jailtime=100))
+    ab = daemon.Autoban(cfg, fw, exempt=[], clock=lambda: T0)  # type: ignore[arg-type]
+    ab.changed = lambda: None  # type: ignore[method-assign]
+
+    async def flood() -> None:
+        for i in range(5):
+            attack(ab, f"10.1.0.{i}")
+        await asyncio.sleep(0)
+        ab.flush()
+        assert len(fw.sets["watch"]) == 2 and len(ab.overflow) == 3
+        for _ in range(3):  # a refused one still jails at its 4th event
+            attack(ab, "10.1.0.4")
+        await asyncio.sleep(0)
+        assert "10.1.0.4" in fw.sets["jail"]
+
+    asyncio.run(flood())
+    assert "set watch is full" in caplog.text
+
+
+def test_a_batch_that_fails_is_logged_and_the_next_one_is_decided(caplog):
+    ab, fw = batch_bed()
+    real = fw.lookup_many
+    fw.lookup_many = lambda addrs: 1 / 0  # type: ignore[method-assign]
+
+    async def chunks() -> None:
+        attack(ab, "192.0.2.8")
+        await asyncio.sleep(0)
+        fw.lookup_many = real  # type: ignore[method-assign]
+        for _ in range(4):
+            attack(ab, "192.0.2.9")
+        await asyncio.sleep(0)
+        assert "192.0.2.9" in fw.sets["jail"]
+
+    asyncio.run(chunks())
+    assert "1 AMI events not handled; session kept" in caplog.text
