@@ -137,6 +137,9 @@ def test_boots_to_running_with_our_units_active_and_seeded_once(site):
     # HOSTNAME from pbxhost.env reached the seeded transports
     transport = conf.load(pbx.root / CONF.lstrip("/") / "pjsip_transport.conf")
     assert transport.section("transport-udp").get("domain") == "192.0.2.10"
+    # Asterisk's own notices (logger.conf: syslog) under its unit
+    notices = [e["MESSAGE"] for e in pbx.journal("-u", "asterisk", "-t", "asterisk")]
+    assert any("modules will be loaded" in m for m in notices), notices[:5]
 
 
 def test_the_generated_passwords_are_in_a_root_only_file_not_in_the_journal(site):
