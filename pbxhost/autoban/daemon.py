@@ -18,7 +18,7 @@ from panoramisk.message import Message
 
 from pbxhost import cli, conf, service
 from pbxhost.ami import AmiClient
-from pbxhost.autoban import config, legacy, policy, state
+from pbxhost.autoban import config, gateway, legacy, policy, state
 from pbxhost.autoban.events import ATTACK_EVENTS, Address, parse_remote_address
 from pbxhost.autoban.firewall import Delete, Element, Firewall, FirewallError, Put
 
@@ -68,6 +68,7 @@ class Autoban:
         self.cfg, self.fw, self.exempt, self.clock = cfg, firewall, exempt, clock
         self.settings = cfg.policy
         self._save_pending: asyncio.TimerHandle | None = None
+        self.gateway = gateway.GatewayWatch(gateway.read_gateways())
 
     # -- the kernel table ---------------------------------------------------
     def ensure_table(self) -> bool:
@@ -143,6 +144,8 @@ class Autoban:
         addr = self._address(event)
         if addr is None:
             return
+        if warning := self.gateway.observe(addr):
+            log.warning(warning, extra={"ADDRESS": str(addr)})
         name, account = event.get("Event"), event.get("AccountID", "")
         if self._is_exempt(addr):
             log.info("%s from %s (account %s): exempt, not counted", name, addr, account)
