@@ -9,6 +9,7 @@ gateway of this host, autoban says so in the journal, once."""
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 from pathlib import Path
 
@@ -44,10 +45,8 @@ def gateways_v6(route_table: str) -> set[Address]:
 def read_gateways() -> set[Address]:
     found: set[Address] = set()
     for path, parse in ((ROUTES_V4, gateways_v4), (ROUTES_V6, gateways_v6)):
-        try:
+        with contextlib.suppress(OSError):  # no such table (IPv6 off): nothing to compare
             found |= parse(path.read_text())
-        except OSError:
-            pass  # no such table (IPv6 off): nothing to compare with
     return found
 
 
