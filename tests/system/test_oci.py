@@ -200,7 +200,12 @@ class Site:
         pbx = self.boot(image.machine(self.tag, self.pbx_host,
                                       self.tmp / f"container-{self.containers}",
                                       env={"HOSTNAME": self.pbx_host.v4, **env}, srv=self.srv))
-        pbx.wait_active(*OURS, timeout=60)
+        try:
+            pbx.wait_active(*OURS, timeout=60)
+        except TimeoutError as exc:
+            log = pbx.run("journalctl", "--no-pager", "-n", "30", *(f"-u{u}" for u in OURS),
+                          check=False).stdout
+            raise AssertionError(f"{exc}; the container's journal:\n{log}") from None
         return pbx
 
     def replace(self, env: dict[str, str]) -> BootedSystem:
@@ -248,7 +253,7 @@ def test_a_guesser_from_another_host_is_jailed_and_its_packets_dropped(site):
     poll(lambda: jail_left(site.pbx, site.guesser.v4), 15, "the guesser jailed")
     before = dropped(site.pbx)
     sipp_register(site.guesser, site.pbx_host.v4, "jane.doe", "not-her-password", site.tmp,
-                  expect=None, calls=3, rate=20, timeout=5)
+                  expect=401, calls=3, rate=20, timeout=20)  # now dropped, unanswered
     assert dropped(site.pbx) > before
 
 
@@ -288,6 +293,11 @@ def test_a_volume_of_a_seed_era_installation_is_taken_over_with_a_log_line(site)
     (site.srv / "etc/asterisk/websms.conf").unlink()
     old = site.srv / "etc/asterisk/sms.conf"
     old.write_text(SEED_ERA_SMS_CONF)
+    # websms.conf gets sms.conf's owner and mode: websmsd (user websms) must read it
+    websms_gid = next(int(line.split(":")[2]) for line in
+                      image_file(site.tag, "etc/group").read_text().splitlines()
+                      if line.startswith("websms:"))
+    os.chown(old, 0, websms_gid)
     os.chmod(old, 0o640)
     pbx = site.replace({})  # default SYSLOG_LEVEL: the takeover's warning is kept
     migrated = [e["MESSAGE"] for e in messages(pbx, "websmsd")
@@ -296,3 +306,6 @@ def test_a_volume_of_a_seed_era_installation_is_taken_over_with_a_log_line(site)
     websms = conf.load(site.srv / "etc/asterisk/websms.conf")
     assert websms.section("websms").get("url_host") == "api.example.com"
     assert old.read_text() == SEED_ERA_SMS_CONF
+    # Not asserted: `pbxhost status` healthy. The translated websms.conf has no AMI
+    # secret paired with manager.conf's websms user (the seed had none), so the
+    # status reports "AMI login websms refused" (reported to the websms issue).
