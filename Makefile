@@ -89,7 +89,20 @@ apk: $(STAMP)
 oci: $(STAMP)
 	$(VPY) oci/build.py $(if $(OCI_VARIANTS),--variants $(OCI_VARIANTS)) $(if $(OCI_DEBS),--debs $(OCI_DEBS))
 
+# `make demo`: the product as users get it: the pbxhost:base image booted with
+# systemd on its own network, and the tour (demo/product.py); `make demo-dev`:
+# the same tour with the daemons of this source tree (demo/run.py).
+# DEMO_ARGS=--no-stay ends after the tour.
 demo: $(STAMP)
+	$(VPY) demo/product.py $(DEMO_ARGS)
+
+demo-cli: $(STAMP)
+	$(VPY) demo/product.py cli
+
+demo-down: $(STAMP)
+	$(VPY) demo/product.py down
+
+demo-dev: $(STAMP)
 	$(VPY) demo/run.py
 
 clean:

@@ -15,7 +15,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 import sys
 from pathlib import Path
 
@@ -50,17 +49,6 @@ smsd_exten_context   = dp_entry_channel_open
 smsd_message_context = dp_entry_trunk_texting
 smsd_permit_addr     = 185.45.152.42
 """
-
-
-@pytest.fixture(scope="session")
-def images(base) -> dict[str, str]:
-    """The four images, built once per run (podman caches the shared layers)."""
-    if shutil.which("podman") is None:
-        pytest.fail("podman is not installed (packaging/apt-test-deps.txt)")
-    try:
-        return oci.build()
-    except oci.OciError as exc:
-        pytest.fail(str(exc))
 
 
 def image_file(tag: str, path: str) -> Path:
