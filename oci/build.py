@@ -128,6 +128,9 @@ def build(variants: tuple[str, ...] = VARIANTS, debs: Path | None = None) -> dic
             tags[variant] = tag
         if LATEST in tags:
             podman("tag", tags[LATEST], f"{REPO}:latest")
+        # the previous build's layers, now untagged and nobody's parent (the
+        # shared ones, the archive's layer among them, are parents and stay)
+        podman("image", "prune", "--force", check=False)
     return tags
 
 
