@@ -56,11 +56,15 @@ class _SyslogPrefixFormatter(logging.Formatter):
 SYSLOG_SOCKET = "/dev/log"
 
 
+_SYSLOG_NAMES = {2: "critical", 3: "error", 4: "warning", 5: "notice", 6: "info", 7: "debug"}
+
+
 class _SyslogHandler(logging.handlers.SysLogHandler):
-    """SysLogHandler that knows NOTICE (the stdlib maps unknown levels to warning)."""
+    """SysLogHandler with syslog_priority's mapping (the stdlib's sends NOTICE
+    as a warning)."""
 
     def mapPriority(self, levelName: str) -> str:
-        return "notice" if levelName == "NOTICE" else super().mapPriority(levelName)
+        return _SYSLOG_NAMES[syslog_priority(logging.getLevelName(levelName))]
 
 
 def _syslog_handler(name: str, env: Mapping[str, str]) -> logging.Handler | None:

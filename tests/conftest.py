@@ -5,11 +5,15 @@ from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))  # the testbed package
+from testbed.netns import Host
+from testbed.sip import Baresip
+
 IN_CI = os.environ.get("CI") == "true"
 _integration = {"declared": 0, "ran": 0}
 
@@ -42,3 +46,18 @@ def pytest_terminal_summary(terminalreporter) -> None:
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     if IN_CI and _integration["ran"] < _integration["declared"] and exitstatus == 0:
         session.exitstatus = 1
+
+
+@pytest.fixture
+def start_phone(tmp_path: Path) -> Iterator[Callable[..., Baresip]]:
+    """start_phone(host, user, password, pbx_addr, ...) -> a baresip phone."""
+    phones: list[Baresip] = []
+
+    def start(host: Host, user: str, password: str, pbx: str, **kw) -> Baresip:
+        phone = Baresip(host, tmp_path, user, password, pbx, **kw)
+        phones.append(phone)
+        return phone
+
+    yield start
+    for phone in phones:
+        phone.stop()

@@ -12,7 +12,6 @@ import pytest
 from testbed import rootfs
 from testbed.asterisk import Asterisk
 from testbed.netns import Host, Network, sweep_stale
-from testbed.sip import Baresip
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -67,17 +66,3 @@ def start_asterisk(tree: Path, tmp_path: Path) -> Iterator[Callable[..., Asteris
     for pbx in started:
         pbx.stop()
 
-
-@pytest.fixture
-def start_phone(tmp_path: Path) -> Iterator[Callable[..., Baresip]]:
-    """start_phone(host, user, password, pbx_addr, ...) -> a baresip phone."""
-    phones: list[Baresip] = []
-
-    def start(host: Host, user: str, password: str, pbx: str, **kw) -> Baresip:
-        phone = Baresip(host, tmp_path, user, password, pbx, **kw)
-        phones.append(phone)
-        return phone
-
-    yield start
-    for phone in phones:
-        phone.stop()

@@ -4,14 +4,13 @@ with systemd as PID 1, one host of the test LAN (tests/testbed/system.py)."""
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from testbed import system
-from testbed.netns import Host, Network, sweep_stale
-from testbed.sip import Baresip
+from testbed.netns import Network, sweep_stale
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -101,16 +100,3 @@ def module_boot() -> Iterator[Machines]:
     yield machines
     machines.close()
 
-
-@pytest.fixture
-def start_phone(tmp_path: Path) -> Iterator[Callable[..., Baresip]]:
-    phones: list[Baresip] = []
-
-    def start(host: Host, user: str, password: str, pbx: str, **kw) -> Baresip:
-        phone = Baresip(host, tmp_path, user, password, pbx, **kw)
-        phones.append(phone)
-        return phone
-
-    yield start
-    for phone in phones:
-        phone.stop()

@@ -16,7 +16,9 @@ from pathlib import Path
 
 import pytest
 
+from pbxhost.host import seed
 from testbed import system
+from testbed.sip import sipp_register
 from testbed.wait import poll
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -103,18 +105,11 @@ def passwords(pbx: system.BootedSystem) -> dict[str, str]:
 
 
 @pytest.fixture(scope="module")
-def pbx(base, repos, tmp_path_factory):
-    from testbed.netns import Network  # the module's own LAN, up while its machine runs
-
-    with Network() as net:
-        machine = system.BootedSystem([base], net.host("pbx", 10),
-                                      tmp_path_factory.mktemp("machine"))
-        machine.boot()
-        try:
-            machine.net = net  # type: ignore[attr-defined]
-            yield machine
-        finally:
-            machine.poweroff()
+def pbx(base, repos, module_net, module_boot, tmp_path_factory):
+    machine = system.BootedSystem([base], module_net.host("pbx", 10),
+                                  tmp_path_factory.mktemp("machine"))
+    machine.net = module_net  # type: ignore[attr-defined]  (its LAN, for the phone)
+    return module_boot(machine)
 
 
 def test_install_from_the_repository_gives_a_running_seeded_pbx(pbx, repos, start_phone):
@@ -129,6 +124,8 @@ def test_install_from_the_repository_gives_a_running_seeded_pbx(pbx, repos, star
     pbx.wait_active(*OURS, timeout=60)
     assert "-C /srv/etc/asterisk/asterisk.conf" in asterisk_cmdline(pbx)  # restarted on ours
     assert (pbx.root / "srv/etc/asterisk/.pbxhost-seeded").exists()
+    pbx.wait_active("pbxhost-tls.timer", "pbxhost-acme.path", "minivm-send-retry.timer")
+    assert (pbx.root / "srv/etc/ssl/asterisk/cert.pem").exists()  # pbxhost-tls.service ran
     assert "websms" in pbx.run("id", "-nG", "asterisk").stdout.split()
     poll(lambda: pbx.run("pbxhost", "status", check=False).returncode == 0 or None, 60,
          "pbxhost status exit 0")
@@ -204,40 +201,31 @@ write =
 """
 
 
-def test_autoban_alone_on_debians_stock_asterisk_jails_a_guesser(base, repos, tmp_path):
+def test_autoban_alone_on_debians_stock_asterisk_jails_a_guesser(base, repos, net, boot,
+                                                                 tmp_path):
     """Stock asterisk-config in /etc/asterisk, an AMI user for autoban
     (manager.d/, which the stock manager.conf includes) and a SIP transport to
     attack; no /srv: autoban finds /etc/asterisk/autoban.conf."""
-    from pbxhost.host import seed
-    from testbed.netns import Network
-    from testbed.sip import sipp_register
-
     autoban_conf = seed.set_option((ROOT / "etc/asterisk/autoban.conf").read_text(),
                                    "asmanager", "secret", AMI_SECRET)
-    with Network() as net:
-        pbx = system.BootedSystem([base], net.host("pbx", 10), tmp_path / "machine")
-        pbx.boot()
-        try:
-            assert version(pbx, "asterisk-config").startswith("installed")
-            pbx.write("/etc/asterisk/pjsip.conf", STOCK_PJSIP)
-            pbx.write("/etc/asterisk/manager.d/autoban.conf", AUTOBAN_AMI_USER)
-            pbx.write("/etc/asterisk/autoban.conf", autoban_conf, 0o600)
-            pbx.run("systemctl", "restart", "asterisk.service")
-            publish(pbx, repos["0.1.0"])
-            apt(pbx, "install", "pbxhost-autoban")
-            assert not version(pbx, "pbxhost").startswith("installed")
-            assert not (pbx.root / "srv/etc/asterisk").exists()
-            pbx.wait_active("asterisk.service", "autoban.service", timeout=60)
-            guesser = net.host("guesser", 66)
-            poll(lambda: "autoban" in pbx.run("asterisk", "-rx", "manager show connected",
-                                              check=False).stdout or None,
-                 30, "autoban logged in to AMI")
-            sipp_register(guesser, pbx.host.v4, "jane.doe", "not-her-password", tmp_path,
-                          expect=401, calls=12, rate=20, timeout=20)
-            poll(lambda: guesser.v4 in pbx.run("autoban", "list", "jail").stdout or None, 30,
-                 f"{guesser.v4} jailed")
-        finally:
-            pbx.poweroff()
+    pbx = boot(system.BootedSystem([base], net.host("pbx", 10), tmp_path / "machine"))
+    assert version(pbx, "asterisk-config").startswith("installed")
+    pbx.write("/etc/asterisk/pjsip.conf", STOCK_PJSIP)
+    pbx.write("/etc/asterisk/manager.d/autoban.conf", AUTOBAN_AMI_USER)
+    pbx.write("/etc/asterisk/autoban.conf", autoban_conf, 0o600)
+    pbx.run("systemctl", "restart", "asterisk.service")
+    publish(pbx, repos["0.1.0"])
+    apt(pbx, "install", "pbxhost-autoban")
+    assert not version(pbx, "pbxhost").startswith("installed")
+    assert not (pbx.root / "srv/etc/asterisk").exists()
+    pbx.wait_active("asterisk.service", "autoban.service", timeout=60)
+    guesser = net.host("guesser", 66)
+    poll(lambda: "autoban" in pbx.run("asterisk", "-rx", "manager show connected",
+                                      check=False).stdout or None, 30, "autoban logged in to AMI")
+    sipp_register(guesser, pbx.host.v4, "jane.doe", "not-her-password", tmp_path,
+                  expect=401, calls=12, rate=20, timeout=20)
+    poll(lambda: guesser.v4 in pbx.run("autoban", "list", "jail").stdout or None, 30,
+         f"{guesser.v4} jailed")
 
 
 # ---------------------------------------------------------------- back up and restore
@@ -248,40 +236,33 @@ RESTORE = ("systemctl stop pbxhost.target", "tar -C / -xpzf /root/pbxhost-backup
            "systemd-tmpfiles --create pbxhost.conf", "systemctl start pbxhost.target")
 
 
-def test_backup_restores_onto_a_new_host_as_the_readme_says(base, repos, tmp_path, start_phone):
+def test_backup_restores_onto_a_new_host_as_the_readme_says(base, repos, net, boot, tmp_path,
+                                                           start_phone):
     """README "Back up and restore", command by command: the new host runs on
     the old host's configuration and passwords, owners and modes kept."""
-    from testbed.netns import Network
-
-    with Network() as net:
-        old = system.BootedSystem([base], net.host("old", 10), tmp_path / "old")
-        new = system.BootedSystem([base], net.host("new", 11), tmp_path / "new")
-        try:
-            for machine in (old.boot(), new.boot()):
-                publish(machine, repos["0.1.0"])
-                apt(machine, "install", *PACKAGES)
-                machine.wait_active(*OURS, timeout=60)
-            old_passwords = passwords(old)
-            assert passwords(new) != old_passwords  # each seeded its own
-            for command in BACKUP:
-                old.run(*command.split())
-            backup = (old.root / "root/pbxhost-backup.tar.gz").read_bytes()
-            (new.root / "root/pbxhost-backup.tar.gz").write_bytes(backup)
-            for command in RESTORE:
-                new.run(*command.split())
-            new.wait_active(*OURS, timeout=60)
-            assert passwords(new) == old_passwords
-            listing = new.run("stat", "-c", "%n %U %G %a", "/srv/etc/asterisk/websms.conf",
-                              "/srv/etc/asterisk/pjsip_endpoint.conf",
-                              "/srv/var/lib/asterisk").stdout
-            assert listing.splitlines() == [
-                "/srv/etc/asterisk/websms.conf root websms 640",
-                "/srv/etc/asterisk/pjsip_endpoint.conf root asterisk 640",
-                "/srv/var/lib/asterisk asterisk asterisk 750"]
-            poll(lambda: new.run("pbxhost", "status", check=False).returncode == 0 or None, 60,
-                 "pbxhost status exit 0 on the restored host")
-            start_phone(net.host("jane", 31), "jane.doe", old_passwords["jane.doe"],
-                        new.host.v4).wait_registered()
-        finally:
-            new.poweroff()
-            old.poweroff()
+    old = boot(system.BootedSystem([base], net.host("old", 10), tmp_path / "old"))
+    new = boot(system.BootedSystem([base], net.host("new", 11), tmp_path / "new"))
+    for machine in (old, new):
+        publish(machine, repos["0.1.0"])
+        apt(machine, "install", *PACKAGES)
+        machine.wait_active(*OURS, timeout=60)
+    old_passwords = passwords(old)
+    assert passwords(new) != old_passwords  # each seeded its own
+    for command in BACKUP:
+        old.run(*command.split())
+    backup = (old.root / "root/pbxhost-backup.tar.gz").read_bytes()
+    (new.root / "root/pbxhost-backup.tar.gz").write_bytes(backup)
+    for command in RESTORE:
+        new.run(*command.split())
+    new.wait_active(*OURS, timeout=60)
+    assert passwords(new) == old_passwords
+    listing = new.run("stat", "-c", "%n %U %G %a", "/srv/etc/asterisk/websms.conf",
+                      "/srv/etc/asterisk/pjsip_endpoint.conf", "/srv/var/lib/asterisk").stdout
+    assert listing.splitlines() == [
+        "/srv/etc/asterisk/websms.conf root websms 640",
+        "/srv/etc/asterisk/pjsip_endpoint.conf root asterisk 640",
+        "/srv/var/lib/asterisk asterisk asterisk 750"]
+    poll(lambda: new.run("pbxhost", "status", check=False).returncode == 0 or None, 60,
+         "pbxhost status exit 0 on the restored host")
+    start_phone(net.host("jane", 31), "jane.doe", old_passwords["jane.doe"],
+                new.host.v4).wait_registered()
