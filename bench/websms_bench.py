@@ -53,7 +53,9 @@ def pbx_configs() -> dict[str, str]:
 
 
 def websms_conf(spool: Path, itsp: FakeItsp, itsp_host: Host) -> str:
+    # rate_limit: the timed outgoing SMS all come from one user, faster than a person types
     return (f"[websms]\nurl_host = {itsp.url}\nurl_path = /api/sms\nauth_method = none\n"
+            "rate_limit = 100000\n"
             f"[websmsd]\nurl_path = /sms/in\nremt_addr = {itsp_host.v4}\n"
             f"[astqueue]\nspooldir = {spool}\n"
             "[asmanager]\nusername = websms\nsecret = websms-test-secret\n")

@@ -46,8 +46,45 @@ def syslog_priority(levelno: int) -> int:
     return next((p for lvl, p in _PRIORITIES if levelno >= lvl), 7)
 
 
-class _SyslogPrefixFormatter(logging.Formatter):
+def escape(text: str) -> str:
+    """TEXT on one line, safe for a log or a terminal: every character that is
+    not printable (CR, LF, tab, other C0/C1 controls, ESC, DEL, U+2028/2029,
+    bidi overrides, unassigned) becomes its Python escape (\\n, \\x1b, \\u2028).
+    External strings (request fields, ITSP replies) then cannot start a log
+    line of their own, forge a `<0>` priority, or drive a terminal."""
+    if text.isprintable():  # the common case, at C speed
+        return text
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
+
+class SafeFormatter(logging.Formatter):
+    """Escapes every message (the one place external strings are made safe for
+    logs). ONE_LINE: the traceback too, for a stream journald splits on LF;
+    otherwise a traceback keeps its lines, each escaped (one journal entry)."""
+
+    def __init__(self, fmt: str, one_line: bool = False) -> None:
+        super().__init__(fmt)
+        self.one_line = one_line
+
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        return escape(super().formatMessage(record))
+
+    def formatException(self, ei: Any) -> str:
+        return "\n".join(map(escape, super().formatException(ei).split("\n")))
+
+    def formatStack(self, stack_info: str) -> str:
+        return "\n".join(map(escape, super().formatStack(stack_info).split("\n")))
+
+    def format(self, record: logging.LogRecord) -> str:
+        text = super().format(record)
+        return escape(text) if self.one_line else text
+
+
+class _SyslogPrefixFormatter(SafeFormatter):
     """`<N>message`: journald reads the priority from the prefix on stderr."""
+
+    def __init__(self, fmt: str) -> None:
+        super().__init__(fmt, one_line=True)
 
     def format(self, record: logging.LogRecord) -> str:
         return f"<{syslog_priority(record.levelno)}>{super().format(record)}"
@@ -88,7 +125,7 @@ def _syslog_handler(name: str, env: Mapping[str, str]) -> logging.Handler | None
     except OSError:
         return None
     handler.ident = f"{name}[{os.getpid()}]: "
-    handler.setFormatter(logging.Formatter("%(message)s"))
+    handler.setFormatter(SafeFormatter("%(message)s", one_line=True))
     return handler
 
 
@@ -107,13 +144,13 @@ def setup_logging(name: str, env: Mapping[str, str] = os.environ,
     if journal is not None:
         handler = journal.JournalHandler(SYSLOG_IDENTIFIER=name)
         handler.map_priority = syslog_priority  # type: ignore[method-assign]
-        handler.setFormatter(logging.Formatter("%(message)s"))
+        handler.setFormatter(SafeFormatter("%(message)s"))
     elif env.get("JOURNAL_STREAM"):
         handler = logging.StreamHandler(sys.stderr)
         handler.setFormatter(_SyslogPrefixFormatter("%(message)s"))
     else:
         handler = logging.StreamHandler(sys.stderr)
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        handler.setFormatter(SafeFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     handler = _syslog_handler(name, env) or handler
     root = logging.getLogger()
     root.handlers[:] = [handler]
@@ -126,7 +163,7 @@ def setup_logging(name: str, env: Mapping[str, str] = os.environ,
     return logging.getLogger(name)
 
 
-def config_error(log: logging.Logger, exc: Exception) -> NoReturn:
+def config_error(log: logging.Logger, exc: Exception | str) -> NoReturn:
     """The one way a service stops on a broken setting or config file: one
     line naming it, exit 78 (the units' RestartPreventExitStatus)."""
     log.error("not started: %s", exc, extra={"CONFIG_ERROR": getattr(exc, "name", "")})

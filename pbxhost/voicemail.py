@@ -14,7 +14,6 @@ of minivm.conf, where Asterisk's copy of it already lives. See docs/minivm-send.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import email.parser
 import email.policy
 import email.utils
@@ -28,7 +27,6 @@ import shlex
 import smtplib
 import ssl
 import sys
-import tempfile
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, replace
@@ -36,7 +34,7 @@ from pathlib import Path
 from typing import IO, Any, NoReturn
 
 from pbxhost import cli, conf, service
-from pbxhost.durable import fsync_dir
+from pbxhost.durable import fsync_dir, write_durably
 
 PROG = "minivm-send"
 CONFIG_NAME = "minivm.conf"
@@ -371,29 +369,13 @@ class Queued:
             raise ValueError(f"not a {PROG} spool file: {e}") from None
 
 
-def _write_all(fd: int, data: bytes) -> None:
-    view = memoryview(data)
-    while view:
-        view = view[os.write(fd, view):]
-
-
 def write_locked(path: Path, data: bytes) -> int:
-    """Write PATH atomically (temp file, fsync, rename, fsync dir; mode 0600) and return an
-    fd locking it. The lock is taken before the file appears, so a concurrent --flush can
+    """Write PATH durably (durable.write_durably; mode 0600) and return an fd locking
+    it. The lock is taken before the file appears, so a concurrent --flush can
     never pick up a mail whose first attempt is still running."""
     path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".part")
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        _write_all(fd, data)
-        os.fsync(fd)
-        os.rename(tmp, path)
-        fsync_dir(path.parent)
-    except BaseException:
-        os.close(fd)
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
+    fd = write_durably(path, data, 0o600, lock=True)
+    assert fd is not None
     return fd
 
 

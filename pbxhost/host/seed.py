@@ -24,6 +24,7 @@ import grp
 import json
 import logging
 import os
+import pwd
 import re
 import secrets
 import shutil
@@ -51,10 +52,14 @@ LOCK = ".pbxhost-seeded"
 SECRETS = "pbxhost-secrets"
 STAGING = ".pbxhost-seeding"
 COMPLETE = ".complete"   # in STAGING: all files written; holds what is to be reported
-# Who may read a file besides root (0640 to that group; None: root alone, 0600):
-# Asterisk reads the suite, websmsd (user websms) its websms.conf, autoband runs as root.
-READERS: dict[str, str | None] = {"autoban.conf": None, "websms.conf": "websms"}
-ASTERISK_GROUP = "asterisk"
+# Who may read a seeded file: (owner, group, mode). Asterisk reads the suite;
+# autoban.conf is root's alone; websms.conf holds the ITSP credentials: websmsd's
+# (owner websms) and root's (group root: autoband is root without
+# CAP_DAC_OVERRIDE and reads websms's remt_addr), never Asterisk's, whose user is
+# in group websms only to hand SMS to the spool. A missing user or group (a
+# host without websms) leaves root's.
+SUITE_ACCESS = ("root", "asterisk", 0o640)
+ACCESS = {"autoban.conf": ("root", "root", 0o600), "websms.conf": ("websms", "root", 0o640)}
 # (AMI user in manager.conf, the file holding its secret in [asmanager])
 AMI_PAIRS = (("autoban", "autoban.conf"), ("websms", "websms.conf"))
 # pjsip_transport.conf keys that HOSTNAME fills.
@@ -236,28 +241,30 @@ def _render(source: Path, dest: Path, env: Mapping[str, str],
     return texts
 
 
-def _write_private(path: Path, text: str, mode: int, gid: int) -> None:
+def _write_private(path: Path, text: str, mode: int, uid: int = -1, gid: int = -1) -> None:
     """Create PATH with MODE before any secret is written into it."""
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
     with os.fdopen(fd, "w") as out:
-        if gid >= 0:
-            os.fchown(out.fileno(), -1, gid)
+        os.fchown(out.fileno(), uid, gid)
         os.fchmod(out.fileno(), mode)  # whatever the umask
         out.write(text)
         out.flush()
         os.fsync(out.fileno())
 
 
-def _access(name: str) -> tuple[int, int]:
-    """(mode, gid) of a seeded file; gid -1 keeps root's group when the reader's
-    group does not exist (yet)."""
-    group = READERS.get(name, ASTERISK_GROUP)
-    if group is None:
-        return 0o600, -1
+def _access(name: str) -> tuple[int, int, int]:
+    """(mode, uid, gid) of a seeded file; -1 keeps root's when the user or group
+    does not exist (yet)."""
+    owner, group, mode = ACCESS.get(name, SUITE_ACCESS)
     try:
-        return 0o640, grp.getgrnam(group).gr_gid
+        uid = pwd.getpwnam(owner).pw_uid
     except KeyError:
-        return 0o640, -1
+        uid = -1
+    try:
+        gid = grp.getgrnam(group).gr_gid
+    except KeyError:
+        gid = -1
+    return mode, uid, gid
 
 
 def _stage(staging: Path, texts: dict[str, str], result: SeedResult) -> None:
@@ -269,7 +276,7 @@ def _stage(staging: Path, texts: dict[str, str], result: SeedResult) -> None:
         _write_private(staging / name, text, *_access(name))
     fsync_dir(staging)  # every staged file is there before the mark says so
     pending = {"passwords": result.passwords, "ami_users": result.ami_users}
-    _write_private(staging / COMPLETE, json.dumps(pending), 0o600, -1)
+    _write_private(staging / COMPLETE, json.dumps(pending), 0o600)
 
 
 def _resume(staging: Path, result: SeedResult) -> None:
@@ -286,7 +293,7 @@ def _install(staging: Path, dest: Path) -> Iterator[str]:
             os.replace(path, dest / path.name)
             yield path.name
     fsync_dir(dest)  # every file is in place before the lock says so
-    _write_private(dest / LOCK, "seeded by pbxhost\n", 0o644, -1)
+    _write_private(dest / LOCK, "seeded by pbxhost\n", 0o644)
     shutil.rmtree(staging)
 
 

@@ -33,7 +33,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import NameOID
 
-from pbxhost.durable import atomic_writer, fsync_dir
+from pbxhost.durable import TEMP_GLOB, atomic_writer, fsync_dir
 
 log = logging.getLogger("pbxhost.tls")
 
@@ -326,9 +326,9 @@ def _staged(dest: Path, name: str) -> Path:
 def install(pair: Pair, dest: Path, gid: int | None) -> None:
     """Stage PAIR, then rename it over the pair in DEST (module docstring).
     GID: the key's group (mode 0640); None: the key stays the owner's (0600)."""
-    with atomic_writer(_staged(dest, KEY), KEY_MODE if gid is not None else 0o600) as f:
-        if gid is not None:
-            os.fchown(f.fileno(), -1, gid)
+    with atomic_writer(_staged(dest, KEY), KEY_MODE if gid is not None else 0o600,
+                       before_rename=None if gid is None else
+                       lambda tmp: os.chown(tmp, -1, gid)) as f:
         f.write(pair.key_pem.decode())
     with atomic_writer(_staged(dest, CERT), CERT_MODE) as f:
         f.write(pair.cert_pem.decode())
@@ -346,7 +346,7 @@ def _commit(dest: Path) -> None:
 def recover(dest: Path) -> str:
     """Finish or undo a pair staged by a run that was cut short; what was done ("": nothing)."""
     staged_cert, staged_key = _staged(dest, CERT), _staged(dest, KEY)
-    for tmp in dest.glob(f"..*{STAGED}-*"):  # atomic_writer's temp files after a crash
+    for tmp in dest.glob(TEMP_GLOB):  # atomic_writer's temp files after a crash
         tmp.unlink(missing_ok=True)
     if not staged_cert.exists():
         if staged_key.exists():

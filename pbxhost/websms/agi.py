@@ -18,6 +18,8 @@ import asyncio
 import base64
 import binascii
 import logging
+import os
+import pwd
 import re
 import sys
 import time
@@ -25,8 +27,9 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from urllib.parse import unquote
 
-from pbxhost.websms import inbound
-from pbxhost.websms.config import AGI_ADDR, WebsmsConfig, user_indexes
+from pbxhost import service
+from pbxhost.websms import guards, inbound, peercred
+from pbxhost.websms.config import AGI_ADDR, WebsmsConfig, user_set_vars
 from pbxhost.websms.deliver import hint_candidates
 from pbxhost.websms.model import INBOUND, Sms, new_id
 from pbxhost.websms.outbox import Outbox, outgoing
@@ -37,7 +40,10 @@ SCRIPT = "websms"
 _REPLY = re.compile(r"(\d{3}) result=(-?\d+)(?: \((.*)\))?.*", re.S)
 _SIP_USER = re.compile(r"sips?:([^@;>:]+)@")
 MAX_LINE = 65536
-INDEX_TTL = 30.0  # seconds the users' WEBSMS_INDEX from pjsip.conf are trusted
+INDEX_TTL = 30.0  # seconds the users' set_var (WEBSMS_INDEX, TOLL_ALLOW) are trusted
+READ_TIMEOUT = 10.0   # every line Asterisk owes us: its environment and each reply
+MAX_CONNECTIONS = 32  # FastAGI conversations at once; Asterisk needs one per SMS in flight
+TOLL_SUB = "sub_toll_class"  # the dialplan's number classes (extensions.conf)
 
 
 class AgiError(Exception):
@@ -70,11 +76,16 @@ class Session:
     """One AGI conversation over a line reader and a writer."""
 
     def __init__(self, readline: Callable[[], Awaitable[bytes]],
-                 write: Callable[[bytes], Awaitable[None]]) -> None:
-        self.readline, self.write = readline, write
+                 write: Callable[[bytes], Awaitable[None]],
+                 timeout: float = READ_TIMEOUT) -> None:
+        self.readline, self.write, self.timeout = readline, write, timeout
 
     async def _line(self) -> str:
-        raw = await self.readline()
+        """One line, within the deadline: a peer that stops talking is cut off."""
+        try:
+            raw = await asyncio.wait_for(self.readline(), self.timeout)
+        except TimeoutError:
+            raise AgiError(f"no AGI line within {self.timeout:.0f}s") from None
         if not raw:
             raise AgiError("AGI stream closed")
         if len(raw) > MAX_LINE:
@@ -93,7 +104,8 @@ class Session:
         await self.write(line.encode("utf-8") + b"\n")
         while True:
             reply = await self._line()
-            if not reply.startswith("HANGUP"):  # a hang-up notice precedes the reply
+            # a hang-up notice precedes the reply; GOSUB answers "100 Trying" first
+            if not reply.startswith(("HANGUP", "100 ")):
                 break
         code, result, value = parse_reply(reply)
         if code != 200:
@@ -107,6 +119,18 @@ class Session:
 
     async def set(self, name: str, value: str) -> None:
         await self.command(f'SET VARIABLE {name} "{value}"')
+
+    async def toll_class(self, number: str) -> str:
+        """The dialplan's class of NUMBER (premium, international, domestic),
+        by running its sub_toll_class; "" when the dialplan has none. Its
+        TOLL_HOME global says it has: a GOSUB to a missing label would end
+        the AGI with FAILURE, and sub_websms would run the plain script too."""
+        if not await self.get("${TOLL_HOME}"):
+            return ""
+        result, _ = await self.command(f"GOSUB {TOLL_SUB} s 1 {number}")  # res_agi adds the ()
+        if result != 0:
+            return ""
+        return (await self.get("${GOSUB_RETVAL}")).strip().lower()
 
 
 @dataclass(frozen=True)
@@ -165,18 +189,46 @@ class Handler:
     """What websms does with one AGI request: queue for a local user, or send out."""
 
     def __init__(self, cfg: WebsmsConfig, outbox: Outbox,
-                 deliver_local: Callable[[Sms], None], wait: float | None = None) -> None:
+                 deliver_local: Callable[[Sms], None], wait: float | None = None,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.cfg, self.outbox, self.deliver_local = cfg, outbox, deliver_local
         self.wait = cfg.retry.agi_wait if wait is None else wait
-        self._indexes: tuple[float, dict[str, str]] = (0.0, {})
+        self._vars: tuple[float, dict[str, dict[str, str]]] = (-INDEX_TTL - 1, {})
+        self.rate = guards.RateLimit(cfg.guards.rate_limit, cfg.guards.rate_window, clock)
+        self._warned_toll = False
+
+    def user_var(self, user: str, name: str) -> str | None:
+        """The user's set_var NAME (pjsip.conf, read again after INDEX_TTL)."""
+        read_at, found = self._vars
+        if time.monotonic() - read_at > INDEX_TTL:
+            found = user_set_vars(self.cfg.path.parent)
+            self._vars = (time.monotonic(), found)
+        return found.get(user, {}).get(name)
 
     def index_of(self, user: str) -> str:
-        """The user's WEBSMS_INDEX (pjsip.conf, read again after INDEX_TTL)."""
-        read_at, indexes = self._indexes
-        if time.monotonic() - read_at > INDEX_TTL:
-            indexes = user_indexes(self.cfg.path.parent)
-            self._indexes = (time.monotonic(), indexes)
-        return indexes.get(user, "")
+        """The user's WEBSMS_INDEX."""
+        return self.user_var(user, "WEBSMS_INDEX") or ""
+
+    async def refusal(self, session: Session, req: Request) -> tuple[str, str] | None:
+        """(WEBSMS_STATUS, reason) when this SMS may not go out; None when it may.
+        Toll guards as for calls; then the user's rate (only SMS that may go count)."""
+        toll_class = await session.toll_class(req.to)
+        if not toll_class and not self._warned_toll:
+            self._warned_toll = True
+            log.warning("the dialplan has no TOLL_HOME (nor %s): SMS to the outside are "
+                        "not toll-guarded", TOLL_SUB)
+        allow = ""
+        if guards.toll_refusal(toll_class, "") is not None:  # only then ask what is allowed
+            found = self.user_var(req.user, "TOLL_ALLOW")
+            # no set_var: the global default of extensions_local.conf
+            allow = found if found is not None else await session.get("${TOLL_ALLOW}")
+        why = guards.toll_refusal(toll_class, allow)
+        if why is not None:
+            return "TOLL_REFUSED", why
+        if not self.rate.take(req.user):
+            g = self.cfg.guards
+            return "RATE_LIMITED", f"more than {g.rate_limit} SMS in {g.rate_window}s"
+        return None
 
     async def handle(self, session: Session, env: dict[str, str]) -> str:
         try:
@@ -186,7 +238,7 @@ class Handler:
             why = ("the text was empty or longer than Asterisk takes (1023 bytes)"
                    if exc.reason == "empty body" else exc.reason)
             log.warning("SMS from %s to %s refused: %s", exc.sender, exc.to, why)
-            self.outbox.tell(outgoing(exc.to, exc.sender, "", "", exc.sender, time.time(),
+            await self.outbox.tell(outgoing(exc.to, exc.sender, "", "", exc.sender, time.time(),
                                       self.cfg.retry.expire), why)
             status = "FAILED"
         except inbound.Refused as exc:
@@ -212,6 +264,13 @@ class Handler:
             index = req.index or self.index_of(req.user)
             sms = outgoing(req.to, req.sender, req.body, index, req.user, now,
                            self.cfg.retry.expire)
+            refused = await self.refusal(session, req)
+            if refused is not None:
+                status, why = refused
+                log.log(service.NOTICE, "SMS from %s (%s) to %s refused: %s", req.user, req.sender,
+                        req.to, why, extra={"SMS_TO": req.to})
+                await self.outbox.tell(sms, why)
+                return status
             return await self.outbox.submit(sms, self.wait)
         except SpoolError as exc:
             log.error("SMS from %s to %s not taken: %s", req.sender, req.to, exc)
@@ -221,12 +280,58 @@ class Handler:
 # ---------------------------------------------------------------- FastAGI server
 
 
-class FastAgiServer:
-    """agi://127.0.0.1:4573/websms: one connection per message, no process per message."""
+def agi_uids(users: tuple[str, ...]) -> frozenset[int]:
+    """Who may use FastAGI: root, websmsd's own user (both can read the ITSP
+    credentials anyway) and USERS (names or uids; Asterisk's). A name this
+    host does not know is left out, with a warning."""
+    uids = {0, os.geteuid()}
+    for user in users:
+        if user.isdigit():
+            uids.add(int(user))
+            continue
+        try:
+            uids.add(pwd.getpwnam(user).pw_uid)
+        except KeyError:
+            log.warning("agi_users: no user %r on this host", user)
+    return frozenset(uids)
 
-    def __init__(self, handler: Handler, addr: tuple[str, int] = AGI_ADDR) -> None:
+
+class FastAgiServer:
+    """agi://127.0.0.1:4573/websms: one connection per message, no process per message.
+
+    Only Asterisk may talk to it (decision): FastAGI is TCP (Asterisk has no
+    Unix-socket FastAGI), so any local user can connect, and whoever talks
+    AGI here sends SMS at the owner's cost. The kernel knows the uid that owns
+    the peer's socket (peercred: sock_diag, /proc/net/tcp); a peer not owned by
+    Asterisk's user (agi_users), root or websms is closed before a byte is
+    read. No secret to seed or leak, nothing in the dialplan or in nftables to
+    keep in step, and the same check covers IPv4 and IPv6."""
+
+    def __init__(self, handler: Handler, addr: tuple[str, int] = AGI_ADDR,
+                 uids: frozenset[int] | None = None,
+                 max_connections: int = MAX_CONNECTIONS) -> None:
         self.handler, self.addr = handler, addr
+        self.uids = agi_uids(handler.cfg.guards.agi_users) if uids is None else uids
+        self.max_connections, self.open = max_connections, 0
         self.server: asyncio.Server | None = None
+
+    def admits(self, writer: asyncio.StreamWriter) -> bool:
+        peer, local = writer.get_extra_info("peername"), writer.get_extra_info("sockname")
+        if self.open >= self.max_connections:
+            log.warning("FastAGI connection from %s refused: %d open", peer, self.open)
+            return False
+        try:
+            uid = peercred.peer_uid(peer[:2], local[:2])
+        except (OSError, ValueError) as exc:  # fail closed: the dialplan's plain AGI remains
+            log.error("FastAGI connection from %s refused: its owner is unknown (%s); websmsd "
+                      "needs AF_NETLINK (sock_diag) or /proc/net/tcp: add AF_NETLINK to the "
+                      "unit's RestrictAddressFamilies", peer, exc)
+            return False
+        if uid not in self.uids:
+            log.warning("FastAGI connection from %s refused: uid %s is not Asterisk's",
+                        peer, uid)
+            return False
+        return True
 
     async def start(self) -> None:
         self.server = await asyncio.start_server(self._connection, *self.addr, limit=MAX_LINE)
@@ -237,9 +342,13 @@ class FastAgiServer:
         async def write(data: bytes) -> None:
             writer.write(data)
             await writer.drain()
+        if not self.admits(writer):
+            writer.close()
+            return
+        self.open += 1
         session = Session(reader.readline, write)
         try:
-            env = await asyncio.wait_for(session.environment(), 10)
+            env = await asyncio.wait_for(session.environment(), READ_TIMEOUT)
             script = env.get("agi_network_script", "").strip("/")
             if script != SCRIPT:
                 log.warning("FastAGI request for %r refused (only %r)", script, SCRIPT)
@@ -248,6 +357,7 @@ class FastAgiServer:
         except (AgiError, OSError, TimeoutError, ValueError) as exc:
             log.warning("FastAGI conversation ended early: %s", exc)
         finally:
+            self.open -= 1
             writer.close()
 
     async def close(self) -> None:
@@ -260,9 +370,18 @@ class FastAgiServer:
 
 
 async def script(handler: Handler) -> str:
-    """AGI on stdin/stdout (Asterisk runs `websms agi ...` for each message)."""
+    """AGI on stdin/stdout (Asterisk runs `websms agi ...` for each message).
+    stdin is read on the loop (a pipe from Asterisk), not in a thread, so a
+    read past its deadline is cancelled and the script ends."""
+    loop = asyncio.get_running_loop()
+    reader = asyncio.StreamReader(limit=MAX_LINE + 1)
+    await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
+
     async def readline() -> bytes:
-        return await asyncio.to_thread(sys.stdin.buffer.readline, MAX_LINE + 1)
+        try:
+            return await reader.readline()
+        except ValueError:  # longer than the limit
+            raise AgiError("AGI line too long") from None
 
     async def write(data: bytes) -> None:
         sys.stdout.buffer.write(data)

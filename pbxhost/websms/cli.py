@@ -6,6 +6,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import logging
+import os
 import sys
 import time
 from datetime import datetime
@@ -13,12 +15,14 @@ from pathlib import Path
 
 from pbxhost import cli, conf, service
 from pbxhost.websms import agi, config, inbound, send
+from pbxhost.websms.deliver import SET_ASIDE
 from pbxhost.websms.model import OUTBOUND, Sms
 from pbxhost.websms.outbox import Outbox, outgoing
 from pbxhost.websms.parts import Parts, Piece
 from pbxhost.websms.send import Outcome
 from pbxhost.websms.spool import Spool, SpoolError
 
+log = logging.getLogger("pbxhost.websms.cli")
 PROG = "websms"
 EX_TEMPFAIL = 75  # sysexits: not sent now, queued for websmsd to retry
 USAGE = """\
@@ -58,11 +62,12 @@ def cmd_send(args: argparse.Namespace) -> int:
     except KeyError as exc:
         cli.fail(PROG, str(exc.args[0]), cli.USAGE_EXIT)
     result = send.send(iface, to, sender, body)
+    detail = service.escape(result.detail)  # the ITSP's reply: external
     if result.outcome is Outcome.SENT:
-        print(f"sent to {to} via {iface.name or 'default'} ({result.detail})")
+        print(f"sent to {to} via {iface.name or 'default'} ({detail})")
         return 0
     if result.outcome is Outcome.FAILED:
-        cli.fail(PROG, f"not sent: {result.detail}")
+        cli.fail(PROG, f"not sent: {detail}")
     now = time.time()
     sms = outgoing(to, sender, body, iface.name, sender, now, cfg.retry.expire)
     sms.attempts, sms.error, sms.next_try = 1, result.detail, now + cfg.retry.backoff_min
@@ -71,8 +76,8 @@ def cmd_send(args: argparse.Namespace) -> int:
         spool.prepare(clean=False)
         spool.add(sms)
     except (OSError, SpoolError) as exc:
-        cli.fail(PROG, f"not sent ({result.detail}) and not queued: {exc}")
-    print(f"not sent now ({result.detail}); queued as {sms.id}, websmsd retries it")
+        cli.fail(PROG, f"not sent ({detail}) and not queued: {exc}")
+    print(f"not sent now ({detail}); queued as {sms.id}, websmsd retries it")
     return EX_TEMPFAIL
 
 
@@ -88,9 +93,28 @@ def _ago(seconds: float) -> str:
 
 
 def _preview(body: str, width: int = 40) -> str:
-    """Shown safely: control characters escaped, so a queued SMS cannot drive the terminal."""
-    short = body if len(body) <= width else body[:width - 1] + "…"
-    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in short)
+    """The start of a text; the whole line is escaped by _show."""
+    return body if len(body) <= width else body[:width - 1] + "…"
+
+
+def _show(line: str) -> None:
+    """Every line of `websms queue` escaped (service.escape): senders, texts and
+    ITSP replies are external, and must not drive the terminal or add lines."""
+    print(service.escape(line))
+
+
+def _json_safe(text: str) -> str:
+    """JSON output with every non-printable character inside its strings as a
+    \\u escape (json.dumps leaves DEL, C1, U+2028 and the like raw); only the
+    indentation's LF stays, and the output still parses to the same values."""
+    if text.isprintable():
+        return text
+    def esc(c: str) -> str:
+        if c == "\n" or c.isprintable():
+            return c
+        units = c.encode("utf-16-be", "surrogatepass")
+        return "".join(f"\\u{units[i]:02x}{units[i + 1]:02x}" for i in range(0, len(units), 2))
+    return "".join(map(esc, text))
 
 
 def _state(sms: Sms, where: str, now: float) -> str:
@@ -100,6 +124,8 @@ def _state(sms: Sms, where: str, now: float) -> str:
         wait = f", next try in {_ago(sms.next_try - now)}" if sms.next_try > now else ""
         tries = f"{sms.attempts} attempt{'s' if sms.attempts != 1 else ''}"
         return tries + wait + (f": {sms.error}" if sms.error else "")
+    if sms.error.startswith(SET_ASIDE):  # no user has the number: not waiting for a phone
+        return sms.error.replace(SET_ASIDE, SET_ASIDE.upper(), 1)
     got = f"on {len(sms.delivered)} phones so far" if sms.delivered else "waiting for a phone"
     return got + (f": {sms.error}" if sms.error else "")
 
@@ -148,14 +174,14 @@ def cmd_queue(args: argparse.Namespace) -> int:
     sets = Parts(spool).incomplete()  # multi-part SMS still waiting for parts
     if args.json:
         docs = [{"queue": where, **json.loads(s.to_json())} for where, s in rows]
-        print(json.dumps(docs + [_part_doc(name, pieces) for name, pieces in sets],
-                         ensure_ascii=False, indent=1))
+        print(_json_safe(json.dumps(docs + [_part_doc(name, pieces) for name, pieces in sets],
+                                    ensure_ascii=False, indent=1)))
         return 0
     now = time.time()
     for where, sms in rows:
-        print(_line(sms, where, now))
+        _show(_line(sms, where, now))
     for name, pieces in sets:
-        print(_part_line(name, pieces, now))
+        _show(_part_line(name, pieces, now))
     counts = {w: sum(1 for x, _ in rows if x == w) for w in ("in", "out", "failed")}
     partial = f", {len(sets)} multi-part incomplete" if sets else ""
     print(f"{counts['in']} for phones, {counts['out']} for the ITSP, {counts['failed']} failed"
@@ -182,14 +208,32 @@ def cmd_migrate(args: argparse.Namespace) -> int:
     return 0 if path.exists() else 1
 
 
+def _agi_config(path: Path) -> tuple[config.WebsmsConfig, bool]:
+    """websms.conf, and whether this process may send. Asterisk's user, which
+    runs this script, cannot read websms.conf (the ITSP credentials are
+    websms's alone): then the defaults, and every SMS is queued for websmsd."""
+    try:
+        path.stat()
+        unreadable = not os.access(path, os.R_OK)
+    except FileNotFoundError:
+        unreadable = False  # no websms.conf: the defaults (or a migrated sms.conf)
+    except PermissionError:
+        unreadable = True
+    if unreadable:
+        log.warning("%s is not readable by this user (the ITSP credentials are websmsd's): "
+                    "SMS are queued in %s for websmsd", path, config.DEFAULT_SPOOL)
+        return config.WebsmsConfig(path=path), False
+    return _load(path), True
+
+
 def cmd_agi(args: argparse.Namespace) -> int:
     service.setup_logging("websms-agi")  # stderr: Asterisk logs it; stdout is the AGI channel
-    cfg = _load(_config_path(args.config))
+    cfg, may_send = _agi_config(_config_path(args.config))
     spool = Spool(cfg.queue.spooldir)
     spool.prepare(clean=False)
     # websmsd picks up what is queued here (for our users, or to retry) within seconds
-    handler = agi.Handler(cfg, Outbox(cfg, spool, lambda sms: None), lambda sms: None,
-                          wait=3600)
+    outbox = Outbox(cfg, spool, lambda sms: None, queue_only=not may_send)
+    handler = agi.Handler(cfg, outbox, lambda sms: None, wait=3600)
     try:
         asyncio.run(agi.script(handler))
     except agi.AgiError:

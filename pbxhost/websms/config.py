@@ -8,6 +8,7 @@ every interface. A section without indexed keys is one interface named ""."""
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import os
 import re
@@ -19,6 +20,7 @@ from urllib.parse import urlsplit
 from pbxhost import conf, settings
 from pbxhost.ami import AmiSettings
 from pbxhost.conf import ConfigError, Network, Section
+from pbxhost.durable import write_durably
 from pbxhost.websms import providers, signatures
 
 log = logging.getLogger("pbxhost.websms")
@@ -30,6 +32,9 @@ AUTH_METHODS = ("none", "plain", "basic", "bearer", "zadarma")
 NUMFORMS = ("", "E164", "E.164")
 AMI_PART_LIMIT = 750  # AMI reads lines of 1024 bytes: Base64Body of at most 1000 chars
 AGI_ADDR = ("127.0.0.1", 4573)  # contracts: agi://127.0.0.1:4573/websms
+PROXY_AUTH = "X-Websms-Proxy"  # the header a trusted proxy proves itself with
+OPT_OUT = "insecure_open"  # [websmsd] key: serve an interface with no signature and no remt_addr
+_V4_LOOP = ipaddress.ip_network("127.0.0.0/8")
 _KEY = re.compile(r"[A-Za-z0-9_.\-\[\]]{1,64}")
 
 
@@ -81,6 +86,12 @@ class Incoming:
     sign_secret: str = ""                # the verifying secret or public key
     sign_url: str = ""                   # the webhook URL as the provider calls it (proxy)
     sign_maxage: int = signatures.DEFAULT_MAX_AGE
+    insecure_open: bool = False          # OPT_OUT: unsigned SMS from any source, on purpose
+
+    @property
+    def unprotected(self) -> bool:
+        """Anyone who finds the URL can post an SMS for any user with any sender."""
+        return self.sign_scheme == "none" and not self.remt_addr and not self.insecure_open
 
 
 @dataclass(frozen=True)
@@ -91,6 +102,7 @@ class Webhook:
     bindaddr: str = ""                   # empty: every address
     prox_addr: tuple[Network, ...] = ()
     prox_header: str = "HTTP_X_FORWARDED_FOR"
+    prox_secret: str = ""                # the proxy proves itself with it (PROXY_AUTH header)
     req_maxsize: int = 65536             # bytes of a request body
     body_maxlen: int = 5000              # characters of an SMS text
     dedup_time: int = 7 * 86400          # provider ids remembered this long
@@ -128,6 +140,15 @@ class Retry:
 
 
 @dataclass(frozen=True)
+class Guards:
+    """Who may hand websms an SMS to send, and how many ([websms], plain keys)."""
+
+    agi_users: tuple[str, ...] = ("asterisk",)  # besides root and websmsd's own user
+    rate_limit: int = 5                  # outgoing SMS per user per rate_window; 0: no limit
+    rate_window: int = 60                # seconds
+
+
+@dataclass(frozen=True)
 class WebsmsConfig:
     path: Path
     outgoing: tuple[Outgoing, ...] = (Outgoing(),)
@@ -135,6 +156,7 @@ class WebsmsConfig:
     webhook: Webhook = field(default_factory=Webhook)
     queue: Queue = field(default_factory=Queue)
     retry: Retry = field(default_factory=Retry)
+    guards: Guards = field(default_factory=Guards)
     ami: AmiSettings = field(default_factory=lambda: AmiSettings(username="websms",
                                                                  events="system"))
 
@@ -300,14 +322,46 @@ def _incoming(section: Section | None, idx: str | None) -> Incoming:
         sign_url=_text(section, "sign_url", "", idx),
         sign_maxage=section.get_duration("sign_maxage", signatures.DEFAULT_MAX_AGE,
                                          idx=idx) or signatures.DEFAULT_MAX_AGE,
+        insecure_open=bool(section.get_bool(OPT_OUT, False, idx=idx)),
     )
+
+
+def unprotected_refusal(cfg: WebsmsConfig) -> str | None:
+    """Why websmsd must not serve this config, in one line; None when it may.
+    Secure by default: with the webhook on, an interface with neither a
+    signature scheme nor remt_addr would take a forged SMS from anyone."""
+    if cfg.webhook.port is None:
+        return None
+    for iface in cfg.incoming:
+        if iface.unprotected:
+            idx = f" [{iface.name}]" if iface.name else ""
+            return (f"[websmsd] interface {iface.name or '(default)'!r} of {cfg.path} "
+                    f"(url_path {','.join(iface.url_path) or 'any'}) accepts unsigned SMS "
+                    f"from any source: set remt_addr{idx} to the ITSP's addresses, or a "
+                    f"signature (provider{idx} with sign_secret{idx}, or sign_scheme{idx}); "
+                    f"or write {OPT_OUT}{idx} = yes to accept that")
+    return None
+
+
+def local_proxy_refusal(cfg: WebsmsConfig) -> str | None:
+    """A proxy on this host is trusted by its secret, not its address: every
+    local user can connect from 127.0.0.1 and send an X-Forwarded-For."""
+    hook = cfg.webhook
+    if hook.port is None or hook.prox_secret:
+        return None
+    local = [str(n) for n in hook.prox_addr if n.is_loopback or n.overlaps(_V4_LOOP)]
+    if not local:
+        return None
+    return (f"[websmsd] prox_addr of {cfg.path} trusts a proxy on this host ({', '.join(local)}) "
+            f"by its address, which every local user has: set prox_secret (the proxy sends "
+            f"it as {PROXY_AUTH}: <secret>), or remove the local address from prox_addr")
 
 
 def _webhook(section: Section | None, env: Mapping[str, str]) -> Webhook:
     port = settings.websmsd_port(env)
     if section is None:
         return Webhook(port=port)
-    for key in ("prox_addr", "prox_header"):
+    for key in ("prox_addr", "prox_header", "prox_secret"):
         if any(i.index is not None and i.key.lower() == key for i in section.items):
             # the proxy is trusted before any interface is known: one value only
             raise _fail(section, key, None, "cannot be indexed (one proxy for all interfaces)")
@@ -317,6 +371,7 @@ def _webhook(section: Section | None, env: Mapping[str, str]) -> Webhook:
         bindaddr=_text(section, "bindaddr", "", None),
         prox_addr=tuple(section.get_networks("prox_addr", []) or []),
         prox_header=environ_key(header),
+        prox_secret=_text(section, "prox_secret", "", None),
         req_maxsize=section.get_int("req_maxsize", 65536) or 65536,
         body_maxlen=section.get_int("body_maxlen", 5000) or 5000,
         dedup_time=section.get_duration("dedup_time", 7 * 86400) or 0,
@@ -366,6 +421,18 @@ def _retry(section: Section | None) -> Retry:
                  agi_wait=section.get_float("agi_wait", 3.0) or 0.0)
 
 
+def _guards(section: Section | None) -> Guards:
+    if section is None:
+        return Guards()
+    users = tuple(u.strip() for u in _text(section, "agi_users", "asterisk").split(",")
+                  if u.strip())
+    limit = section.get_int("rate_limit", 5)
+    if limit is None or limit < 0:
+        raise _fail(section, "rate_limit", None, "a number of SMS, 0 for no limit")
+    return Guards(agi_users=users, rate_limit=limit,
+                  rate_window=max(1, section.get_duration("rate_window", 60) or 60))
+
+
 def _ami(section: Section | None) -> AmiSettings:
     if section is None:
         return AmiSettings(username="websms", events="system")
@@ -393,6 +460,7 @@ def parse(cfg: conf.Config, path: Path,
         webhook=_webhook(inc, env),
         queue=_queue(cfg.section("astqueue")),
         retry=_retry(out),
+        guards=_guards(out),
         ami=_ami(cfg.section("asmanager")),
     )
 
@@ -410,26 +478,33 @@ def load(path: Path, env: Mapping[str, str] = os.environ) -> WebsmsConfig:
 # ---------------------------------------------------------------- users' interfaces
 
 
-def user_indexes(confdir: Path) -> dict[str, str]:
-    """Endpoint → WEBSMS_INDEX, from the set_var of endpoints and wizards in
-    pjsip.conf (and what it includes). An SMS is no channel, so the set_var
-    never becomes a variable: the dialplan tells websms the sending user and
-    its interface is read here. An unreadable config is an empty map."""
+def user_set_vars(confdir: Path) -> dict[str, dict[str, str]]:
+    """Endpoint → its set_var variables (WEBSMS_INDEX, TOLL_ALLOW, ...), from
+    the endpoints and wizards in pjsip.conf (and what it includes). An SMS is
+    no channel, so a set_var never becomes a variable in the message context:
+    the dialplan tells websms the sending user and its variables are read
+    here. An unreadable config is an empty map."""
     path = confdir / "pjsip.conf"
     try:
         cfg = conf.load(path)
     except ConfigError as exc:
-        log.warning("users' WEBSMS_INDEX not read: %s", exc)
+        log.warning("users' set_var (WEBSMS_INDEX, TOLL_ALLOW) not read: %s", exc)
         return {}
-    found: dict[str, str] = {}
+    found: dict[str, dict[str, str]] = {}
     for section in cfg.sections:
         kind = (section.get("type") or "").strip().lower()
         key = {"wizard": "endpoint/set_var", "endpoint": "set_var"}.get(kind)
         for value in section.getall(key) if key else []:
-            name, sep, index = value.partition("=")
-            if sep and name.strip() == "WEBSMS_INDEX":
-                found[section.name] = index.strip()
+            name, sep, var = value.partition("=")
+            if sep:
+                found.setdefault(section.name, {})[name.strip()] = var.strip()
     return found
+
+
+def user_indexes(confdir: Path) -> dict[str, str]:
+    """Endpoint → WEBSMS_INDEX (see user_set_vars)."""
+    return {user: found["WEBSMS_INDEX"] for user, found in user_set_vars(confdir).items()
+            if "WEBSMS_INDEX" in found}
 
 
 # ---------------------------------------------------------------- sms.conf migration
@@ -495,14 +570,8 @@ def migrate_sms_conf(target: Path) -> conf.Config | None:
         return None
     text = translate_sms_conf(conf.load(old_path))
     try:
-        tmp = target.with_name(f".{target.name}.tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o640)
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        _same_access(old_path, tmp)
-        os.replace(tmp, target)
+        write_durably(target, text.encode("utf-8"), 0o640,
+                      before_rename=lambda tmp: _same_access(old_path, tmp))
         log.warning("migrated %s to %s (the old file is left as it was)", old_path, target)
         return conf.loads(text, str(target))
     except OSError as exc:

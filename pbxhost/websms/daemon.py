@@ -23,7 +23,7 @@ from pathlib import Path
 
 from pbxhost import cli, conf, service, settings
 from pbxhost.ami import AmiClient
-from pbxhost.websms import agi, config, httpd, providers, webhook
+from pbxhost.websms import agi, config, httpd, providers, signatures, webhook
 from pbxhost.websms.config import WebsmsConfig
 from pbxhost.websms.deliver import Delivery
 from pbxhost.websms.inbound import Message
@@ -40,6 +40,7 @@ RESCAN = 2.0
 PRUNE = 3600.0
 STATUS = 10.0
 STOP_TIMEOUT = 5.0
+REPLAY_FILE = "replay.keys"
 
 
 def inbound_sms(msg: Message, cfg: WebsmsConfig, now: float) -> Sms:
@@ -59,6 +60,7 @@ class Websmsd:
         self.outbox = Outbox(cfg, self.spool, self.delivery.add)
         self.fastagi = agi.FastAgiServer(agi.Handler(cfg, self.outbox, self.delivery.add))
         self.webhook: httpd.HttpServer | None = None
+        self.replay: signatures.ReplayGuard | None = None
         self.ami_state = "connecting"
 
     # -- glue between the units ------------------------------------------------------
@@ -107,9 +109,14 @@ class Websmsd:
 
     def _status(self) -> None:
         tally = self.delivery.tally
+        faults = list(self.spool.faults.items())  # a copy: threads of the outbox add to it
+        trouble = ("; STORAGE FAULT: " + ", ".join(f"{a} {e}" for a, e in faults)
+                   if faults else "")
+        aside = self.delivery.set_aside()
         self.notifier.status(f"AMI {self.ami_state}; queued: {len(self.delivery.pending)} for "
-                             f"phones, {len(self.outbox.pending)} for the ITSP; since start: "
-                             f"{tally.delivered} delivered, {tally.expired} expired")
+                             f"phones ({aside} set aside: no such user), "
+                             f"{len(self.outbox.pending)} for the ITSP; since start: "
+                             f"{tally.delivered} delivered, {tally.expired} expired{trouble}")
 
     # -- housekeeping ------------------------------------------------------------------
     def _rescan_inbound(self) -> None:
@@ -130,6 +137,10 @@ class Websmsd:
                     self.outbox.flush()
                 if now >= next_rescan:
                     next_rescan = now + RESCAN
+                    if self.spool.faults:  # what a storage fault held back, written now
+                        # on the loop, not a thread: it touches the journal's marks, which
+                        # only the loop changes; rare (only while a fault lasts)
+                        self.spool.retry_deferred()
                     self._sweep_parts()
                     self._rescan_inbound()
                 if now >= next_prune:
@@ -150,7 +161,9 @@ class Websmsd:
         waiting, sending = self.delivery.load(), self.outbox.load()
         await self.fastagi.start()
         if self.cfg.webhook.port is not None:
-            self.webhook = webhook.server(self.cfg, self.accept)
+            # signed requests already taken, remembered across restarts
+            self.replay = signatures.ReplayGuard(path=self.spool.root / REPLAY_FILE)
+            self.webhook = webhook.server(self.cfg, self.accept, self.replay)
             await self.webhook.start()
             log.info("webhook listening on %s", self.webhook.where())
         else:
@@ -184,6 +197,8 @@ class Websmsd:
                                 ", ".join(t.get_name() for t in stuck))
             if self.webhook is not None:
                 await self.webhook.close()
+            if self.replay is not None:
+                self.replay.close()
             await self.fastagi.close()
             if self.spool.journal is not None:
                 self.spool.journal.close()
@@ -199,6 +214,9 @@ def main(argv: list[str] | None = None) -> int:
         cfg = config.load(Path(path))
     except (conf.ConfigError, settings.SettingError) as exc:
         service.config_error(log, exc)
+    refusal = config.unprotected_refusal(cfg) or config.local_proxy_refusal(cfg)
+    if refusal is not None:
+        service.config_error(log, refusal)
     if not cfg.ami.secret:
         log.warning("no [asmanager] secret in %s: AMI login will be refused", path)
     try:

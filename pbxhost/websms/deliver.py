@@ -20,46 +20,26 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any
 
 from pbxhost import service
 from pbxhost.ami import AmiError
 from pbxhost.websms import text
 from pbxhost.websms.aio import nap, stop_if_cancelled
 from pbxhost.websms.config import Queue
+from pbxhost.websms.contacts import Ami, Contact, Directory, hint_candidates, hint_endpoints
+
+__all__ = ["Delivery", "Tally", "destinations", "hint_candidates", "hint_endpoints"]
 from pbxhost.websms.model import INBOUND, Sms
 from pbxhost.websms.spool import Spool, SpoolError
 
 log = logging.getLogger("pbxhost.websms.deliver")
-REACHABLE = ("Reachable", "NonQualified")
-TARGET_TTL = 60.0   # seconds a number → endpoints lookup is trusted
 TICK = 1.0
 BATCH = 64          # SMS whose MessageSend actions are in flight together
 RETRY_REFUSED = 10.0  # seconds before a contact that refused a MessageSend is tried again
+SET_ASIDE = "set aside"  # the error of an SMS whose number no user has
 PAUSE = 1.0           # seconds without AMI actions after one failed (the session recovers)
 BOOT_WAIT = 10.0      # seconds to wait for FullyBooted after an AMI login
-
-
-class Ami(Protocol):
-    async def action(self, fields: dict[str, Any], timeout: float = 10) -> Any: ...
-
-
-@dataclass
-class Contact:
-    uri: str
-    endpoint: str
-    status: str
-
-    @property
-    def reachable(self) -> bool:
-        return self.status in REACHABLE
-
-
-@dataclass
-class Target:
-    endpoints: tuple[str, ...]
-    aors: tuple[str, ...]
-    found: float
 
 
 @dataclass
@@ -75,32 +55,14 @@ def destinations(endpoint: str, uri: str) -> str:
     return f"pjsip:{endpoint}/{uri}"
 
 
-def hint_candidates(to: str) -> list[str]:
-    """ITSPs write numbers with or without + or 00; hints are E.164 (+...)."""
-    out = [to]
-    if to.isdigit():
-        out += ["+" + to[2:]] if to.startswith("00") else ["+" + to]
-    elif to.startswith("+"):
-        out.append(to[1:])
-    return list(dict.fromkeys(out))
-
-
-def hint_endpoints(hint: str) -> tuple[str, ...]:
-    """`PJSIP/jane&PJSIP/jane-desk&Custom:x` → (jane, jane-desk)."""
-    return tuple(d.split("/", 1)[1] for d in hint.split("&")
-                 if d.upper().startswith("PJSIP/") and "/" in d and d.split("/", 1)[1])
-
-
 class Delivery:
     def __init__(self, queue: Queue, spool: Spool, ami: Ami,
                  clock: Callable[[], float] = time.time) -> None:
         self.queue, self.spool, self.ami, self.clock = queue, spool, ami, clock
+        self.directory = Directory(queue, ami, clock)      # who a number is, their phones
         self.pending: dict[str, Sms] = {}
         self.due: set[str] = set()
-        self.targets: dict[str, Target] = {}
-        self.contacts: dict[str, dict[str, Contact]] = {}  # AOR → URI → contact
         self.waiting: dict[str, set[str]] = {}             # AOR → ids with no phone
-        self.loading: dict[str, list[Any]] = {}            # AOR → events during its lookup
         self.wakeup = asyncio.Event()
         self.tally = Tally()
         self.connected = False
@@ -129,7 +91,7 @@ class Delivery:
 
     def flush(self) -> None:
         """Try everything now (`websms queue flush`)."""
-        self.targets.clear()
+        self.directory.forget_targets()
         self.due.update(self.pending)
         self.wakeup.set()
 
@@ -137,8 +99,7 @@ class Delivery:
         self.connected = state == "connected"
         self.paused_until = 0.0
         # whatever we knew of contacts may be stale after a gap in the events
-        self.contacts.clear()
-        self.targets.clear()
+        self.directory.forget()
         # A restarting Asterisk takes AMI logins before its dialplan and PJSIP are
         # up: deliver once it says FullyBooted. It says so at login when it already
         # is, and that event may come just before this call.
@@ -155,89 +116,13 @@ class Delivery:
             if self.connected:
                 self.flush()
             return
-        if event.get("Event") != "ContactStatus":
-            return
-        aor = event.get("AOR", "")
-        if aor in self.loading:
-            self.loading[aor].append(event)  # applied once the lookup in flight is stored
-        elif aor in self.contacts:
-            self._apply(self.contacts[aor], event)
-        if event.get("ContactStatus") in REACHABLE:
-            ids = self.waiting.pop(aor, set()) & self.pending.keys()
+        back = self.directory.on_event(event)
+        if back is not None:
+            ids = self.waiting.pop(back, set()) & self.pending.keys()
             if ids:
-                log.info("a phone of %s is back: delivering %d waiting SMS", aor, len(ids))
+                log.info("a phone of %s is back: delivering %d waiting SMS", back, len(ids))
                 self.due.update(ids)
                 self.wakeup.set()
-
-    @staticmethod
-    def _apply(known: dict[str, Contact], event: Any) -> None:
-        uri, status = event.get("URI", ""), event.get("ContactStatus", "")
-        if not uri:
-            return
-        if status == "Removed":
-            known.pop(uri, None)
-            return
-        old = known.get(uri)
-        endpoint = event.get("EndpointName") or (old.endpoint if old else event.get("AOR", ""))
-        known[uri] = Contact(uri, endpoint, status)
-
-    # -- Asterisk lookups ----------------------------------------------------------
-    async def _getvar(self, expression: str) -> str:
-        reply = await self.ami.action({"Action": "Getvar", "Variable": expression},
-                                      timeout=self.queue.waittime)
-        return (reply.get("Value") or "").strip() if reply.get("Response") == "Success" else ""
-
-    async def _resolve(self, to: str) -> Target | None:
-        cached = self.targets.get(to)
-        if cached is not None and self.clock() - cached.found < TARGET_TTL:
-            return cached
-        endpoints: tuple[str, ...] = ()
-        for exten in hint_candidates(to):
-            reply = await self.ami.action({"Action": "ExtensionState", "Exten": exten,
-                                           "Context": self.queue.hint_context},
-                                          timeout=self.queue.waittime)
-            endpoints = hint_endpoints(reply.get("Hint") or "")
-            if endpoints:
-                break
-        if not endpoints and not to.startswith("+"):
-            endpoints = (to,)  # a user name, or an endpoint named by its number
-        aors: list[str] = []
-        for endpoint in endpoints:
-            value = await self._getvar(f"PJSIP_ENDPOINT({endpoint},aors)")
-            aors += [a.strip() for a in value.split(",") if a.strip()]
-        if not aors:
-            return None
-        target = Target(endpoints, tuple(dict.fromkeys(aors)), self.clock())
-        self.targets[to] = target
-        return target
-
-    async def _load_contacts(self, aor: str, endpoint: str) -> dict[str, Contact]:
-        known = self.contacts.get(aor)
-        if known is not None:
-            return known
-        found: dict[str, Contact] = {}
-        self.loading[aor] = []
-        try:
-            ids = await self._getvar(f"PJSIP_AOR({aor},contact)")
-            for cid in filter(None, (c.strip() for c in ids.split(","))):
-                uri = await self._getvar(f"PJSIP_CONTACT({cid},uri)")
-                status = await self._getvar(f"PJSIP_CONTACT({cid},status)")
-                owner = await self._getvar(f"PJSIP_CONTACT({cid},endpoint)") or endpoint
-                if uri:
-                    found[uri] = Contact(uri, owner, status)
-            for event in self.loading[aor]:
-                self._apply(found, event)
-        finally:
-            self.loading.pop(aor, None)
-        self.contacts[aor] = found
-        return found
-
-    async def reachable(self, target: Target) -> list[Contact]:
-        out: list[Contact] = []
-        for aor in target.aors:
-            contacts = await self._load_contacts(aor, target.endpoints[0])
-            out += [c for c in contacts.values() if c.reachable]
-        return out
 
     # -- sending ---------------------------------------------------------------------
     async def _message_send(self, sms: Sms, contact: Contact, part: str) -> bool:
@@ -255,16 +140,21 @@ class Delivery:
 
     async def _plan(self, sms: Sms) -> list[Contact] | None:
         """The contacts SMS goes to now; None when it has to wait (or nobody is known)."""
-        target = await self._resolve(sms.to)
+        target = await self.directory.resolve(sms.to)
         if target is None:
-            if not sms.error:
-                sms.error = f"no user for {sms.to}"
-                log.warning("SMS %s to %s: no such user (no hint in %s, no endpoint); "
-                            "kept until it expires", sms.id, sms.to, self.queue.hint_context)
-            self.retry_at[sms.id] = self.clock() + RETRY_REFUSED  # a config reload may add it
+            if not sms.error.startswith(SET_ASIDE):
+                sms.error = f"{SET_ASIDE}: no user has the number {sms.to}"
+                log.warning("SMS %s from %s to %s set aside: no user has this number (no hint "
+                            "in %s, no endpoint); looked up again at most once a minute "
+                            "until it expires", sms.id, sms.sender, sms.to,
+                            self.queue.hint_context, extra={"SMS_ID": sms.id, "SMS_TO": sms.to})
+            # a dialplan reload may add the user: tried again when the number may be
+            # looked up again, not before (one lookup serves every SMS to it)
+            self.retry_at[sms.id] = self.directory.unknown_until(sms.to)
             self.spool.park(sms)
             return None
-        contacts = [c for c in await self.reachable(target) if c.uri not in sms.delivered]
+        contacts = [c for c in await self.directory.reachable(target)
+                    if c.uri not in sms.delivered]
         if not contacts and not sms.delivered:
             for aor in target.aors:
                 self.waiting.setdefault(aor, set()).add(sms.id)
@@ -307,6 +197,10 @@ class Delivery:
         if trouble is not None:
             raise trouble
 
+    def set_aside(self) -> int:
+        """SMS held because no user has their number (the status line)."""
+        return sum(1 for sms in self.pending.values() if sms.error.startswith(SET_ASIDE))
+
     def _finish(self, sms: Sms, parts: list[str]) -> None:
         self.spool.done(sms, sync=False)  # synced once per round, in step()
         self.finished += 1
@@ -323,11 +217,13 @@ class Delivery:
         for sms in [s for s in self.pending.values() if s.expires <= now and not s.delivered]:
             reason = (f"expired after {int(now - sms.created)}s: "
                       f"{sms.error or 'no phone of the user was reachable'}")
-            self.spool.fail(sms, reason)
+            kept = self.spool.fail(sms, reason)  # never raises: a fault defers the move
             self.pending.pop(sms.id, None)
             self.tally.expired += 1
-            log.error("SMS %s from %s to %s not delivered: %s (kept in %s)", sms.id,
-                      sms.sender, sms.to, reason, self.spool.root / "failed",
+            log.error("SMS %s from %s to %s not delivered: %s (%s)", sms.id,
+                      sms.sender, sms.to, reason,
+                      f"kept in {self.spool.root / 'failed'}" if kept else
+                      "kept where it is until failed/ can be written",
                       extra={"SMS_ID": sms.id, "SMS_TO": sms.to})
 
     # -- the loop ----------------------------------------------------------------------
@@ -337,7 +233,7 @@ class Delivery:
         now = self.clock()
         if now >= self.next_sweep:
             self.next_sweep = now + self.queue.retrytime
-            self.targets.clear()
+            self.directory.forget_targets()
             self.due.update(self.pending)
         if now >= self.next_expiry:  # once a tick, not per message: the backlog may be long
             self.next_expiry = now + TICK

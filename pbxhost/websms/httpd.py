@@ -13,7 +13,8 @@ together, and the answers go out (docs/websms.md, "Benchmark").
 Per connection: one request at a time (pipelined ones wait, reading is
 paused meanwhile); a request must be complete within TIMEOUT of the
 connection or of the previous answer (a slow sender is cut off); at most
-MAX_CONNECTIONS at once (503 beyond), and a peer that ADMIT refuses gets
+MAX_CONNECTIONS at once (503 beyond), at most MAX_PER_SOURCE from one address
+that is not KNOWN (an ITSP, our proxy), and a peer that ADMIT refuses gets
 403 before anything is read; `Expect: 100-continue` is answered; a
 request the parser refuses gets its status (400, 413, 431, 501) and the
 connection is closed."""
@@ -38,6 +39,7 @@ log = logging.getLogger("pbxhost.websms.httpd")
 TIMEOUT = 30.0
 LINGER = 2.0          # a refused connection is closed after this at the latest
 MAX_CONNECTIONS = 100
+MAX_PER_SOURCE = 8    # connections at once from one address that is not an ITSP
 MAX_HEADER = 16384
 SERVER = "websmsd"
 CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
@@ -142,6 +144,11 @@ class _Connection(asyncio.Protocol):
         if self.server.admit is not None and not self.server.admit(self.peer):
             log.warning("HTTP connection from %s refused: not an allowed source", self.peer)
             self._refuse(Reply(403, b"source not allowed\n"))
+        elif self.server.over_source_limit(self):
+            log.warning("HTTP connection from %s refused: %d connections from it open",
+                        self.peer, self.server.max_per_source)
+            self._refuse(Reply(503, b"too many connections from you\n",
+                               (("Retry-After", "10"),)))
         elif len(self.server.connections) > self.server.max_connections:
             log.warning("HTTP connection from %s refused: %d connections open", self.peer,
                         len(self.server.connections) - 1)
@@ -240,12 +247,32 @@ class _Connection(asyncio.Protocol):
         self._parse()  # a pipelined request may be waiting
 
 
+def dual_stack(port: int) -> socket.socket:
+    """A listening socket on [::]:PORT that takes IPv4 too."""
+    sock = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+        sock.bind(("::", port))
+        sock.listen(1024)
+        sock.setblocking(False)
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
 class HttpServer:
     def __init__(self, handler: Handler, host: str | None, port: int, max_body: int,
                  timeout: float = TIMEOUT, max_connections: int = MAX_CONNECTIONS,
-                 admit: Callable[[str], bool] | None = None) -> None:
-        """ADMIT: whether a peer address may send requests at all (None: any)."""
+                 admit: Callable[[str], bool] | None = None,
+                 known: Callable[[str], bool] | None = None,
+                 max_per_source: int = MAX_PER_SOURCE) -> None:
+        """ADMIT: whether a peer address may send requests at all (None: any).
+        KNOWN: a peer (an ITSP, our proxy) not held to MAX_PER_SOURCE
+        connections at once (None: every peer is)."""
         self.handler, self.host, self.port, self.admit = handler, host, port, admit
+        self.known, self.max_per_source = known, max_per_source
         self.timeout, self.max_connections = timeout, max_connections
         # bodies stay in memory (never a temp file): the overflow limit is above any body
         self.adj = Adjustments(max_request_body_size=max_body + 1,
@@ -257,8 +284,23 @@ class HttpServer:
         self.server: asyncio.base_events.Server | None = None
         self.closing = False
 
+    def over_source_limit(self, conn: _Connection) -> bool:
+        """A stranger (not KNOWN) already holds MAX_PER_SOURCE connections: a
+        flood from a few sources cannot take every connection and the loop."""
+        if self.known is not None and self.known(conn.peer):
+            return False
+        same = sum(1 for c in self.connections if c.peer == conn.peer)
+        return same > self.max_per_source
+
     async def start(self) -> None:
-        self.server = await asyncio.get_running_loop().create_server(
+        loop = asyncio.get_running_loop()
+        if self.host == "::":
+            # asyncio makes every IPv6 socket IPV6_V6ONLY; `bindaddr = ::` means
+            # every address, IPv4 (as ::ffff:a.b.c.d) and IPv6, on one socket
+            self.server = await loop.create_server(lambda: _Connection(self),
+                                                   sock=dual_stack(self.port), backlog=1024)
+            return
+        self.server = await loop.create_server(
             lambda: _Connection(self), host=self.host, port=self.port, backlog=1024,
             reuse_address=True)
 

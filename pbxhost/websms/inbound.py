@@ -11,6 +11,7 @@ feed and carriage return excepted) and is kept byte for byte."""
 
 from __future__ import annotations
 
+import hmac
 import ipaddress
 import json
 import re
@@ -24,7 +25,7 @@ from typing import Any
 from urllib.parse import parse_qsl
 
 from pbxhost.websms import providers, signatures
-from pbxhost.websms.config import Incoming, Webhook
+from pbxhost.websms.config import PROXY_AUTH, Incoming, Webhook, environ_key
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 NUMBER = re.compile(r"\+?[0-9]{1,20}", re.ASCII)
@@ -34,6 +35,7 @@ MAX_DEPTH = 32
 MAX_ID = 200
 MAX_ECHO = 200
 ALLOWED_CONTROLS = "\t\n\r"
+PROXY_AUTH_KEY = environ_key(PROXY_AUTH)
 
 
 class Refused(Exception):
@@ -123,6 +125,9 @@ def client_address(req: Request, webhook: Webhook) -> IPAddress:
     header = req.headers.get(webhook.prox_header)
     if not webhook.prox_addr or not _within(peer, webhook.prox_addr) or header is None:
         return peer  # a forwarded-for header from anyone else is ignored
+    if webhook.prox_secret and not hmac.compare_digest(
+            req.headers.get(PROXY_AUTH_KEY, "").encode(), webhook.prox_secret.encode()):
+        return peer  # from the proxy's address, but not the proxy: a local user, say
     try:
         hops = [_address(h) for h in header.split(",") if h.strip()]
     except ValueError:
@@ -139,6 +144,17 @@ def admits_peer(peer: str, webhook: Webhook, interfaces: tuple[Incoming, ...]) -
     Decided when the connection opens, so strangers cannot hold connections."""
     if any(not iface.remt_addr for iface in interfaces):
         return True
+    try:
+        addr = _address(peer)
+    except ValueError:
+        return False
+    return _within(addr, webhook.prox_addr) or any(_within(addr, iface.remt_addr)
+                                                   for iface in interfaces)
+
+
+def known_peer(peer: str, webhook: Webhook, interfaces: tuple[Incoming, ...]) -> bool:
+    """PEER is an ITSP (in a remt_addr) or our proxy: not held to the per-source
+    connection limit that strangers get."""
     try:
         addr = _address(peer)
     except ValueError:
@@ -362,10 +378,54 @@ def _adapted(req: Request, webhook: Webhook, iface: Incoming, client: str,
     return messages[0] if len(messages) == 1 else Batch(messages)
 
 
+def _probe(req: Request, iface: Incoming) -> Echo | None:
+    """An "are you there" probe (Zadarma's GET ?zd_echo=...): in the query
+    string only, which the header limit bounds; the body is not read for it."""
+    if not iface.key_echo or not req.query:
+        return None
+    probe = [v for k, v in _form(req.query, "query string") if k == iface.key_echo]
+    return Echo(_printable(probe[0], iface.key_echo, MAX_ECHO)) if probe else None
+
+
+def _fields(req: Request, webhook: Webhook, iface: Incoming, client: str,
+            verified: signatures.Verified) -> Ignored | Message | Batch:
+    """The provider's adapter, or the interface's keys anywhere in the request."""
+    keys = {"key_to": iface.key_to, "key_from": iface.key_from, "key_body": iface.key_body,
+            "key_id": iface.key_id}
+    if providers.adapter_applies(iface.provider, keys):
+        return _adapted(req, webhook, iface, client, verified)
+    wanted = [iface.key_to, iface.key_from, iface.key_body, iface.key_id]
+    found = lookup(request_pairs(req), wanted)
+    missing = [k for k in wanted[:3] if k not in found]
+    if missing:
+        raise Refused(400, f"missing {', '.join(missing)}")
+    provider_id = ""
+    if iface.key_id and iface.key_id in found:
+        provider_id = _printable(found[iface.key_id], iface.key_id, MAX_ID)
+    return Message(iface=iface, client=client,
+                   to=valid_party(found[iface.key_to], "to"),
+                   sender=valid_party(found[iface.key_from], "from"),
+                   body=valid_text(found[iface.key_body], webhook.body_maxlen),
+                   provider_id=provider_id, replay_key=verified.replay_key,
+                   replay_ttl=verified.replay_ttl)
+
+
 def parse(req: Request, webhook: Webhook, interfaces: tuple[Incoming, ...], *,
           now: float | None = None, replay: signatures.ReplayGuard | None = None,
           ) -> Echo | Ignored | Message | Batch:
-    """The whole edge: source, interface, probe, signature, fields, values.
+    """The whole edge, one pipeline in this order, each step on what the
+    previous one let through; nothing is parsed for a request that is not
+    authenticated yet (a 60 KB multipart body costs nothing before its 403):
+
+    1. method and size           405, 413
+    2. source                    the TCP peer, or a trusted proxy's header (400)
+    3. interface                 by path and source (404, 403)
+    4. probe                     key_echo in the query string
+    5. signature                 over the raw bytes as received (403, replays too)
+    6. provider adapter / keys   the body parsed, once (400, 415)
+    7. field checks              to, from, text, id (422, 413, 400)
+
+    then, in webhook.handle: durable accept, and the reply.
     REPLAY refuses a signed request already taken (see signatures.Verified)."""
     if req.method not in ("GET", "POST"):
         raise Refused(405, "only GET and POST")
@@ -373,29 +433,10 @@ def parse(req: Request, webhook: Webhook, interfaces: tuple[Incoming, ...], *,
         raise Refused(413, "request too large")
     client = client_address(req, webhook)
     iface = choose_interface(req.path, client, interfaces)
-    pairs = request_pairs(req)
-    if iface.key_echo:
-        probe = [v for k, v in pairs if k == iface.key_echo]
-        if probe:
-            return Echo(_printable(probe[0], iface.key_echo, MAX_ECHO))
+    echo = _probe(req, iface)
+    if echo is not None:
+        return echo
     verified = signatures.Verified("none")
     if iface.sign_scheme != "none":
         verified = check_signature(req, iface, time.time() if now is None else now, replay)
-    keys = {"key_to": iface.key_to, "key_from": iface.key_from, "key_body": iface.key_body,
-            "key_id": iface.key_id}
-    if providers.adapter_applies(iface.provider, keys):
-        return _adapted(req, webhook, iface, str(client), verified)
-    keys = [iface.key_to, iface.key_from, iface.key_body, iface.key_id]
-    found = lookup(pairs, keys)
-    missing = [k for k in keys[:3] if k not in found]
-    if missing:
-        raise Refused(400, f"missing {', '.join(missing)}")
-    provider_id = ""
-    if iface.key_id and iface.key_id in found:
-        provider_id = _printable(found[iface.key_id], iface.key_id, MAX_ID)
-    return Message(iface=iface, client=str(client),
-                   to=valid_party(found[iface.key_to], "to"),
-                   sender=valid_party(found[iface.key_from], "from"),
-                   body=valid_text(found[iface.key_body], webhook.body_maxlen),
-                   provider_id=provider_id, replay_key=verified.replay_key,
-                   replay_ttl=verified.replay_ttl)
+    return _fields(req, webhook, iface, str(client), verified)

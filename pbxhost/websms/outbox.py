@@ -59,8 +59,12 @@ def notice_for(sms: Sms, reason: str, now: float, lifetime: float) -> Sms:
 
 class Outbox:
     def __init__(self, cfg: WebsmsConfig, spool: Spool, deliver_notice: Callable[[Sms], None],
-                 sender: Sender = send.send, clock: Callable[[], float] = time.time) -> None:
+                 sender: Sender = send.send, clock: Callable[[], float] = time.time,
+                 queue_only: bool = False) -> None:
+        """QUEUE_ONLY: spool what is submitted for websmsd and never call the ITSP
+        (the plain AGI script as Asterisk's user, without the credentials)."""
         self.cfg, self.spool, self.deliver_notice = cfg, spool, deliver_notice
+        self.queue_only = queue_only
         self.sender, self.clock = sender, clock
         self.pending: dict[str, Sms] = {}
         self.inflight: set[str] = set()
@@ -92,6 +96,9 @@ class Outbox:
 
     async def submit(self, sms: Sms, wait: float) -> str:
         """Spool, then try at once; QUEUED when not settled within WAIT seconds."""
+        if self.queue_only:  # due at once, no lease: websmsd takes it within seconds
+            await asyncio.to_thread(self.spool.add, sms)
+            return "QUEUED"
         # a lease: other processes leave it alone while we try (unless we die)
         sms.next_try, sms.owner = self.clock() + self.cfg.queue.waittime, os.getpid()
         await asyncio.to_thread(self.spool.add, sms)  # the loop serves webhooks meanwhile
@@ -122,49 +129,49 @@ class Outbox:
         try:
             iface = self.cfg.outgoing_for(sms.iface)
         except KeyError as exc:
-            return self.give_up(sms, str(exc.args[0]))
+            return await self.give_up(sms, str(exc.args[0]))
         sms.attempts += 1
         result = await asyncio.to_thread(self.sender, iface, sms.to, sms.sender, sms.body)
         if result.outcome is Outcome.SENT:
-            self.spool.done(sms)
+            await asyncio.to_thread(self.spool.done, sms)  # its fsyncs off the event loop
             self.pending.pop(sms.id, None)
             log.log(service.NOTICE, "SMS %s from %s to %s sent via %s (attempt %d, %s)",
                     sms.id, sms.sender, sms.to, iface.name or "default", sms.attempts,
                     text.segments(sms.body), extra={"SMS_ID": sms.id, "SMS_TO": sms.to})
             return "SENT"
         if result.outcome is Outcome.FAILED:
-            return self.give_up(sms, result.detail)
-        return self.later(sms, result.detail)
+            return await self.give_up(sms, result.detail)
+        return await self.later(sms, result.detail)
 
-    def later(self, sms: Sms, why: str) -> str:
+    # later, give_up and tell write durably: in a thread, so that the event loop
+    # (webhook, delivery, watchdog) never waits for an fsync of theirs
+    async def later(self, sms: Sms, why: str) -> str:
         now = self.clock()
         delay = backoff(sms.attempts, self.cfg.retry.backoff_min, self.cfg.retry.backoff_max)
         if now + delay > sms.expires:
-            return self.give_up(sms, f"gave up after {sms.attempts} attempts: {why}")
+            return await self.give_up(sms, f"gave up after {sms.attempts} attempts: {why}")
         sms.next_try, sms.error, sms.owner = now + delay, why, 0
         try:
-            self.spool.save(sms)
+            await asyncio.to_thread(self.spool.save, sms)
         except SpoolError as exc:
             log.error("SMS %s: retry state not saved: %s", sms.id, exc)
         log.warning("SMS %s to %s not sent (%s); attempt %d again in %.0fs", sms.id, sms.to,
                     why, sms.attempts + 1, delay, extra={"SMS_ID": sms.id})
         return "QUEUED"
 
-    def give_up(self, sms: Sms, why: str) -> str:
+    async def give_up(self, sms: Sms, why: str) -> str:
         self.pending.pop(sms.id, None)
-        try:
-            self.spool.fail(sms, why)
-        except (OSError, SpoolError) as exc:
-            log.error("SMS %s: could not move to failed/: %s", sms.id, exc)
+        # never raises: a fault defers the move (and the SMS is not tried again)
+        await asyncio.to_thread(self.spool.fail, sms, why)
         log.error("SMS %s from %s to %s failed: %s; telling %s", sms.id, sms.sender, sms.to,
                   why, sms.user or sms.sender, extra={"SMS_ID": sms.id, "SMS_TO": sms.to})
-        self.tell(sms, why)
+        await self.tell(sms, why)
         return "FAILED"
 
-    def tell(self, sms: Sms, why: str) -> None:
+    async def tell(self, sms: Sms, why: str) -> None:
         notice = notice_for(sms, why, self.clock(), self.cfg.queue.expire)
         try:
-            self.spool.add(notice)
+            await asyncio.to_thread(self.spool.add, notice)
         except SpoolError as exc:
             log.error("notice for SMS %s not stored: %s", sms.id, exc)
             return

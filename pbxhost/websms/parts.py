@@ -28,7 +28,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from pbxhost.durable import fsync_dir
+from pbxhost.durable import fsync_dir, write_all
 from pbxhost.websms import providers
 from pbxhost.websms.model import INBOUND, Sms, new_id, provider_key
 from pbxhost.websms.spool import Spool, SpoolError
@@ -108,9 +108,7 @@ class Parts:
             tmp = Path(f"{self.spool.root}/tmp/part.{os.getpid()}.{time.monotonic_ns()}")
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o660)
             try:
-                data = memoryview(piece.to_json())
-                while data:
-                    data = data[os.write(fd, data):]
+                write_all(fd, piece.to_json())
             finally:
                 os.close(fd)
         except OSError as exc:

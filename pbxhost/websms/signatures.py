@@ -21,7 +21,12 @@ now)`, raises SignatureError(reason) or returns Verified. Schemes:
   fields; `timestamp` within `max_age`. The legacy "MD5 hash" method is not
   supported (the vonage SDK dropped it too): choose an HMAC in the dashboard.
 - `vonage-jwt`: Messages API, `Authorization: Bearer` HS256 JWT whose
-  `payload_hash` is the SHA-256 of the body, `iat` within `max_age`.
+  `payload_hash` is the SHA-256 of the body (a JWT without it is refused: it
+  would vouch for any body), `iat` within `max_age`.
+
+The replay key of a scheme with a timestamp or nonce is the decoded
+signature (for an HMAC, ours) and the SHA-256 of the body, so another
+spelling of the same signature (flipped unused base64 bits) is no new request.
 - `zadarma`: header `Signature` = base64(hex(HMAC-SHA1(secret, result))) for
   event SMS, as Zadarma's PHP client (user-api-v1) computes it. No timestamp.
 - `basic`: `Authorization: Basic` equal to `user:password` in the secret, for
@@ -35,13 +40,17 @@ from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
 import hashlib
 import hmac
 import json
+import os
 import threading
+import time
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, parse_qsl, quote, urlsplit, urlunsplit
 
@@ -77,12 +86,50 @@ class Verified:
 class ReplayGuard:
     """Signed requests already taken, each until its expiry; at most CAPACITY
     (the oldest are forgotten first). Thread-safe, though websmsd calls it
-    from its event loop only."""
+    from its event loop only.
 
-    def __init__(self, capacity: int = 100_000) -> None:
-        self.capacity = capacity
+    With PATH, the memory survives a restart: each key is appended to PATH as
+    `expiry key` (a write to the page cache, no fsync on the event loop: a
+    process crash keeps it; a power loss may forget the last keys, and then a
+    replay is a duplicate, as with at-least-once delivery), read back at
+    start, and the file is rewritten without the expired keys when it has
+    grown to twice what is remembered."""
+
+    def __init__(self, capacity: int = 100_000, path: Path | None = None,
+                 now: float | None = None) -> None:
+        self.capacity, self.path = capacity, path
         self._seen: OrderedDict[str, float] = OrderedDict()
         self._lock = threading.Lock()
+        self._lines = 0
+        self._file: Any = None
+        if path is not None:
+            self._load(path, time.time() if now is None else now)
+
+    def _load(self, path: Path, now: float) -> None:
+        try:
+            with open(path, encoding="ascii", errors="replace") as f:
+                for line in f:
+                    expiry, _, key = line.rstrip("\n").partition(" ")
+                    with contextlib.suppress(ValueError):
+                        if key and float(expiry) > now:
+                            self._seen[key] = float(expiry)
+                            self._seen.move_to_end(key)
+        except FileNotFoundError:
+            pass
+        self._prune(now)
+        self._rewrite()
+
+    def _rewrite(self) -> None:
+        """PATH holds what is remembered now (temporary file, then rename)."""
+        assert self.path is not None
+        if self._file is not None:
+            self._file.close()
+        tmp = self.path.with_name(self.path.name + ".tmp")
+        with open(tmp, "w", encoding="ascii") as f:
+            f.writelines(f"{expiry:.0f} {key}\n" for key, expiry in self._seen.items())
+        os.replace(tmp, self.path)
+        self._file = open(self.path, "a", encoding="ascii")  # noqa: SIM115 (kept open)
+        self._lines = len(self._seen)
 
     def _prune(self, now: float) -> None:
         while self._seen and (len(self._seen) > self.capacity
@@ -101,6 +148,17 @@ class ReplayGuard:
             self._seen[key] = now + ttl
             self._seen.move_to_end(key)
             self._prune(now)
+            if self._file is not None:
+                self._file.write(f"{now + ttl:.0f} {key}\n")
+                self._file.flush()
+                self._lines += 1
+                if self._lines > 2 * len(self._seen) + 1000:
+                    self._rewrite()
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None
 
     def __len__(self) -> int:
         return len(self._seen)
@@ -243,7 +301,7 @@ def _ed25519_key(secret: str) -> Any:
 
 
 def _telnyx(secret: str, headers: Mapping[str, str], body: bytes, now: float,
-            max_age: int) -> str:
+            max_age: int) -> bytes:
     from cryptography.exceptions import InvalidSignature
     given = _required(headers, "telnyx-signature-ed25519")
     stamp = _required(headers, "telnyx-timestamp")
@@ -255,7 +313,7 @@ def _telnyx(secret: str, headers: Mapping[str, str], body: bytes, now: float,
         _ed25519_key(secret).verify(signature, stamp.encode() + b"|" + body)
     except InvalidSignature:
         raise SignatureError("signature does not match (wrong key, timestamp or body)") from None
-    return given
+    return signature  # decoded: base64 spellings of one signature are one key
 
 
 # ---------------------------------------------------------------- Plivo
@@ -284,15 +342,16 @@ def plivo_base(method: str, url: str, fields: Params) -> str:
 
 
 def _plivo(secret: str, method: str, url: str, headers: Mapping[str, str],
-           fields: Fields) -> str:
+           fields: Fields) -> bytes:
     given = _required(headers, "X-Plivo-Signature-V3")
     nonce = _required(headers, "X-Plivo-Signature-V3-Nonce")
     data = f"{plivo_base(method, url, fields)}.{nonce}".encode()
-    mine = base64.b64encode(hmac.new(secret.encode(), data, hashlib.sha256).digest()).decode()
+    mac = hmac.new(secret.encode(), data, hashlib.sha256).digest()
+    mine = base64.b64encode(mac).decode()
     # the header lists several signatures while Plivo rotates the token
     if not any(_same(mine, sig.strip()) for sig in given.split(",")):
         raise SignatureError("signature does not match (wrong token, URL, method or fields)")
-    return nonce
+    return mac  # ours, so canonical (it covers the nonce)
 
 
 # ---------------------------------------------------------------- Vonage
@@ -335,7 +394,7 @@ def vonage_signature(secret: str, fields: Mapping[str, str], digest: str) -> str
 
 
 def _vonage(secret: str, method: str, url: str, body: bytes, fields: Fields,
-            now: float, max_age: int) -> str:
+            now: float, max_age: int) -> bytes:
     values = _vonage_fields(method.upper(), url, body, fields)
     given = values.pop("sig", "").lower()
     if not given:
@@ -344,9 +403,10 @@ def _vonage(secret: str, method: str, url: str, body: bytes, fields: Fields,
     if digest is None:
         raise SignatureError("sig has no known length (use an HMAC signing method)")
     _timestamp(values.get("timestamp", ""), now, max_age, "timestamp")
-    if not _same(vonage_signature(secret, values, digest), given):
+    mine = vonage_signature(secret, values, digest)
+    if not _same(mine, given):
         raise SignatureError("sig does not match (wrong secret, method or fields)")
-    return values.get("nonce") or given
+    return bytes.fromhex(mine)
 
 
 def _b64url(text: str) -> bytes:
@@ -357,7 +417,7 @@ def _b64url(text: str) -> bytes:
 
 
 def _vonage_jwt(secret: str, headers: Mapping[str, str], body: bytes, now: float,
-                max_age: int) -> str:
+                max_age: int) -> bytes:
     auth = _required(headers, "Authorization")
     scheme, _, token = auth.partition(" ")
     if scheme.lower() != "bearer" or token.count(".") != 2:
@@ -374,10 +434,11 @@ def _vonage_jwt(secret: str, headers: Mapping[str, str], body: bytes, now: float
     if not _same(mac, _b64url(sig)):
         raise SignatureError("JWT signature does not match (wrong secret)")
     _timestamp(str(payload.get("iat", "")), now, max_age, "JWT iat")
-    if "payload_hash" in payload and not _same(str(payload["payload_hash"]),
-                                               hashlib.sha256(body).hexdigest()):
+    if "payload_hash" not in payload:  # else the JWT would vouch for any body
+        raise SignatureError("JWT has no payload_hash")
+    if not _same(str(payload["payload_hash"]), hashlib.sha256(body).hexdigest()):
         raise SignatureError("body does not match the JWT's payload_hash")
-    return str(payload.get("jti") or sig)
+    return mac
 
 
 # ---------------------------------------------------------------- Zadarma and Basic
@@ -410,6 +471,13 @@ def _basic(secret: str, headers: Mapping[str, str]) -> None:
 # ---------------------------------------------------------------- the entry point
 
 
+def replay_key(scheme: str, signature: bytes, body: bytes) -> str:
+    """The decoded signature and the body's hash: a request told apart from
+    another by its bytes, not by how its signature header is spelled."""
+    return (f"{scheme}:{hashlib.sha256(signature).hexdigest()[:32]}:"
+            f"{hashlib.sha256(body).hexdigest()[:32]}")
+
+
 def _check(scheme: str, secret: str, method: str, url: str, headers: Mapping[str, str],
            body: bytes, fields: Fields, now: float, max_age: int) -> Verified:
     window = 2.0 * max_age  # a timestamped signature is remembered while it could pass
@@ -419,16 +487,17 @@ def _check(scheme: str, secret: str, method: str, url: str, headers: Mapping[str
         _twilio(secret, url, headers, body, fields, names)
         return Verified(scheme)
     if scheme == "telnyx":
-        return Verified(scheme, "telnyx:" + _telnyx(secret, headers, body, now, max_age), window)
+        sig = _telnyx(secret, headers, body, now, max_age)
+        return Verified(scheme, replay_key(scheme, sig, body), window)
     if scheme == "plivo":
-        return Verified(scheme, "plivo:" + _plivo(secret, method, url, headers, fields),
-                        NONCE_TTL)
+        sig = _plivo(secret, method, url, headers, fields)
+        return Verified(scheme, replay_key(scheme, sig, body), NONCE_TTL)
     if scheme == "vonage":
-        key = _vonage(secret, method, url, body, fields, now, max_age)
-        return Verified(scheme, "vonage:" + key, window)
+        sig = _vonage(secret, method, url, body, fields, now, max_age)
+        return Verified(scheme, replay_key(scheme, sig, body), window)
     if scheme == "vonage-jwt":
-        key = _vonage_jwt(secret, headers, body, now, max_age)
-        return Verified(scheme, "vonage-jwt:" + key, window)
+        sig = _vonage_jwt(secret, headers, body, now, max_age)
+        return Verified(scheme, replay_key(scheme, sig, body), window)
     if scheme == "zadarma":
         _zadarma(secret, headers, fields)
     else:

@@ -39,11 +39,12 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from pbxhost.durable import fsync_dir
+from pbxhost import service
+from pbxhost.durable import fsync_dir, write_all, write_durably
 from pbxhost.websms import journal as journal_mod
 from pbxhost.websms.journal import Journal, JournalError
 from pbxhost.websms.model import INBOUND, OUTBOUND, Sms, valid_id
@@ -156,6 +157,13 @@ class Spool:
         self.committer = Committer(root)
         self.journal: Journal | None = None  # the daemon's, once open_journal()
         self._tmpdir = str(root / "tmp")
+        # Storage faults (a full, read-only or refused directory) never stop delivery
+        # nor repeat it: what could not be written is remembered here, in memory,
+        # and written by retry_deferred() once the directory takes it again.
+        self.faults: dict[str, str] = {}              # area ("failed/") → the error
+        self.hidden: set[str] = set()                  # handled; its file not moved yet
+        self.unmarked: set[str] = set()                # taken; its seen/ marker not written
+        self.deferred: dict[tuple[str, str], tuple[Callable[[], None], str]] = {}
 
     def prepare(self, clean: bool = True) -> None:
         """Create the directories; drop what a crash left in tmp/ (only the daemon
@@ -186,18 +194,16 @@ class Spool:
         return journal_mod.read_live(self.root / "journal")
 
     # -- writing ---------------------------------------------------------------
-    def _write_tmp(self, sms: Sms, sync: bool = True) -> Path:
+    def _write_tmp(self, sms: Sms) -> Path:
+        """SMS in a new file of tmp/, not synced: for the group commit (which
+        syncs a whole batch at once) and archive copies. Single records that
+        must be durable on their own go through _write (durable.write_durably)."""
         # plain strings on this path: pathlib costs more than the write
         tmp = Path(f"{self._tmpdir}/{sms.id}.{os.getpid()}.{time.monotonic_ns()}")
-        data = sms.to_json()
         try:
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o660)
             try:
-                view = memoryview(data)
-                while view:
-                    view = view[os.write(fd, view):]
-                if sync:
-                    os.fsync(fd)
+                write_all(fd, sms.to_json())
             finally:
                 os.close(fd)
         except OSError as exc:
@@ -211,14 +217,50 @@ class Spool:
 
     def known(self, sms_id: str) -> bool:
         """Taken before: pending, handled with a provider id, or failed."""
-        return ((self.root / "seen" / sms_id).exists() or self._path("failed", sms_id).exists()
+        return (sms_id in self.unmarked or sms_id in self.hidden
+                or (self.root / "seen" / sms_id).exists()
+                or self._path("failed", sms_id).exists()
                 or self._path(INBOUND, sms_id).exists() or self._path(OUTBOUND, sms_id).exists())
+
+    # -- storage faults -----------------------------------------------------------
+    def _fault(self, area: str, exc: BaseException) -> None:
+        cause = exc.__cause__ if isinstance(exc, SpoolError) and exc.__cause__ else exc
+        text = getattr(cause, "strerror", None) or str(cause)
+        if self.faults.get(area) != text:  # once per fault, not per SMS
+            log.error("spool %s cannot be written (%s): delivery goes on; "
+                      "retried until it can", self.root / area, text)
+        self.faults[area] = text
+
+    def _defer(self, key: tuple[str, str], area: str, op: Callable[[], None],
+               exc: BaseException) -> None:
+        self._fault(area, exc)
+        self.deferred[key] = (op, area)
+
+    def retry_deferred(self) -> None:
+        """Write what a storage fault held back; a fault clears once nothing of
+        its area is left (the daemon's housekeeping calls this)."""
+        for key, (op, area) in list(self.deferred.items()):
+            try:
+                op()
+            except (OSError, SpoolError) as exc:
+                self._fault(area, exc)
+                continue
+            del self.deferred[key]
+        for area in list(self.faults):
+            if not any(a == area for _, a in self.deferred.values()):
+                try:  # nothing held back: the directory only has to sync again
+                    fsync_dir(self.root / area.rstrip("/"))
+                except OSError:
+                    continue
+                del self.faults[area]
+                log.log(service.NOTICE, "spool %s written again: fault cleared",
+                        self.root / area)
 
     def add(self, sms: Sms) -> bool:
         """Store a new record durably; False (and nothing stored) for a known id."""
         if sms.provider_id and self.known(sms.id):  # a fresh random id cannot be known
             return False
-        tmp = self._write_tmp(sms, sync=False)  # the committer syncs a whole batch at once
+        tmp = self._write_tmp(sms)  # the committer syncs a whole batch at once
         return self.committer.commit(tmp, self._path(sms.kind, sms.id))
 
     async def accept(self, sms: Sms) -> bool:
@@ -229,9 +271,13 @@ class Spool:
         if sms.provider_id and self.known(sms.id):
             return False
         try:
-            return await self.journal.append(sms)
+            taken = await self.journal.append(sms)
         except JournalError as exc:
+            self._fault("journal/", exc.__cause__ or exc)
             raise SpoolError(str(exc)) from exc.__cause__
+        if self.faults and self.faults.pop("journal/", None) is not None:
+            log.log(service.NOTICE, "spool %s written again: fault cleared", self.root / "journal")
+        return taken
 
     def park(self, sms: Sms) -> None:
         """SMS waits (no phone now): from the journal into in/, so that the
@@ -253,59 +299,92 @@ class Spool:
             self.journal.flush()
         return True
 
+    def _write(self, final: Path, sms: Sms) -> None:
+        """FINAL holds SMS durably (durable.write_durably, its temp file in tmp/)."""
+        try:
+            write_durably(final, sms.to_json(), 0o660, tmpdir=self.root / "tmp")
+        except OSError as exc:
+            raise SpoolError(f"cannot write {final}: {exc.strerror or exc}") from exc
+
     def save(self, sms: Sms) -> None:
         """Replace the pending record of SMS (delivery progress, next attempt)."""
-        tmp = self._write_tmp(sms)
-        final = self._path(sms.kind, sms.id)
-        try:
-            os.replace(tmp, final)
-            fsync_dir(final.parent)
-        except OSError as exc:
-            with contextlib.suppress(OSError):
-                tmp.unlink()
-            raise SpoolError(f"cannot update {final}: {exc.strerror or exc}") from exc
+        self._write(self._path(sms.kind, sms.id), sms)
         self._release(sms)
 
-    def _remember(self, sms: Sms) -> None:
-        if sms.provider_id:  # before the record goes: a crash between keeps both, not neither
-            marker = self.root / "seen" / sms.id
-            with contextlib.suppress(FileExistsError):
-                os.close(os.open(marker, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o660))
+    def _mark(self, sms_id: str) -> None:
+        marker = self.root / "seen" / sms_id
+        with contextlib.suppress(FileExistsError):
+            os.close(os.open(marker, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o660))
+        self.unmarked.discard(sms_id)
 
-    def done(self, sms: Sms, sync: bool = True) -> None:
-        """Handled: remembered (provider id) first, then removed or archived.
-        sync=False leaves the removal to the next sync_removals()."""
-        self._remember(sms)
+    def _remember(self, sms: Sms) -> None:
+        """The provider id is taken for good. Before the record goes: a crash
+        between keeps both, not neither. When seen/ cannot take the marker, the
+        id is remembered in memory (a duplicate is still refused) until it can."""
+        if not sms.provider_id:
+            return
+        try:
+            self._mark(sms.id)
+        except OSError as exc:
+            self.unmarked.add(sms.id)
+            self._defer(("seen", sms.id), "seen/", lambda: self._mark(sms.id), exc)
+
+    def _remove(self, sms: Sms, flush: bool) -> None:
         pending = self._path(sms.kind, sms.id)
-        if self._release(sms, flush=sync):  # no file in in/: an archive copy is written anew
+        if self._release(sms, flush=flush):  # no file in in/: an archive copy is written anew
             if self.archive:
-                os.replace(self._write_tmp(sms, sync=False), self._path("archive", sms.id))
+                os.replace(self._write_tmp(sms), self._path("archive", sms.id))
         elif self.archive:
             os.replace(pending, self._path("archive", sms.id))
         else:
             with contextlib.suppress(FileNotFoundError):
                 pending.unlink()
+        self.hidden.discard(sms.id)
+
+    def done(self, sms: Sms, sync: bool = True) -> None:
+        """Handled: remembered (provider id) first, then removed or archived.
+        sync=False leaves the removal to the next sync_removals(). A removal the
+        disk refuses is held in memory (the SMS is not offered again) and retried."""
+        self._remember(sms)
+        try:
+            self._remove(sms, flush=sync)
+        except (OSError, SpoolError) as exc:
+            self.hidden.add(sms.id)
+            self._defer(("done", sms.id), f"{sms.kind}/", lambda: self._remove(sms, True), exc)
+            return
         if sync:
             self.sync_removals(sms.kind)
 
     def sync_removals(self, kind: str) -> None:
-        for name in ("seen", "archive", kind):
-            fsync_dir(self.root / name)
-        if self.journal is not None:
-            self.journal.flush()
+        try:
+            for name in ("seen", "archive", kind):
+                fsync_dir(self.root / name)
+            if self.journal is not None:
+                self.journal.flush()
+        except OSError as exc:  # the removals happened; only their durability waits
+            self._fault(f"{kind}/", exc)
 
-    def fail(self, sms: Sms, reason: str) -> None:
-        """Given up: kept in failed/ with the reason, for `websms queue`."""
-        sms.error = reason
-        self._remember(sms)
-        fsync_dir(self.root / "seen")
-        tmp = self._write_tmp(sms)
-        os.replace(tmp, self._path("failed", sms.id))
-        fsync_dir(self.root / "failed")
+    def _to_failed(self, sms: Sms) -> None:
+        self._write(self._path("failed", sms.id), sms)
         with contextlib.suppress(FileNotFoundError):
             self._path(sms.kind, sms.id).unlink()
         fsync_dir(self.root / sms.kind)
         self._release(sms)
+        self.hidden.discard(sms.id)
+
+    def fail(self, sms: Sms, reason: str) -> bool:
+        """Given up: kept in failed/ with the reason, for `websms queue`. False
+        when failed/ cannot take it now: then it stays where it is, is not
+        offered again (hidden), and is moved once failed/ takes it."""
+        sms.error = reason
+        self._remember(sms)
+        try:
+            self._to_failed(sms)
+        except (OSError, SpoolError) as exc:
+            self.hidden.add(sms.id)
+            self._defer(("fail", sms.id), "failed/", lambda: self._to_failed(sms), exc)
+            return False
+        return True
 
     # -- reading ---------------------------------------------------------------
     def _records(self, where: str) -> Iterator[Sms]:
@@ -313,7 +392,7 @@ class Spool:
         if not folder.is_dir():
             return
         for path in folder.iterdir():
-            if path.suffix != ".json" or not valid_id(path.stem):
+            if path.suffix != ".json" or not valid_id(path.stem) or path.stem in self.hidden:
                 continue
             try:
                 sms = Sms.from_json(path.read_bytes())
@@ -335,7 +414,8 @@ class Spool:
             names = os.listdir(self.root / kind)
         except FileNotFoundError:
             return set()
-        return {n[:-5] for n in names if n.endswith(".json") and valid_id(n[:-5])}
+        return {n[:-5] for n in names
+                if n.endswith(".json") and valid_id(n[:-5]) and n[:-5] not in self.hidden}
 
     def pending(self, kind: str) -> list[Sms]:
         return sorted(self._records(kind), key=lambda s: (s.created, s.id))

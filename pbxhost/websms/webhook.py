@@ -83,16 +83,21 @@ async def handle(cfg: WebsmsConfig, accept: Accept, req: inbound.Request,
     return _ack(messages[0].iface)
 
 
-def server(cfg: WebsmsConfig, accept: Accept) -> httpd.HttpServer:
+def server(cfg: WebsmsConfig, accept: Accept,
+           replay: signatures.ReplayGuard = REPLAY) -> httpd.HttpServer:
     hook = cfg.webhook
     assert hook.port is not None
     host = hook.bindaddr.strip("[]") or None  # None: every address, IPv4 and IPv6
 
     async def handler(req: inbound.Request) -> Reply:
-        return await handle(cfg, accept, req)
+        return await handle(cfg, accept, req, replay)
     def admit(peer: str) -> bool:
         return inbound.admits_peer(peer, hook, cfg.incoming)
-    return httpd.HttpServer(handler, host, hook.port, max_body=hook.req_maxsize, admit=admit)
+
+    def known(peer: str) -> bool:
+        return inbound.known_peer(peer, hook, cfg.incoming)
+    return httpd.HttpServer(handler, host, hook.port, max_body=hook.req_maxsize, admit=admit,
+                            known=known)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -208,7 +208,7 @@ def test_seed_is_a_oneshot_that_lays_out_srv(system):
                        "/srv/etc/asterisk/websms.conf", "/srv/etc/asterisk/autoban.conf",
                        "/srv/var/spool/voicemail-mail", "/srv/var/lib/asterisk").stdout
     assert modes.splitlines() == [
-        "/srv/etc/asterisk 755 root:root", "/srv/etc/asterisk/websms.conf 640 root:websms",
+        "/srv/etc/asterisk 755 root:root", "/srv/etc/asterisk/websms.conf 640 websms:root",
         "/srv/etc/asterisk/autoban.conf 600 root:root",
         "/srv/var/spool/voicemail-mail 700 asterisk:asterisk",
         "/srv/var/lib/asterisk 750 asterisk:asterisk"]

@@ -12,6 +12,7 @@ a global or a user's set_var."""
 
 from __future__ import annotations
 
+import contextlib
 import re
 import socket
 import subprocess
@@ -410,10 +411,63 @@ def test_local_sms_arrives_with_the_senders_number(bed):
     assert line.startswith(f"sip:{JOHN}@"), line  # the number, not the user name
 
 
+@pytest.mark.parametrize("display", ["<sip:john.doe@x", "x <sip:john.doe@x> y"])
+def test_a_hostile_display_name_cannot_borrow_another_users_number(bed, display):
+    """jane authenticates as jane.doe but puts john's URI in her display name:
+    From: `"<sip:john.doe@x" <sip:jane.doe@pbx>`. Asterisk identified and
+    authenticated her by the URI after the last `<` (the one it composes);
+    the text must reach the phone with her number, not john's. (baresip 1.0.0
+    sends MESSAGE without its display name, measured: sipp is the phone here.)"""
+    bed.start(suite())
+    john = bed.phone(bed.john_host, "john.doe")
+    john.wait_registered()
+    body = "who am I"
+    result = run_sipp(bed.jane_host, bed.tmp, message_xml(
+        "jane.doe", PASSWORDS["jane.doe"], body, display=display), bed.pbx_host.v4,
+        service=JOHN)
+    assert result.ok, result.output
+    line = john.wait_for(f'"{body}"').strip()
+    assert line.startswith(f"sip:{JANE}@"), line
+
+
 def test_sms_to_a_user_without_a_reachable_phone_is_queued_by_websms(bed):
     configs = suite()
     bed.start(configs)
     # websmsd on the suite's websms.conf, with a spool of its own
+    with running_websmsd(bed, configs) as (etc, env):
+        body = "are you there?"
+        result = run_sipp(bed.john_host, bed.tmp, message_xml(
+            "john.doe", PASSWORDS["john.doe"], body), bed.pbx_host.v4, service=JANE)
+        assert result.ok, result.output
+        deadline(lambda: f"SMS to {JANE}: websms QUEUED" in bed.pbx.log.read_text(
+            errors="replace"), 30, "websms's QUEUED")
+        queue = bed.pbx_host.run(sys.executable, "-m", "pbxhost.websms.cli", "-c",
+                                 str(etc / "websms.conf"), "queue", env=env).stdout
+        assert body in queue or JANE in queue, queue
+        jane = bed.phone(bed.jane_host, "jane.doe")
+        jane.wait_registered()
+        assert jane.wait_for(f'"{body}"', timeout=15).strip().startswith(f"sip:{JOHN}@")
+
+
+def test_sms_to_a_premium_number_is_refused_and_the_phone_told(bed):
+    """The calls' toll guards hold for SMS: websms asks the dialplan's
+    sub_toll_class over AGI; no TOLL_ALLOW, so nothing goes to the ITSP."""
+    configs = suite()
+    bed.start(configs)
+    with running_websmsd(bed, configs):
+        jane = bed.phone(bed.jane_host, "jane.doe",
+                         contacts=(f"sip:{PREMIUM}@{bed.pbx_host.v4}",))
+        jane.wait_registered()
+        jane.send_message("win a prize")
+        deadline(lambda: f"SMS to {PREMIUM}: websms TOLL_REFUSED" in bed.pbx.log.read_text(
+            errors="replace"), 30, "websms's TOLL_REFUSED")
+        line = jane.wait_for("premium numbers are not allowed (TOLL_ALLOW)", 30).strip()
+        assert line.startswith(f"sip:{PREMIUM}@"), line
+
+
+@contextlib.contextmanager
+def running_websmsd(bed, configs):
+    """websmsd on the suite's websms.conf, with a spool of its own; (etc, env)."""
     etc, spool = bed.tmp / "websms-etc", bed.tmp / "websms-spool"
     etc.mkdir()
     (etc / "websms.conf").write_text(seed.set_option(configs["websms.conf"], "astqueue",
@@ -429,18 +483,7 @@ def test_sms_to_a_user_without_a_reachable_phone_is_queued_by_websms(bed):
         # generous: on a loaded machine a cold Python start plus the AMI login took > 15 s
         deadline(lambda: "AMI connected" in log.read_text(errors="replace"), 45,
                  "websmsd's AMI login")
-        body = "are you there?"
-        result = run_sipp(bed.john_host, bed.tmp, message_xml(
-            "john.doe", PASSWORDS["john.doe"], body), bed.pbx_host.v4, service=JANE)
-        assert result.ok, result.output
-        deadline(lambda: f"SMS to {JANE}: websms QUEUED" in bed.pbx.log.read_text(
-            errors="replace"), 30, "websms's QUEUED")
-        queue = bed.pbx_host.run(sys.executable, "-m", "pbxhost.websms.cli", "-c",
-                                 str(etc / "websms.conf"), "queue", env=env).stdout
-        assert body in queue or JANE in queue, queue
-        jane = bed.phone(bed.jane_host, "jane.doe")
-        jane.wait_registered()
-        assert jane.wait_for(f'"{body}"', timeout=15).strip().startswith(f"sip:{JOHN}@")
+        yield etc, env
     finally:
         daemon.terminate()
         daemon.wait(10)

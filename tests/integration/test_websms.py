@@ -306,6 +306,36 @@ def test_expired_sms_is_reported_not_dropped(bed):
     assert "FAILED: expired" in listing and "nobody home" in listing
 
 
+def test_a_failed_dir_that_refuses_writes_stops_no_delivery(bed):
+    """failed/ is immutable (chattr +i: even root cannot write it; a read-only
+    bind mount would be another mount, where no rename works even read-write):
+    an SMS that expires stays where it is, the next SMS is delivered all the
+    same, the fault is logged and clears once failed/ takes writes again."""
+    bed.write_conf(astqueue="expire = 2")
+    failed = bed.spool / "failed"
+    failed.mkdir(parents=True)
+    subprocess.run(["chattr", "+i", str(failed)], check=True)
+    try:
+        bed.start_daemon()
+        jane = bed.phone("jane")
+        bed.reachable("jane")
+        assert bed.hook.post_form(incoming(to=BOB, body="nobody home"),
+                                  path="/sms/in").status == 200
+        assert "Operation not permitted" in bed.wait_log("cannot be written")
+        assert "until failed/ can be written" in bed.wait_log("not delivered: expired")
+        assert bed.hook.post_form(incoming(body="after the fault"),
+                                  path="/sms/in").status == 200
+        assert_received(jane, "after the fault")
+        assert bed.spool_files("failed") == []
+        subprocess.run(["chattr", "-i", str(failed)], check=True)
+        bed.wait_log("fault cleared")
+        [record] = bed.spool_files("failed")
+        assert json.loads(record.read_text())["body"] == "nobody home"
+        assert bed.queued_in() == []
+    finally:
+        subprocess.run(["chattr", "-i", str(failed)], check=False)
+
+
 # ---------------------------------------------------------------- outgoing
 
 
@@ -325,6 +355,36 @@ def test_phone_texts_outside_number_itsp_gets_authenticated_post(bed):
     assert "1 UCS-2 segment" in line
     assert bed.spool_files("out") == [] and bed.spool_files("failed") == []
     poll(lambda: "websms said SENT" in bed.pbx.log.read_text(errors="replace"), 5, "SENT")
+
+
+# A local user on the PBX host speaks FastAGI itself: an SMS at the owner's cost.
+LOCAL_AGI_CLIENT = r"""
+import socket
+got = b""
+try:
+    s = socket.create_connection(("127.0.0.1", 4573), timeout=10)
+    s.sendall(b"agi_network_script: websms\nagi_arg_1: +15017122661\nagi_arg_2: +12025550160\n"
+              b"agi_arg_3: paid%20by%20the%20owner\nagi_arg_4: \nagi_arg_5: jane\n\n")
+    while chunk := s.recv(4096):
+        got += chunk
+        s.sendall(b"200 result=0\n")  # whatever websms asks, as Asterisk would answer
+except ConnectionResetError:  # closed too
+    pass
+print(got.decode() or "(closed)")
+"""
+
+
+def test_fastagi_serves_asterisk_not_a_local_user(bed):
+    bed.write_conf()
+    bed.start_daemon()
+    out = bed.pbx_host.run("setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups",
+                           "/usr/bin/python3", "-c", LOCAL_AGI_CLIENT).stdout
+    assert out.strip() == "(closed)", out
+    bed.wait_log("uid 65534 is not Asterisk's")
+    phone = bed.phone("jane", contacts=(f"sip:{OUTSIDE}@{bed.pbx_host.v4}",))
+    phone.send_message("through Asterisk")  # Asterisk itself (root here) is served
+    req = bed.itsp.wait_requests(1)[0]
+    assert req.form()["Body"] == "through Asterisk" and len(bed.itsp.requests) == 1
 
 
 def test_sending_users_interface_comes_from_its_set_var(bed):
@@ -475,8 +535,8 @@ def test_hostile_requests_are_refused_and_change_nothing(bed):
     tree = sorted(str(p.relative_to(bed.spool)) for p in bed.spool.rglob("*"))
     segments = [p for p in tree if p.startswith("journal/")]
     assert all(re.fullmatch(r"journal/[0-9a-f]{16}\.(wal|done)", p) for p in segments)
-    assert [p for p in tree if p not in segments] == [
-        "archive", "failed", "in", "journal", "out", "parts", "seen", "tmp"]
+    assert [p for p in tree if p not in segments] == [  # replay.keys: signed requests taken
+        "archive", "failed", "in", "journal", "out", "parts", "replay.keys", "seen", "tmp"]
     assert list(bed.tmpdir.iterdir()) == []
     assert bed.daemon is not None and bed.daemon.poll() is None
     # and websms's own AMI login could not start a channel or run a command if it wanted to
@@ -529,6 +589,81 @@ def test_proxy_header_believed_only_from_the_proxy(bed):
     assert v6.post_form(incoming(), path="/sms/in",
                         headers={"X-Forwarded-For": bed.itsp_host.v4}).status == 200
     assert len(bed.queued_in()) == 2
+
+
+PROXY_PORT = 8443
+NGINX = """\
+user root;
+worker_processes 1;
+pid {dir}/nginx.pid;
+error_log {dir}/error.log;
+events {{ worker_connections 64; }}
+http {{
+    access_log off;
+    client_body_temp_path {dir}/body;
+    proxy_temp_path {dir}/proxy;
+    fastcgi_temp_path {dir}/fastcgi;
+    uwsgi_temp_path {dir}/uwsgi;
+    scgi_temp_path {dir}/scgi;
+    server {{
+        listen {addr}:{port};
+        client_max_body_size 64k;
+{location}
+    }}
+}}
+"""
+# A local user speaks HTTP to websmsd itself and claims to be the proxy.
+LOCAL_POST = r"""
+import http.client, sys
+conn = http.client.HTTPConnection("127.0.0.1", int(sys.argv[1]), timeout=10)
+conn.request("POST", "/sms/in", "To=%2B12025550160&From=%2B15017122661&Body=forged",
+             {"Content-Type": "application/x-www-form-urlencoded",
+              "X-Forwarded-For": sys.argv[2]})
+print(conn.getresponse().status)
+"""
+
+
+def documented_nginx_location(secret: str, port: int) -> str:
+    """The `location` block of docs/websms.md's nginx recipe, as written there."""
+    doc = (ROOT / "docs/websms.md").read_text()
+    m = re.search(r"(?ms)^```nginx\n.*?^(    location /sms/ \{.*?^    \})$", doc)
+    assert m, "no nginx recipe with a location /sms/ block in docs/websms.md"
+    block = m.group(1)
+    assert "PROX_SECRET" in block and "127.0.0.1:8080" in block
+    return block.replace("PROX_SECRET", secret).replace("127.0.0.1:8080", f"127.0.0.1:{port}")
+
+
+def test_nginx_recipe_of_the_docs_and_a_local_user_posing_as_it(bed):
+    secret = "a1" * 24
+    bed.write_conf(websmsd="bindaddr = 127.0.0.1\nprox_addr = 127.0.0.1\n"
+                   f"prox_header = X-Forwarded-For\nprox_secret = {secret}\n")
+    bed.start_daemon()
+    work = bed.tmp / "nginx"
+    work.mkdir()
+    (work / "nginx.conf").write_text(NGINX.format(
+        dir=work, addr=bed.pbx_host.v4, port=PROXY_PORT,
+        location=documented_nginx_location(secret, WEBHOOK_PORT)))
+    nginx = bed.pbx_host.popen("nginx", "-c", str(work / "nginx.conf"), "-g", "daemon off;",
+                               stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+    try:
+        client = WebhookClient(bed.itsp_host, bed.pbx_host.v4, PROXY_PORT)
+
+        def through() -> int:
+            try:
+                return client.post_form(incoming(body="through nginx"), path="/sms/in").status
+            except OSError:
+                return 0  # nginx not listening yet
+        assert poll(through, 15, "nginx up") == 200
+        line = bed.wait_log("accepted")
+        assert f"({bed.itsp_host.v4}," in line  # the ITSP, as nginx forwarded it
+        forged = bed.pbx_host.run("setpriv", "--reuid=nobody", "--regid=nogroup",
+                                  "--clear-groups", "/usr/bin/python3", "-c", LOCAL_POST,
+                                  str(WEBHOOK_PORT), bed.itsp_host.v4).stdout
+        assert forged.strip() == "403", forged
+        assert len(bed.queued_in()) <= 1
+    finally:
+        nginx.terminate()
+        nginx.wait(10)
 
 
 def test_echo_probe_and_resp_ack(bed):

@@ -105,6 +105,18 @@ def test_telnyx_ed25519_signed_json_reaches_the_phone(bed):
     assert_received(jane, TEXT)
     again = bed.hook.request("POST", "/sms/in", body, headers)  # the same signed request
     assert again.status == 403 and b"replay" in again.body, again
+    # after a restart, and with another base64 spelling of the same signature
+    bed.stop_daemon()
+    bed.start_daemon(wait=None)
+    bed.wait_log("webhook listening", count=2)
+    sig = headers["telnyx-signature-ed25519"]
+    alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"
+    respelled = sig[:-3] + alphabet[alphabet.index(sig[-3]) ^ 1] + "=="  # unused low bits
+    assert respelled != sig and base64.b64decode(respelled) == base64.b64decode(sig)
+    later = bed.hook.request("POST", "/sms/in", body,
+                             {**headers, "telnyx-signature-ed25519": respelled})
+    assert later.status == 403 and b"replay" in later.body, later
+    assert len(jane.wait_messages(1)) == 1
 
 
 def test_46elks_webhook_gets_an_empty_200(bed):

@@ -90,6 +90,8 @@ class Site:
         set_conf(self.pbx, "minivm.conf", "general",
                  mailcmd=f"minivm-send -H {self.smtp.address} -P smtp -f vm@pbx.test")
         set_conf(self.pbx, "extensions_local.conf", "globals", DIAL_TIMEOUT="2")
+        # the webhook on only now: websmsd refuses an interface open to anyone
+        self.pbx.write("/srv/etc/pbxhost.env", env + f"WEBSMSD_PORT={WEBHOOK_PORT}\n")
         self.pbx.run("systemctl", "restart", "websmsd")
         self.pbx.run("asterisk", "-rx", "core reload")
         self.pbx.wait_active("websmsd.service")
@@ -117,7 +119,7 @@ def phone(site, start_phone):
 @pytest.fixture(scope="module")
 def site(source_install, base, module_net, module_boot, tmp_path_factory):
     s = Site(module_net, module_boot, [source_install, base], tmp_path_factory.mktemp("site"),
-             f"SYSLOG_LEVEL=6\nWEBSMSD_PORT={WEBHOOK_PORT}\nHOSTNAME=192.0.2.10\n")
+             "SYSLOG_LEVEL=6\nHOSTNAME=192.0.2.10\n")
     yield s
     s.close()
 

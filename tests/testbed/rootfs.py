@@ -21,8 +21,11 @@ PACKAGES = ("asterisk", "asterisk-modules", "asterisk-core-sounds-en", "python3"
 # systemd-sysv, which minbase does not install. python3 is 3.14 in sid, as in
 # Alpine 3.24, so the .apk's bytecode is compiled here too. autoban runs `ip -j`;
 # busybox's syslogd is Alpine's default syslog.
-OPENRC_TREE_NAME = "sid-openrc-v3"
+OPENRC_TREE_NAME = "sid-openrc-v4"
+# python3-cryptography (pbxhost tls; `pbxhost` imports it) needs python3-cffi-backend
+# named: debootstrap does not resolve its virtual dependency.
 OPENRC_PACKAGES = ("openrc", "python3", "python3-panoramisk", "python3-nftables", "nftables",
+                   "python3-cryptography", "python3-cffi-backend",
                    "python3-waitress", "procps", "iproute2", "busybox")
 DEFAULT_CACHE = "/var/cache/pbxhost-testbed"
 # Mount points the test bed binds over; they must exist in the tree.

@@ -187,7 +187,7 @@ def itsp_call_xml(expect: int = 200, hold_ms: int = 1000) -> str:
 _MESSAGE = """
 MESSAGE sip:[service]@[remote_ip] SIP/2.0
 Via: SIP/2.0/[transport] [local_ip]:[local_port];branch=[branch]
-From: <sip:{user}@[remote_ip]>;tag=[pid]SIPpTag00[call_number]
+From: {display}<sip:{user}@[remote_ip]>;tag=[pid]SIPpTag00[call_number]
 To: <sip:[service]@[remote_ip]>
 Call-ID: [call_id]
 CSeq: {cseq} MESSAGE
@@ -198,13 +198,15 @@ Content-Length: [len]
 {body}"""
 
 
-def message_xml(user: str, password: str, body: str) -> str:
-    """A phone sends SIP MESSAGE BODY to [service], with digest auth."""
+def message_xml(user: str, password: str, body: str, display: str = "") -> str:
+    """A phone sends SIP MESSAGE BODY to [service], with digest auth; DISPLAY:
+    the From's display name, sent quoted as it is (a hostile one, too)."""
     auth = f"[authentication username={user} password={password}]\n"
+    name = f'"{display}" ' if display else ""
     return _scenario("message", [
-        _send(_MESSAGE.format(user=user, cseq=1, auth="", body=body)),
+        _send(_MESSAGE.format(user=user, cseq=1, auth="", body=body, display=name)),
         '  <recv response="401" auth="true"/>\n',
-        _send(_MESSAGE.format(user=user, cseq=2, auth=auth, body=body)),
+        _send(_MESSAGE.format(user=user, cseq=2, auth=auth, body=body, display=name)),
         '  <recv response="202"/>\n'])
 
 

@@ -311,11 +311,16 @@ def test_pbxhost_seed_with_a_bad_hostname_fails_in_one_line(tmp_path, capsys, mo
     assert list(tmp_path.iterdir()) == []  # nothing half-done
 
 
-def test_files_belong_to_the_group_of_their_reader(tmp_path, monkeypatch):
-    gids = {"asterisk": 4242, "websms": 4343}
+def test_files_belong_to_their_readers(tmp_path, monkeypatch):
+    """The suite: Asterisk's group; websms.conf (the ITSP credentials): websms's
+    and root's, not Asterisk's (which is in group websms); autoban.conf: root's."""
+    gids = {"asterisk": 4242, "websms": 4343, "root": 0}
     monkeypatch.setattr(seed.grp, "getgrnam",
                         lambda name: type("Group", (), {"gr_gid": gids[name]})())
+    monkeypatch.setattr(seed.pwd, "getpwnam",
+                        lambda name: type("User", (), {"pw_uid": {"root": 0,
+                                                                  "websms": 4343}[name]})())
     run(tmp_path)
-    assert (tmp_path / "pjsip.conf").stat().st_gid == 4242
-    assert (tmp_path / "websms.conf").stat().st_gid == 4343
-    assert (tmp_path / "autoban.conf").stat().st_gid == 0
+    assert (tmp_path / "pjsip.conf").stat()[4:6] == (0, 4242)
+    assert (tmp_path / "websms.conf").stat()[4:6] == (4343, 0)
+    assert (tmp_path / "autoban.conf").stat()[4:6] == (0, 0)

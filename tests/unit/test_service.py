@@ -131,3 +131,48 @@ def test_invalid_pbxhost_log_is_one_line_naming_it_and_exit_78(capsys):
     assert stop.value.code == 78
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "PBXHOST_LOG" in err[0]
+
+
+# ---------------------------------------------------------------- forged log lines
+
+HOSTILE = "a\n<0>FAKE\r\x1b[31mred\x1b[0m\u2028<1>x\u2029\x00\x9b\u202eevil\t."
+
+
+def test_escape_leaves_one_printable_line():
+    text = service.escape(HOSTILE)
+    assert text.isprintable() and "<0>FAKE" in text
+    assert text == ("a\\n<0>FAKE\\r\\x1b[31mred\\x1b[0m\\u2028<1>x\\u2029\\x00\\x9b"
+                    "\\u202eevil\\t.")
+    assert service.escape("plain ✓ ümlaut 📱") == "plain ✓ ümlaut 📱"
+
+
+def test_stderr_fallback_cannot_be_given_a_forged_line_or_priority(capsys, monkeypatch):
+    monkeypatch.setitem(__import__("sys").modules, "systemd", None)  # no systemd-python
+    log = service.setup_logging("websmsd", {"JOURNAL_STREAM": "8:123", "SYSLOG_LEVEL": "8"})
+    log.info("delivery report status=%s", HOSTILE)
+    try:
+        raise ValueError("bad\n<0>FAKE")
+    except ValueError:
+        log.exception("failed on %s", "x\ny")
+    lines = capsys.readouterr().err.splitlines()
+    assert len(lines) == 2, lines
+    assert lines[0].startswith("<6>delivery report status=a\\n<0>FAKE")
+    assert lines[1].startswith("<3>failed on x\\ny") and "ValueError: bad\\n<0>FAKE" in lines[1]
+    assert all(line.isprintable() for line in lines)
+
+
+@pytest.mark.parametrize("one_line", [False, True])
+def test_journal_message_is_escaped(one_line):
+    """What JournalHandler puts in MESSAGE: the formatter's output."""
+    fmt = service.SafeFormatter("%(message)s", one_line=one_line)
+    record = logging.LogRecord("websms", logging.WARNING, __file__, 1, "refused: %s",
+                               (HOSTILE,), None)
+    text = fmt.format(record)
+    assert text.isprintable() and text.startswith("refused: a\\n<0>FAKE")
+
+
+def test_setup_logging_uses_the_safe_formatter_everywhere(monkeypatch):
+    for env in ({}, {"JOURNAL_STREAM": "8:1"}):
+        service.setup_logging("x", env)
+        formatter = logging.getLogger().handlers[0].formatter
+        assert isinstance(formatter, service.SafeFormatter)

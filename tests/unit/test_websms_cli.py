@@ -5,10 +5,15 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
 from pbxhost.websms import cli, providers
+from pbxhost.websms.config import DEFAULT_SPOOL
 from pbxhost.websms.model import INBOUND, OUTBOUND, Sms, new_id
 from pbxhost.websms.parts import Parts
 from pbxhost.websms.spool import Spool
@@ -44,6 +49,29 @@ def test_queue_lists_both_directions_with_control_characters_escaped(conf, tmp_p
     assert run(["queue", "--json", "-c", str(conf)]) == 0
     doc = json.loads(capsys.readouterr().out)
     assert sorted(d["queue"] for d in doc) == ["in", "out"] and evil in [d["body"] for d in doc]
+
+
+def test_queue_escapes_itsp_replies_and_senders_in_every_field(conf, tmp_path, capsys):
+    """An ITSP's reply snippet (error) and a failed SMS carry raw escape
+    sequences, C1 CSI and Unicode line separators: none reaches the terminal."""
+    spool = Spool(tmp_path / "spool")
+    spool.prepare()
+    reply = "HTTP 400: \x1b]8;;http://evil\x07click\x1b]8;;\x07\r\n<0>FAKE\x9b2J\u2028x\x7f"
+    spool.add(Sms(kind=OUTBOUND, id=new_id(), to="+1555", sender="+1202", body="out\u2029",
+                  created=1.0, expires=2.0, attempts=1, error=reply))
+    sms = Sms(kind=OUTBOUND, id=new_id(), to="+1556", sender="+1202", body="b",
+              created=1.0, expires=2.0, error=reply)
+    spool.add(sms)
+    spool.fail(sms, reply)
+    for argv in (["-c", str(conf), "queue"], ["queue", "--json", "-c", str(conf)]):
+        assert run(argv) == 0
+        out = capsys.readouterr().out
+        for bad in ("\x1b", "\x07", "\r", "\x9b", "\u2028", "\u2029", "\x7f"):
+            assert bad not in out, (argv, bad)
+        if "--json" in argv:
+            assert [d["error"] for d in json.loads(out)] == [reply, reply]
+        else:
+            assert len(out.splitlines()) == 3 and "\\r\\n<0>FAKE" in out
 
 
 def test_queue_lists_what_the_daemon_holds_in_its_journal(conf, tmp_path, capsys):
@@ -100,3 +128,45 @@ def test_migrate(tmp_path, capsys):
     assert "url_host = api.example.com" in target.read_text()
     assert run(["migrate", "-c", str(target)]) == 0
     assert "nothing to migrate" in capsys.readouterr().out
+
+
+def test_queue_shows_sms_set_aside_for_a_number_no_user_has(conf, tmp_path, capsys):
+    spool = Spool(tmp_path / "spool")
+    spool.prepare()
+    spool.add(Sms(kind=INBOUND, id=new_id(), to="+19995550000", sender="+1555", body="hi",
+                  created=1.0, expires=2.0,
+                  error="set aside: no user has the number +19995550000"))
+    assert run(["-c", str(conf), "queue"]) == 0
+    assert "SET ASIDE: no user has the number +19995550000" in capsys.readouterr().out
+
+
+@pytest.mark.skipif(os.geteuid() != 0 and os.environ.get("CI") != "true",
+                    reason="another uid and a private mount namespace need root")
+def test_plain_agi_as_a_user_who_cannot_read_the_credentials_queues_for_websmsd(tmp_path):
+    """Asterisk's user runs `websms agi` but cannot read websms.conf (0600, the
+    ITSP credentials): the SMS is queued in the default spool, due at once,
+    and no ITSP is called (url_host points nowhere that answers anyway)."""
+    source = tmp_path / "websms.conf"
+    source.write_text("[websms]\nurl_host = http://192.0.2.1:9\nauth_secret = s3cret\n")
+    conf = "/srv/etc/asterisk/websms.conf"  # in the private /srv of the namespace
+    root = Path(__file__).resolve().parents[2]
+    # Asterisk's answers: every GET is empty (no hint, no TOLL_HOME), SET is taken
+    replies = "200 result=0\n" * 20
+    env_lines = ("agi_network_script: websms\nagi_arg_1: +15017122661\n"
+                 "agi_arg_2: +12025550160\nagi_arg_3: hi%20there\nagi_arg_4: \n"
+                 "agi_arg_5: jane\n\n")
+    script = (f"mount -t tmpfs tmpfs /srv && mkdir -p {DEFAULT_SPOOL} /srv/etc/asterisk && "
+              f"chown nobody {DEFAULT_SPOOL} && chmod 755 /srv && "
+              f"install -m 600 {source} {conf} && "
+              f"setpriv --reuid=nobody --regid=nogroup --clear-groups env PYTHONPATH={root} "
+              f"{sys.executable} -m pbxhost.websms.cli agi -c {conf} && "
+              f"cat {DEFAULT_SPOOL}/out/*.json")
+    done = subprocess.run(["unshare", "-m", "--propagation", "private", "sh", "-c", script],
+                          input=env_lines + replies, capture_output=True, text=True,
+                          timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert 'SET VARIABLE WEBSMS_STATUS "QUEUED"' in done.stdout
+    record = json.loads(done.stdout[done.stdout.rindex("{\"format\""):])
+    assert (record["to"], record["body"], record["owner"], record["next_try"]) == (
+        "+15017122661", "hi there", 0, 0.0)
+    assert "not readable by this user" in done.stderr

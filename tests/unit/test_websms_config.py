@@ -184,3 +184,64 @@ def test_users_interfaces_from_pjsip_set_var(tmp_path):
         "[john.doe](user_defaults)\n")
     assert config.user_indexes(tmp_path) == {"jane.doe": "api-2", "bob": "api-3"}
     assert config.user_indexes(tmp_path / "missing") == {}
+
+
+# ---------------------------------------------------------------- secure by default
+
+PORT = {"WEBSMSD_PORT": "8080"}
+SEEDED = Path(__file__).resolve().parents[2] / "etc" / "asterisk" / "websms.conf"
+
+
+@pytest.mark.parametrize("text", [
+    "",                                                  # no [websmsd] at all
+    SEEDED.read_text(),                                  # the shipped file as it is
+    "[websmsd]\nremt_addr [a] = 192.0.2.1\nurl_path [b] = /b\n",  # b is open
+    "[websmsd]\nprovider = telnyx\nsign_scheme = none\n",
+])
+def test_an_open_interface_is_refused_with_both_fixes_named(tmp_path, text):
+    cfg = load(text, tmp_path, PORT)
+    why = config.unprotected_refusal(cfg)
+    assert why is not None and "\n" not in why
+    assert "remt_addr" in why and "sign_scheme" in why and "insecure_open" in why
+    assert str(tmp_path / "websms.conf") in why
+
+
+@pytest.mark.parametrize("text", [
+    "[websmsd]\nremt_addr = 192.0.2.0/24\n",
+    "[websmsd]\nprovider = twilio\nsign_secret = s3cret\n",
+    "[websmsd]\ninsecure_open = yes\n",
+    "[websmsd]\nremt_addr [a] = 192.0.2.1\nurl_path [b] = /b\ninsecure_open [b] = yes\n",
+])
+def test_a_protected_or_opted_out_interface_is_served(tmp_path, text):
+    assert config.unprotected_refusal(load(text, tmp_path, PORT)) is None
+
+
+def test_no_webhook_server_needs_no_protection(tmp_path):
+    assert config.unprotected_refusal(load("[websmsd]\n", tmp_path, {})) is None
+
+
+def test_websmsd_exits_78_with_one_line_on_an_open_interface(tmp_path, monkeypatch, capsys):
+    from pbxhost.websms import daemon
+    path = tmp_path / "websms.conf"
+    path.write_text("[websmsd]\nurl_path [itsp] = /sms/in\n")
+    monkeypatch.setenv("WEBSMSD_PORT", "8080")
+    monkeypatch.delenv("JOURNAL_STREAM", raising=False)
+    with pytest.raises(SystemExit) as stop:
+        daemon.main(["-c", str(path)])
+    assert stop.value.code == 78
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and "'itsp'" in lines[0] and "remt_addr [itsp]" in lines[0], lines
+
+
+@pytest.mark.parametrize(("prox", "refused"), [
+    ("prox_addr = 127.0.0.1\n", True), ("prox_addr = ::1\n", True),
+    ("prox_addr = 127.0.0.0/8, 192.0.2.1\n", True),
+    ("prox_addr = 127.0.0.1\nprox_secret = s3cret-proxy-key\n", False),
+    ("prox_addr = 192.0.2.1, 2001:db8::1\n", False), ("", False),
+])
+def test_a_proxy_on_this_host_needs_its_secret(tmp_path, prox, refused):
+    cfg = load(f"[websmsd]\nremt_addr = 198.51.100.0/24\n{prox}", tmp_path, PORT)
+    why = config.local_proxy_refusal(cfg)
+    assert (why is not None) == refused
+    if why:
+        assert "prox_secret" in why and "X-Websms-Proxy" in why and "\n" not in why

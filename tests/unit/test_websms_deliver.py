@@ -28,6 +28,8 @@ class FakeAmi:
         self.sent: list[tuple[str, str, str]] = []
         self.refuse = False
         self.down = False
+        self.actions = 0
+        self.asked: list[str] = []
 
     def register(self, aor: str, uri: str, status: str = "Reachable") -> None:
         self.contacts[aor][f"{aor};@{len(self.contacts[aor])}"] = (uri, status)
@@ -44,10 +46,12 @@ class FakeAmi:
         raise AssertionError(expr)
 
     async def action(self, fields: dict[str, Any], timeout: float = 10) -> dict[str, str]:
+        self.actions += 1
         if self.down:
             raise AmiError("AMI not connected")
         name = fields["Action"]
         if name == "ExtensionState":
+            self.asked.append(fields["Exten"])
             return {"Response": "Success", "Hint": self.hints.get(fields["Exten"], "")}
         if name == "Getvar":
             return {"Response": "Success", "Value": self._getvar(fields["Variable"])}
@@ -231,9 +235,9 @@ def test_reconnect_forgets_contacts(bed):
     ami.register("jane", "sip:a@192.0.2.30:5060")
     delivery.add(message(spool))
     run(delivery.step())
-    assert "jane" in delivery.contacts
+    assert "jane" in delivery.directory.contacts
     delivery.on_state("disconnected")
-    assert delivery.contacts == {} and not delivery.connected
+    assert delivery.directory.contacts == {} and not delivery.connected
 
 
 def test_refused_message_send_is_tried_again_soon(bed):
@@ -317,10 +321,108 @@ def test_waits_for_fully_booted_after_a_login(bed):
 def test_unknown_user_is_looked_up_again(bed):
     delivery, ami, spool, clock = bed
     sms = message(spool, to="+19995550000")
+    sms.expires = 5000.0
     delivery.add(sms)
     run(delivery.step())
     ami.hints["+19995550000"] = "PJSIP/bob"  # a dialplan reload adds the user
     ami.register("bob", "sip:bob@192.0.2.40:5060")
     clock.now += 11
     run(delivery.step())
+    assert ami.sent == []  # not looked up again within the minute
+    clock.now += 50
+    run(delivery.step())
     assert [d for d, _, _ in ami.sent] == ["pjsip:bob/sip:bob@192.0.2.40:5060"]
+
+
+def test_sms_for_unknown_numbers_are_set_aside_and_cost_one_lookup_a_minute(bed):
+    """1000 SMS for 10 numbers no user has: 10 lookups, then none for a minute,
+    however often delivery runs; an SMS for a real user goes out meanwhile, and
+    one whose phone is offline is held as before."""
+    delivery, ami, spool, clock = bed
+    ami.register("jane", "sip:jane@192.0.2.30:5060")
+    strangers = [message(spool, to=f"+1999555{n:04d}") for n in range(10) for _ in range(100)]
+    for sms in strangers:
+        sms.expires = 5000.0
+    delivery.add_many(strangers)
+    offline = message(spool, to="bob", body="bob is offline")
+    offline.expires = 5000.0
+    delivery.add(offline)
+    run(delivery.step())
+    assert delivery.directory.lookups == 11 and delivery.set_aside() == 1000
+    assert all(s.error.startswith("set aside: no user has the number") for s in strangers)
+    def strangers_asked(start: int = 0) -> list[str]:
+        return [n for n in ami.asked[start:] if n.lstrip("+").startswith("1999")]
+    assert len(strangers_asked()) == 20  # each number with and without its +
+    first = len(ami.asked)
+    for _ in range(29):  # a busy minute: flushes, sweeps, new SMS
+        clock.now += 2
+        delivery.flush()
+        fresh = message(spool, body="for jane")
+        fresh.expires = 5000.0
+        delivery.add(fresh)
+        run(delivery.step())
+    assert strangers_asked(first) == []
+    assert len(ami.sent) == 29 and "bob is offline" not in [b for _, _, b in ami.sent]
+    assert any(s.to == "bob" for s in delivery.pending.values())
+    clock.now += 3
+    run(delivery.step())
+    assert len(strangers_asked(first)) == 20  # the minute is over: once per number
+
+
+# ---------------------------------------------------------------- storage faults
+
+
+def break_dir(spool: Spool, name: str) -> None:
+    """A real fault, also for root: the directory is a file now (ENOTDIR)."""
+    folder = spool.root / name
+    for entry in folder.iterdir():
+        entry.unlink()
+    folder.rmdir()
+    folder.write_text("not a directory\n")
+
+
+def repair_dir(spool: Spool, name: str) -> None:
+    (spool.root / name).unlink()
+    (spool.root / name).mkdir()
+
+
+def test_a_failed_dir_that_cannot_be_written_stops_no_delivery(bed):
+    delivery, ami, spool, clock = bed
+    ami.register("jane", "sip:jane@192.0.2.30:5060")
+    doomed = message(spool, to="+19995550000")  # nobody: it expires
+    delivery.add(doomed)
+    run(delivery.step())
+    break_dir(spool, "failed")
+    clock.now = 1061.0
+    later = message(spool, body="still going")
+    later.expires = 2000.0
+    spool.add(later)
+    delivery.add(later)
+    assert run(delivery.step()) is True
+    assert [body for _, _, body in ami.sent] == ["still going"]
+    assert "failed/" in spool.faults and delivery.tally.expired == 1
+    assert doomed.id not in delivery.pending and doomed.id not in spool.ids(INBOUND)
+    run(delivery.step())  # nothing is offered again, nothing stops
+    assert len(ami.sent) == 1
+    repair_dir(spool, "failed")
+    spool.retry_deferred()
+    assert [f.id for f in spool.failed()] == [doomed.id] and spool.faults == {}
+    assert spool.pending(INBOUND) == []
+
+
+def test_a_seen_dir_that_cannot_be_written_repeats_no_delivery(bed):
+    delivery, ami, spool, clock = bed
+    ami.register("jane", "sip:jane@192.0.2.30:5060")
+    break_dir(spool, "seen")
+    sms = message(spool, provider_id="SM1", body="once")
+    delivery.add(sms)
+    run(delivery.step())
+    clock.now += 400  # past a sweep (retrytime): everything pending is tried again
+    delivery.flush()
+    run(delivery.step())
+    assert [body for _, _, body in ami.sent] == ["once"]
+    assert spool.pending(INBOUND) == [] and "seen/" in spool.faults
+    assert spool.known(sms.id)  # a duplicate webhook is still refused
+    repair_dir(spool, "seen")
+    spool.retry_deferred()
+    assert (spool.root / "seen" / sms.id).exists() and spool.faults == {}

@@ -162,6 +162,18 @@ def test_connections_over_the_limit_get_503():
     asyncio.run(scenario())
 
 
+def test_a_stranger_gets_a_few_connections_an_itsp_any():
+    async def scenario(known) -> list[str]:
+        async with served(max_per_source=2, known=known) as (server, _):
+            held = [await asyncio.open_connection("127.0.0.1", port(server)) for _ in range(2)]
+            data = await exchange(server, post(b"x", extra="Connection: close\r\n"))
+            for _, writer in held:
+                writer.close()
+            return status_lines(data)
+    assert asyncio.run(scenario(None)) == ["HTTP/1.1 503 Service Unavailable"]
+    assert asyncio.run(scenario(lambda peer: peer == "127.0.0.1")) == ["HTTP/1.1 200 OK"]
+
+
 def test_a_source_not_admitted_gets_403_before_anything_is_read():
     async def scenario() -> None:
         async with served(admit=lambda peer: peer != "127.0.0.1") as (server, seen):
@@ -177,6 +189,32 @@ def test_a_source_not_admitted_gets_403_before_anything_is_read():
             data = await exchange(server, post(b"x", extra="Connection: close\r\n"))
             assert status_lines(data) == ["HTTP/1.1 200 OK"] and len(seen) == 1
     asyncio.run(scenario())
+
+
+def test_bindaddr_any_ipv6_serves_ipv4_and_ipv6():
+    """`bindaddr = ::` is every address: an IPv4 client (::ffff:127.0.0.1) and an
+    IPv6 one are both served, on one socket."""
+    async def go():
+        seen: list[Request] = []
+
+        async def record(req: Request) -> Reply:
+            seen.append(req)
+            return OK
+        server = HttpServer(record, "::", 0, max_body=1000)
+        await server.start()
+        try:
+            answers = []
+            for host in ("127.0.0.1", "::1"):
+                reader, writer = await asyncio.open_connection(host, port(server))
+                writer.write(post(b"To=1", extra="Connection: close\r\n"))
+                answers.append(await asyncio.wait_for(reader.read(), 5))
+                writer.close()
+            return answers, [r.remote_addr for r in seen], server.where()
+        finally:
+            await server.close()
+    answers, peers, where = asyncio.run(go())
+    assert [status_lines(a) for a in answers] == [["HTTP/1.1 200 OK"]] * 2
+    assert peers == ["::ffff:127.0.0.1", "::1"] and where.startswith("[::]:")
 
 
 def test_a_failing_handler_is_a_500_and_the_server_goes_on():

@@ -191,6 +191,20 @@ def test_forwarded_for_only_from_the_trusted_proxy():
     assert refused(403, form, peer="10.1.2.3", headers=xff, hook=real_ip)
 
 
+def test_a_local_user_cannot_pass_as_the_proxy_without_its_secret():
+    """websmsd on 127.0.0.1 behind a local proxy: a local user connects from
+    127.0.0.1 too, with X-Forwarded-For naming the ITSP."""
+    local = Webhook(port=80, prox_addr=(NET("127.0.0.1/32"),), prox_secret="s3cret-proxy-key")
+    form = urlencode(FIELDS).encode()
+    forged = {"HTTP_X_FORWARDED_FOR": ITSP}
+    assert refused(403, form, peer="127.0.0.1", headers=forged, hook=local)
+    wrong = {**forged, "HTTP_X_WEBSMS_PROXY": "guess"}
+    assert refused(403, form, peer="127.0.0.1", headers=wrong, hook=local)
+    proxy = {**forged, "HTTP_X_WEBSMS_PROXY": "s3cret-proxy-key"}
+    msg = post(form, peer="127.0.0.1", headers=proxy, hook=local)
+    assert isinstance(msg, Message) and msg.client == ITSP
+
+
 def test_interface_by_path_then_address():
     a = Incoming(name="a", url_path=("/in",), remt_addr=(NET("192.0.2.0/24"),), key_body="text")
     b = Incoming(name="b", url_path=("/in",), remt_addr=(NET("198.51.100.0/24"),))

@@ -252,3 +252,56 @@ def test_a_dead_processes_lease_is_taken_over(tmp_path):
     spool.add(live)
     assert box.load() == 2
     assert [s.body for s in box.due()] == ["orphan"]
+
+
+def test_a_give_up_failed_dir_cannot_take_is_not_sent_nor_told_again(tmp_path):
+    """failed/ is a file (a real fault, for root too): the SMS stays in out/, but
+    the rescans that pick up other processes' records never send it again, and
+    the phone is told once."""
+    itsp = Itsp(Result(Outcome.FAILED, "HTTP 400 invalid number"))
+    box, spool, notices, _ = make(tmp_path, itsp)
+    (spool.root / "failed").rmdir()
+    (spool.root / "failed").write_text("")
+    sms = outgoing("+1555", "+12025550160", "hi", "", "", 1000, 3600)
+
+    async def go():
+        status = await box.submit(sms, 5)
+        for _ in range(3):
+            box.rescan()
+            await box.step()
+            await asyncio.gather(*box.tasks)
+        return status
+    assert asyncio.run(go()) == "FAILED"
+    assert len(itsp.calls) == 1 and len(notices) == 1 and "failed/" in spool.faults
+    (spool.root / "failed").unlink()
+    (spool.root / "failed").mkdir()
+    spool.retry_deferred()
+    assert [f.id for f in spool.failed()] == [sms.id] and spool.pending(OUTBOUND) == []
+
+
+def test_the_outbox_never_fsyncs_on_the_event_loop(tmp_path, monkeypatch):
+    """Retry state (later), failed/ (give_up), the notice (tell) and the removal
+    of a sent SMS (done) are written durably in threads: the loop that serves the
+    webhook and the watchdog never waits for a disk."""
+    import threading
+    on_loop: list[int] = []
+    real = os.fsync
+
+    def fsync(fd: int) -> None:
+        if threading.current_thread() is threading.main_thread():  # asyncio.run's loop
+            on_loop.append(fd)
+        real(fd)
+    monkeypatch.setattr(os, "fsync", fsync)
+    itsp = Itsp(Result(Outcome.RETRY, "HTTP 503"), Result(Outcome.FAILED, "HTTP 400"))
+    box, spool, notices, clock = make(tmp_path, itsp)
+
+    async def go():
+        first = await box.submit(outgoing("+1555", "+1202", "a", "", "", 1000, 3600), 5)
+        (sms,) = box.pending.values()
+        clock.now = sms.next_try
+        second = await box.attempt(sms)
+        third = await box.submit(outgoing("+1556", "+1202", "b", "", "", 1000, 3600), 5)
+        return first, second, third
+    assert asyncio.run(go()) == ("QUEUED", "FAILED", "SENT")
+    assert len(notices) == 1 and len(spool.failed()) == 1 and spool.pending(OUTBOUND) == []
+    assert on_loop == []

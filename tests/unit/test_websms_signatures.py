@@ -20,6 +20,7 @@ from pbxhost.websms.signatures import (
     ReplayGuard,
     SignatureError,
     Verified,
+    replay_key,
     request_url,
     verify,
 )
@@ -271,7 +272,8 @@ def test_plivo_post_valid_and_tampered(plivo):
     headers = plivo_signed(plivo, "POST", url, PLIVO_FIELDS, "12345678901234567890")
     body = urlencode(PLIVO_FIELDS).encode()
     done = verify("plivo", PLIVO_TOKEN, "POST", url, headers, body, None, NOW)
-    assert done.replay_key == "plivo:12345678901234567890"
+    assert done.replay_key.startswith("plivo:") and done.replay_key.endswith(
+        hashlib.sha256(body).hexdigest()[:32])
     tampered = urlencode({**PLIVO_FIELDS, "Text": "Hello"}).encode()
     assert not plivo.validate_v3_signature("POST", url, "12345678901234567890", PLIVO_TOKEN,
                                            headers["X-Plivo-Signature-V3"],
@@ -348,9 +350,10 @@ def test_vonage_hmac_methods_get_post_json(vonage, method):
     fields = vonage_signed(vonage, method)
     verify("vonage", VONAGE_SECRET, "GET", URL + "?" + urlencode(fields), {}, b"", None, NOW)
     verify("vonage", VONAGE_SECRET, "POST", URL, FORM, urlencode(fields).encode(), None, NOW)
+    body = json.dumps(fields).encode()
     done = verify("vonage", VONAGE_SECRET, "POST", URL, {"Content-Type": "application/json"},
-                  json.dumps(fields).encode(), None, NOW)
-    assert done.replay_key == "vonage:6a6b2c1f-9c1e"
+                  body, None, NOW)
+    assert done.replay_key == replay_key("vonage", bytes.fromhex(fields["sig"]), body)
 
 
 def test_vonage_tampered_wrong_secret_missing_old(vonage):
@@ -393,7 +396,12 @@ def test_vonage_messages_api_jwt(vonage):
     assert jwt_check.verify_signature(token, VONAGE_SECRET)   # the SDK's own check
     headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/json"}
     done = verify("vonage-jwt", VONAGE_SECRET, "POST", URL, headers, body, None, NOW + 10)
-    assert done.replay_key == "vonage-jwt:c0ffee"
+    assert done.replay_key.startswith("vonage-jwt:")
+    unhashed = jwt.encode({k: v for k, v in claims.items() if k != "payload_hash"},
+                          VONAGE_SECRET, algorithm="HS256")
+    assert "no payload_hash" in refused(   # it would vouch for any body
+        "vonage-jwt", VONAGE_SECRET, "POST", URL,
+        {**headers, "Authorization": f"Bearer {unhashed}"}, b'{"text": "forged"}', None, NOW)
     assert "payload_hash" in refused("vonage-jwt", VONAGE_SECRET, "POST", URL, headers,
                                      body.replace(b"Hello", b"Hallo"), None, NOW)
     assert not jwt_check.verify_signature(token, "other-secret")
@@ -442,6 +450,51 @@ def test_basic_credentials():
     refused("basic", "hook:s3cret", "POST", URL, bad, b"", None, NOW)
     refused("basic", "hook:s3cret", "POST", URL, {"Authorization": "Bearer x"}, b"", None, NOW)
     refused("basic", "hook:s3cret", "POST", URL, {}, b"", None, NOW)
+
+
+def _flip_unused_bits(b64: str) -> str:
+    """The same bytes, another spelling: a 64-byte signature's base64 ends in
+    `==` after a character whose low 4 bits are not decoded."""
+    import string
+    alphabet = string.ascii_uppercase + string.ascii_lowercase + string.digits + "+/"
+    last = b64.rstrip("=")
+    i = alphabet.index(last[-1])
+    other = alphabet[i ^ 1]
+    flipped = last[:-1] + other + "=" * (len(b64) - len(last))
+    assert flipped != b64 and base64.b64decode(flipped) == base64.b64decode(b64)
+    return flipped
+
+
+def test_telnyx_replay_with_another_spelling_of_its_signature_is_refused(telnyx):
+    now = int(time.time())
+    public, headers = telnyx_signed(TELNYX_BODY, now)
+    guard = ReplayGuard()
+    done = verify("telnyx", public, "POST", URL, headers, TELNYX_BODY, None, now, replay=guard)
+    guard.remember(done.replay_key, now, done.replay_ttl)
+    respelled = {**headers, "telnyx-signature-ed25519":
+                 _flip_unused_bits(headers["telnyx-signature-ed25519"])}
+    assert "replay" in refused("telnyx", public, "POST", URL, respelled, TELNYX_BODY, None,
+                               now + 1, replay=guard)
+
+
+def test_replay_memory_survives_a_restart(tmp_path, telnyx):
+    now = int(time.time())
+    public, headers = telnyx_signed(TELNYX_BODY, now)
+    path = tmp_path / "replay"
+    guard = ReplayGuard(path=path, now=now)
+    done = verify("telnyx", public, "POST", URL, headers, TELNYX_BODY, None, now, replay=guard)
+    guard.remember(done.replay_key, now, done.replay_ttl)
+    guard.remember("short-lived", now, 5)
+    guard.close()
+    again = ReplayGuard(path=path, now=now + 10)  # websmsd restarted
+    assert "replay" in refused("telnyx", public, "POST", URL, headers, TELNYX_BODY, None,
+                               now + 10, replay=again)
+    assert len(again) == 1 and path.read_text().count("\n") == 1  # the expired one is gone
+    again.close()
+    busy = ReplayGuard(path=tmp_path / "busy", now=now)
+    for i in range(5000):  # the file is rewritten, not grown for ever
+        busy.remember(f"k{i}", now + i // 10, 1)  # each expired a second later
+    assert (tmp_path / "busy").read_text().count("\n") < 2000
 
 
 def test_none_and_unknown_scheme():

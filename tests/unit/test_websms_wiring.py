@@ -233,3 +233,43 @@ def test_outgoing_voipms_is_a_get_with_nanp_numbers(tmp_path):
     assert req.method == "GET" and req.body == b""
     assert "dst=5017122661" in req.url and "did=2025550160" in req.url
     assert "method=sendSMS" in req.url
+
+
+def test_a_forged_log_line_in_a_delivery_report_stays_in_its_own_line(tmp_path, capsys,
+                                                                        monkeypatch):
+    """46elks delivery report `status=a\\n<0>FAKE`: without python3-systemd the
+    stderr stream under journald would take `<0>` as an emergency of its own."""
+    from pbxhost import service
+    monkeypatch.setitem(__import__("sys").modules, "systemd", None)
+    service.setup_logging("websmsd", {"JOURNAL_STREAM": "8:1", "SYSLOG_LEVEL": "8"})
+    cfg = load(tmp_path, "[websmsd]\nprovider = 46elks\nremt_addr = 192.0.2.0/24\n")
+    req = Request("POST", "/", "", "application/x-www-form-urlencoded",
+                  b"id=s1&status=a%0A%3C0%3EFAKE%1B%5B2J%E2%80%A8", "192.0.2.20")
+    reply = handle(cfg, lambda m: True, req, signatures.ReplayGuard())
+    assert reply.status == 200
+    lines = [line for line in capsys.readouterr().err.splitlines() if "FAKE" in line]
+    assert lines == ["<6>webhook request from 192.0.2.20 taken, no SMS: "
+                     "delivery report a\\n<0>FAKE\\x1b[2J\\u2028"], lines
+
+
+def test_nothing_is_parsed_before_the_signature(tmp_path, monkeypatch):
+    """A 54 KB multipart body with a bad signature: 403 from the raw bytes,
+    and neither the multipart parser nor the provider's adapter ever runs."""
+    cfg = twilio_iface(tmp_path)
+    boundary = "b0undary"
+    parts = "".join(f"--{boundary}\r\nContent-Disposition: form-data; name=\"f{i}\"\r\n\r\n"
+                    f"{'x' * 250}\r\n" for i in range(200))
+    body = (parts + f"--{boundary}--\r\n").encode()
+    assert len(body) > 54_000
+
+    def never(*args, **kw):
+        raise AssertionError("parsed before the signature was checked")
+    monkeypatch.setattr(inbound, "_multipart", never)
+    monkeypatch.setattr(inbound, "request_pairs", never)
+    monkeypatch.setattr(providers, "adapt", never)
+    req = Request("POST", "/sms/in", "", f"multipart/form-data; boundary={boundary}", body,
+                  "192.0.2.20", {"HTTP_HOST": "pbx.example.com:8088",
+                                 "HTTP_X_TWILIO_SIGNATURE": "AAAA"})
+    with pytest.raises(Refused) as err:
+        inbound.parse(req, cfg.webhook, cfg.incoming)
+    assert err.value.status == 403
