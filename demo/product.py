@@ -48,7 +48,7 @@ from testbed.wait import poll  # noqa: E402
 
 JOHN, JANE = "+12025550160", "+12025550183"
 OUTSIDE = "+15017122661"
-WEBHOOK_PORT = 80  # the image's WEBSMSD_PORT
+WEBHOOK_PORT = 80  # the port the image exposes for it
 DEFAULT_WORK = Path("/var/tmp/pbxhost-demo")
 HOST_LINK, HOST_ADDR = "pbxdemo0", "192.0.2.1"
 UNITS = ("pbxhost.target", "asterisk.service", "autoban.service", "websmsd.service")
@@ -108,12 +108,13 @@ def demo(args: argparse.Namespace) -> int:
         itsp = FakeItsp(itsp_host, work)
         srv = work / "srv"
         pbx = image.machine(tag, pbx_host, work / "container",
-                            env={"HOSTNAME": pbx_host.v4, "SYSLOG_LEVEL": "7"}, srv=srv)
+                            env={"HOSTNAME": pbx_host.v4, "SYSLOG_LEVEL": "7",
+                                 "WEBSMSD_PORT": str(WEBHOOK_PORT)}, srv=srv)
         try:
             say(f"booting {tag} as {pbx_host.v4} (systemd as PID 1, /srv = {srv})")
             started = time.monotonic()
             pbx.boot()
-            pbx.wait_active(*UNITS[1:], timeout=90)
+            pbx.wait_active(*UNITS[1:3], timeout=90)
             (work / "pid1").write_text(str(pbx.pid1))
             show(f"{pbx.run('systemctl', 'is-system-running', check=False).stdout.strip()} "
                  f"after {time.monotonic() - started:.1f} s")
@@ -123,6 +124,12 @@ def demo(args: argparse.Namespace) -> int:
             password = dict(line.split(" = ", 1) for line in secrets.splitlines()
                             if " = " in line and not line.startswith("#"))
             show("\n".join(f"SIP user {u}: password {p}" for u, p in sorted(password.items())))
+            # websmsd refuses a webhook open to anybody: it waits for the admin
+            refused = [line for line in pbx.run("journalctl", "--no-pager", "-o", "cat", "-u",
+                                                "websmsd").stdout.splitlines()
+                       if "not started" in line]
+            show(f"websmsd: {refused[-1]}" if refused else "")
+            say("the admin sets the ITSP's API and address in /srv/etc/asterisk/websms.conf")
             admin_changes(srv, itsp, itsp_host.v4)
             pbx.run("systemctl", "restart", "websmsd")
             pbx.wait_active("websmsd.service")
