@@ -70,6 +70,15 @@ install-data:
 	install -m 0644 packaging/tmpfiles.d/*.conf $(DESTDIR)$(PREFIX)/lib/tmpfiles.d/
 	$(PY) packaging/manpages.py $(DATADIR)/man/man1
 
+# `make deb`: the .debs of the working tree (uncommitted files too) in dist/,
+# built in a cached sid build tree, with no lintian error or warning; `make repo`:
+# dist/ as a signed apt repository in dist/repo (packaging/deb.py, README "Install").
+deb:
+	$(PY) packaging/deb.py deb
+
+repo:
+	$(PY) packaging/deb.py repo
+
 # `make apk`: the Alpine packages and their public key in dist/ (docs/alpine.md),
 # written by packaging/apk/mkapk.py. APK_KEY=FILE.rsa signs with that key (its
 # public key FILE.rsa.pub), else with one made once in ~/.cache/pbxhost/apk-key.

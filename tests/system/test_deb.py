@@ -26,6 +26,8 @@ pytestmark = [
 
 @pytest.fixture(scope="module")
 def debs() -> dict[str, Path]:
+    for stale in DIST.glob("*.deb"):  # what is read back must be this build's
+        stale.unlink()
     proc = subprocess.run(["make", "-C", str(ROOT), "deb"], capture_output=True, text=True,
                           timeout=1800)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
