@@ -6,7 +6,7 @@ many distinct addresses in 198.18.0.0/15 and 2001:db8:be7c::/48 (benchmarking
 and documentation ranges): most addresses send 1..maxcount events (watched),
 a share sends maxcount+2 (jailed, then one event while jailed); the order is
 shuffled with a fixed seed. The stream ends with maxcount+1 events of a
-sentinel address, so the sentinel lands in `jail4` when the last event has
+sentinel address, so the sentinel lands in `sipjail4` when the last event has
 been handled: a netlink poll of that set (in the namespace) stops the clock.
 
 Everything runs in a private network namespace (the test bed's Network, no
@@ -163,7 +163,8 @@ class Outcome:
 
 
 class SentinelPoller:
-    """Polls jail4 for the sentinel through netlink in HOST's namespace, 1 ms apart."""
+    """Polls sipjail4 (the events are UDP) for the sentinel through netlink in
+    HOST's namespace, 1 ms apart."""
 
     def __init__(self, host: Host) -> None:
         self.netlink = in_netns(host.ns, Netlink)
@@ -175,7 +176,7 @@ class SentinelPoller:
     def run(self) -> None:
         key = ipaddress.IPv4Address(SENTINEL).packed
         while not self.stopped.is_set():
-            if self.netlink.element("autoban", "jail4", key) is not None:
+            if self.netlink.element("autoban", "sipjail4", key) is not None:
                 self.found_at = time.monotonic()
                 return
             time.sleep(0.001)

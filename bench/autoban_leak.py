@@ -13,7 +13,7 @@ fresh for each trial, with the same threshold and window. Measured per trial:
 - time-to-ban: from the moment the observer receives the trigger event to the
   moment the attacker's address is in the ban set, polled through nf_tables
   netlink (pbxhost.autoban.nfnetlink) from a socket opened in the PBX namespace:
-  autoban's `jail4` of table inet autoban; fail2ban's `addr-set-asterisk-udp`
+  autoban's `sipjail4` of table inet autoban (UDP evidence); fail2ban's `addr-set-asterisk-udp`
   of table inet f2b-table (the stock asterisk jail bans through two actions,
   tcp and udp; the udp one is the one that stops this flood).
 
@@ -168,7 +168,8 @@ class Limits:
 
 
 class Autoban:
-    name, table, set_name = "autoban", "autoban", "jail4"
+    # sipp's guesser speaks UDP: autoban jails its SIP (sipjail4; docs/autoban.md)
+    name, table, set_name = "autoban", "autoban", "sipjail4"
 
     def __init__(self, pbx: Asterisk, recorder: Recorder, workdir: Path, limits: Limits,
                  syslog_level: int) -> None:

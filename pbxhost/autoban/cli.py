@@ -69,7 +69,8 @@ def resolve(fw: Firewall, sources: list[str]) -> list[str]:
     addrs: list[str] = []
     for source in sources:
         if source in SETS or source == "all":
-            addrs += [e.addr for e in fw.elements(expand_sets([source]))]
+            # a proven element's address ("192.0.2.9 udp 5060" → 192.0.2.9)
+            addrs += [e.addr.split()[0] for e in fw.elements(expand_sets([source]))]
         else:
             addrs.append(source)
     return list(dict.fromkeys(addrs))
@@ -80,10 +81,12 @@ def puts_for(dset: str, addr: str, cfg: config.AutobanConfig, now: int) -> list[
     p = cfg.policy
     if dset == "watch":
         return [Put("watch", addr, p.watchtime, policy.encode_times((now,)))]
-    if dset == "jail":
+    if dset in ("jail", "sipjail"):
         note = policy.encode_sentence(p.jailtime)
-        return [Put("jail", addr, p.jailtime, note),
+        return [Put(dset, addr, p.jailtime, note),
                 Put("parole", addr, p.jailtime + p.watchtime, note)]
+    if dset == "proven":
+        return []  # only a successful login proves an address and port
     if dset == "parole":
         return [Put("parole", addr, p.watchtime, policy.encode_sentence(p.jailtime))]
     if dset == "trust":
@@ -107,7 +110,7 @@ def show(elements: list[Element], sets: list[str], counters: dict[str, int] | No
     for name in sets:
         members = [e for e in elements if e.set == name]
         head = f"{name} ({len(members)})"
-        if counters is not None and name in ("jail", "blacklist"):
+        if counters is not None and name in ("jail", "sipjail", "blacklist"):
             head += f", {counters.get(name + '4', 0) + counters.get(name + '6', 0)} packets dropped"
         lines.append(head + ":")
         lines += [f"  {describe(e)}" for e in members]
@@ -137,7 +140,7 @@ def main(argv: list[str] | None = None) -> int:
         cfg = config.load(cli.find_config("autoban.conf", args.config))
     except conf.ConfigError as exc:
         cli.fail(PROG, str(exc))
-    fw = Firewall(cfg.table)
+    fw = Firewall(cfg.table, prefix6=cfg.prefix6)
     try:
         if not fw.exists():
             cli.fail(PROG, f"table inet {cfg.table} does not exist (is autoband running?)")
@@ -161,7 +164,10 @@ def main(argv: list[str] | None = None) -> int:
     except FirewallError as exc:
         cli.fail(PROG, str(exc))
     try:
-        state.save(cfg.statefile, fw.elements())
+        # the daemon's records (autoban.conf's entries, trunk addresses) are kept as they are
+        before = state.records(cfg.statefile)
+        state.save(cfg.statefile, fw.iter_elements(), config=before.config,
+                   trunks=before.trunks)
     except OSError as exc:
         print(f"{PROG}: warning: state file not written: {exc}", file=sys.stderr)
     print(f"{verb}: {len(ops)} change(s) in {', '.join(dsets)}")

@@ -15,6 +15,9 @@ from pbxhost import conf
 from pbxhost.ami import AmiSettings
 from pbxhost.autoban.policy import Settings
 
+SEED_FILE = Path("/srv/var/lib/nftables/autoban.nft")  # the seed's saved table
+MIN_PREFIX6 = 32  # a shorter prefix would jail whole providers
+
 log = logging.getLogger("pbxhost.autoban")
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 LOOPBACK = (ipaddress.ip_network("127.0.0.0/8"), ipaddress.ip_network("::1/128"))
@@ -34,10 +37,14 @@ class AutobanConfig:
     ami: AmiSettings = field(default_factory=AmiSettings)
     policy: Settings = field(default_factory=Settings)
     trusttime: int = 0                     # 0: no trust after a successful login
+    prefix6: int = 64                      # IPv6 offenders are counted and jailed per prefix
+    proventime: int = 7200                 # a successful login proves its address . port this long
     whitelist: tuple[str, ...] = ()        # as written: addresses, prefixes, ranges
     blacklist: tuple[str, ...] = ()
     statefile: Path = field(default_factory=default_statefile)
     table: str = "autoban"
+    trunk_refresh: int = 300               # seconds between two resolutions of trunk names
+    seedfile: Path = SEED_FILE             # the seed's saved table, imported once
 
 
 def load(path: Path) -> AutobanConfig:
@@ -66,16 +73,25 @@ def load(path: Path) -> AutobanConfig:
         raise conf.ConfigError(str(exc), str(path), line) from exc
     for key in ("whitelist", "blacklist"):
         ab.get_networks(key, [])  # validated here so a typo is reported with file:line
+    prefix6 = ab.get_int("prefix6", 64)
+    if prefix6 is None or not MIN_PREFIX6 <= prefix6 <= 128:
+        item = next((i for i in ab.items if i.key == "prefix6"), None)
+        raise conf.ConfigError(f"prefix6 must be {MIN_PREFIX6}..128, not {prefix6}", str(path),
+                               item.line if item else ab.line)
     return AutobanConfig(
         path=path,
         enabled=bool(ab.get_bool("enabled", True)),
         ami=ami,
         policy=policy,
         trusttime=ab.get_duration("trusttime", 0) or 0,
+        prefix6=prefix6,
+        proventime=ab.get_duration("proventime", 7200) or 0,
         whitelist=_entries(ab.getall("whitelist")),
         blacklist=_entries(ab.getall("blacklist")),
         statefile=Path(ab.get_str("statefile", "") or default_statefile()),
         table=ab.get_str("table", "autoban") or "autoban",
+        trunk_refresh=max(ab.get_duration("trunk_refresh", 300) or 300, 1),
+        seedfile=Path(ab.get_str("seedfile", str(SEED_FILE)) or SEED_FILE),
     )
 
 
@@ -103,23 +119,33 @@ def _host_part(entry: str) -> str:
     return entry.split(":")[0] if entry.count(":") == 1 else entry
 
 
-def _resolve(entry: str) -> list[Network]:
-    host = _host_part(entry)
+def resolve_host(host: str) -> list[Network] | None:
+    """An address or prefix as it is; a host name resolved (None if that fails)."""
     try:
         return [ipaddress.ip_network(host, strict=False)]
     except ValueError:
         pass
     try:
         infos = socket.getaddrinfo(host, None)
-    except OSError as exc:
+    except (OSError, UnicodeError) as exc:  # UnicodeError: a label idna refuses
         log.warning("cannot resolve trunk host %s: %s", host, exc)
-        return []
-    return [ipaddress.ip_network(info[4][0]) for info in infos]
+        return None
+    return list(dict.fromkeys(ipaddress.ip_network(info[4][0]) for info in infos))
 
 
-def trunk_addresses(confdir: Path) -> list[Network]:
-    """The ITSP's addresses: wizard `remote_hosts` and identify `match` in PJSIP config."""
-    nets: list[Network] = []
+def is_name(host: str) -> bool:
+    """Whether HOST needs resolving (not an address or prefix)."""
+    try:
+        ipaddress.ip_network(host, strict=False)
+        return False
+    except ValueError:
+        return True
+
+
+def trunk_hosts(confdir: Path) -> list[str]:
+    """The ITSP's hosts as written (names, addresses, prefixes): wizard
+    `remote_hosts` and identify `match` in PJSIP config."""
+    hosts: list[str] = []
     for name in ("pjsip.conf", "pjsip_wizard.conf"):
         path = confdir / name
         if not path.exists():
@@ -130,13 +156,37 @@ def trunk_addresses(confdir: Path) -> list[Network]:
             log.warning("trunk addresses not read: %s", exc)
             continue
         for section in cfg.sections:
-            hosts = section.getall("remote_hosts")
+            values = section.getall("remote_hosts")
             if section.get("type") == "identify":
-                hosts += section.getall("match")
-            for value in hosts:
-                nets += [n for entry in value.split(",") if entry.strip()
-                         for n in _resolve(entry)]
-    return nets
+                values += section.getall("match")
+            hosts += [_host_part(entry) for value in values
+                      for entry in value.split(",") if entry.strip()]
+    return list(dict.fromkeys(hosts))
+
+
+def trunk_addresses(confdir: Path) -> list[Network]:
+    """The ITSP's addresses now (names resolved once)."""
+    return [n for host in trunk_hosts(confdir) for n in resolve_host(host) or []]
+
+
+def sip_ports(confdir: Path) -> list[int]:
+    """The ports of PJSIP's udp, tcp and tls transports (`bind`, default 5060,
+    5061 for tls): what a sipjail closes. 5060 and 5061 when none is found."""
+    path = confdir / "pjsip.conf"
+    ports: list[int] = []
+    try:
+        sections = conf.load(path).sections if path.exists() else []
+    except conf.ConfigError as exc:
+        log.warning("SIP ports not read: %s", exc)
+        sections = []
+    for section in sections:
+        protocol = (section.get("protocol") or "udp").lower()
+        if section.get("type") != "transport" or protocol not in ("udp", "tcp", "tls"):
+            continue
+        bind = (section.get("bind") or "").strip()
+        port = bind.rsplit(":", 1)[1] if bind.count(":") == 1 or "]:" in bind else ""
+        ports.append(int(port) if port.isdigit() else 5061 if protocol == "tls" else 5060)
+    return sorted(set(ports)) or [5060, 5061]
 
 
 def websms_sources(confdir: Path) -> list[Network]:
@@ -158,4 +208,8 @@ def websms_sources(confdir: Path) -> list[Network]:
 
 
 def exempt_networks(confdir: Path) -> list[Network]:
-    return [*LOOPBACK, *host_addresses(), *trunk_addresses(confdir), *websms_sources(confdir)]
+    """Never jailed, fixed for the daemon's run: loopback, this host's addresses,
+    the trunk's literal addresses, websms's sources (trunk host names: trunks.py)."""
+    literal = [n for host in trunk_hosts(confdir) if not is_name(host)
+               for n in resolve_host(host) or []]
+    return [*LOOPBACK, *host_addresses(), *literal, *websms_sources(confdir)]

@@ -9,9 +9,11 @@ reboots, written at most a second after each change."""
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import logging
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 
 from panoramisk.message import Message
@@ -19,13 +21,26 @@ from panoramisk.message import Message
 from pbxhost import cli, conf, service
 from pbxhost.ami import AmiClient
 from pbxhost.autoban import config, gateway, legacy, policy, state
-from pbxhost.autoban.events import ATTACK_EVENTS, Address, parse_remote_address
-from pbxhost.autoban.firewall import Delete, Element, Firewall, FirewallError, Put
+from pbxhost.autoban.events import ATTACK_EVENTS, Address, Remote, parse_remote
+from pbxhost.autoban.firewall import (
+    DEFAULT_SIP_PORTS,
+    LIST_SETS,
+    Delete,
+    Element,
+    Firewall,
+    FirewallError,
+    Put,
+    SetFullError,
+)
+from pbxhost.autoban.overflow import Overflow
+from pbxhost.autoban.trunks import Trunks
 
 log = logging.getLogger("pbxhost.autoban")
 GUARD_INTERVAL = 1.0
 SAVE_DELAY = 0.5
 RESTORE_BATCH = 250
+FULL_WARNING_INTERVAL = 60.0  # seconds between two "set full" warnings
+WHITELIST_CACHE = 5.0  # seconds a copy of the IPv6 whitelist serves the watch decisions
 
 
 def human(seconds: int) -> str:
@@ -43,72 +58,124 @@ def standing_of(found: dict[str, Element]) -> policy.Standing:
     return policy.Standing(
         times=policy.decode_times(found["watch"].comment) if "watch" in found else (),
         jailed="jail" in found,
+        sipjailed="sipjail" in found,
         sentence=policy.decode_sentence(found["parole"].comment) if "parole" in found else None,
         whitelisted="whitelist" in found,
         trusted="trust" in found,
     )
 
 
-def ops_for(verdict: policy.Verdict, addr: str,
-            settings: policy.Settings) -> list[Put | Delete]:
+def ops_for(verdict: policy.Verdict, addr: str, settings: policy.Settings,
+            jail_addr: str | None = None, parole_left: int | None = None) -> list[Put | Delete]:
+    """The kernel operations of a verdict. ADDR is the watch element (an address
+    or an IPv6 prefix); JAIL_ADDR the jail and parole element when it differs
+    (a prefix watched, but one address jailed: see Autoban.element_for);
+    PAROLE_LEFT what is left of a parole that must not get shorter."""
     if verdict.action is policy.Action.WATCH:
         return [Put("watch", addr, settings.watchtime, policy.encode_times(verdict.times))]
     if verdict.action is policy.Action.JAIL:
-        note = policy.encode_sentence(verdict.sentence)
+        jail_addr = jail_addr or addr
+        record = verdict.record or verdict.sentence
         # parole covers the jail time and `watchtime` after it: no timer needed at release
-        return [Put("jail", addr, verdict.sentence, note),
-                Put("parole", addr, verdict.sentence + settings.watchtime, note),
+        parole = max(verdict.sentence + settings.watchtime, parole_left or 0)
+        return [Put(verdict.scope.value, jail_addr, verdict.sentence,
+                    policy.encode_sentence(verdict.sentence)),
+                Put("parole", jail_addr, parole, policy.encode_sentence(record)),
                 Delete("watch", addr)]
     return []
 
 
 class Autoban:
     def __init__(self, cfg: config.AutobanConfig, firewall: Firewall,
-                 exempt: list[config.Network], clock: Callable[[], float] = time.time) -> None:
-        self.cfg, self.fw, self.exempt, self.clock = cfg, firewall, exempt, clock
+                 exempt: list[config.Network], clock: Callable[[], float] = time.time,
+                 trunks: Trunks | None = None, sip_ports: list[int] | None = None) -> None:
+        self.cfg, self.fw, self.clock = cfg, firewall, clock
+        self.sip_ports = sip_ports or list(DEFAULT_SIP_PORTS)
+        self.fixed_exempt = exempt
+        self.trunks = trunks or Trunks([])
+        self.exempt = [*exempt, *self.trunks.networks()]
         self.settings = cfg.policy
         self._save_pending: asyncio.TimerHandle | None = None
         self.gateway = gateway.GatewayWatch(gateway.read_gateways())
+        self.overflow = Overflow()
+        self._full_warned: dict[str, float] = {}
+        self._whitelist6: tuple[float, list[config.Network]] = (-WHITELIST_CACHE, [])
+
+    def _clocks(self) -> state.Clocks:
+        # the real clocks (boot time included) unless a test injected one
+        return state.Clocks.now(None if self.clock is time.time else self.clock())
 
     # -- the kernel table ---------------------------------------------------
-    def ensure_table(self) -> bool:
+    def ensure_table(self, saved: state.Saved | None = None) -> bool:
         """Create the table when it is missing (first start, reboot, `nft flush
         ruleset`) and refill it from the state file. True if it was rebuilt."""
         if self.fw.exists():
             return False
         self.fw.ensure()
-        puts = [*state.load(self.cfg.statefile, self.clock()), *self._config_lists()]
-        applied = self._apply_each_valid(puts)
+        self.fw.set_sip_ports(self.sip_ports)
+        if saved is None:
+            saved = state.load(self.cfg.statefile, self._clocks())
+        applied = self._apply_each_valid([*saved.puts, *self._config_lists()], fresh=True)
         log.log(service.NOTICE, "table inet %s built; %d elements restored from %s",
                 self.cfg.table, applied, self.cfg.statefile)
         return True
+
+    def upgrade_table(self) -> None:
+        """A table of an older release (unbounded sets, chain input) is rebuilt as
+        this one builds it, keeping its elements and their remaining times."""
+        if not self.fw.exists() or self.fw.current():
+            return
+        keep = [Put(e.set, e.addr, e.expires, e.comment) for e in self.fw.salvage()
+                if e.expires is None or e.expires > 0]
+        self.fw.ensure()
+        self.fw.set_sip_ports(self.sip_ports)
+        applied = self._apply_each_valid(keep, fresh=True)
+        log.log(service.NOTICE, "table inet %s rebuilt for this version; %d of %d "
+                "elements kept", self.cfg.table, applied, len(keep))
+
+    def config_lists(self) -> dict[str, list[str]]:
+        return {name: list(getattr(self.cfg, name)) for name in LIST_SETS}
+
+    def sync_config_lists(self, previous: dict[str, list[str]] | None) -> None:
+        """autoban.conf's whitelist/blacklist into the sets; entries the previous
+        start took from autoban.conf and that are gone from it now are deleted
+        (entries added with the CLI were never in `previous`, so they stay)."""
+        current = self.config_lists()
+        gone = [Delete(name, entry) for name in LIST_SETS
+                for entry in (previous or {}).get(name, []) if entry not in current[name]]
+        for op in gone:
+            try:
+                self.fw.apply([op])
+                log.log(service.NOTICE, "%s %s: no longer in %s, deleted from the set",
+                        op.set, op.addr, self.cfg.path)
+            except (ValueError, FirewallError) as exc:
+                log.warning("%s %s not deleted: %s", op.set, op.addr, exc)
+        self._apply_each_valid(self._config_lists())
 
     def _config_lists(self) -> list[Put]:
         return [Put(name, entry) for name in ("whitelist", "blacklist")
                 for entry in getattr(self.cfg, name)]
 
-    def _apply_each_valid(self, puts: list[Put]) -> int:
+    def _apply_each_valid(self, puts: list[Put], fresh: bool = False) -> int:
+        """Apply PUTS (FRESH: into a table just built); the number applied."""
         # Batches of RESTORE_BATCH: one batch of 10k elements makes libnftables peak at 165 MB.
-        return sum(self._apply_batch(puts[i:i + RESTORE_BATCH])
+        return sum(self._apply_batch(puts[i:i + RESTORE_BATCH], fresh)
                    for i in range(0, len(puts), RESTORE_BATCH))
 
-    def _apply_batch(self, puts: list[Put]) -> int:
+    def _apply_batch(self, puts: list[Put], fresh: bool) -> int:
         try:
-            self.fw.apply(puts)
+            self.fw.apply(puts, fresh)
             return len(puts)
         except (ValueError, FirewallError):
             pass  # one bad element fails a batch: apply the good ones one by one
         applied = 0
         for put in puts:
             try:
-                self.fw.apply([put])
+                self.fw.apply([put], fresh)
                 applied += 1
             except (ValueError, FirewallError) as exc:
                 log.warning("element %s in %s not restored: %s", put.addr, put.set, exc)
         return applied
-
-    def add_config_lists(self) -> None:
-        self._apply_each_valid(self._config_lists())
 
     def import_legacy(self) -> None:
         """Take over the seed's `table ip autoban`, if there is one, and remove it."""
@@ -121,29 +188,60 @@ class Autoban:
         log.log(service.NOTICE, "imported %d elements from the seed's table ip %s and "
                 "removed it", applied, self.cfg.table)
 
+    def import_seed_file(self) -> None:
+        """The seed's /srv/var/lib/nftables/autoban.nft, once: its jail, parole,
+        watch, whitelist and blacklist; the file is renamed *.imported after."""
+        path = self.cfg.seedfile
+        if not path.is_file():
+            return
+        try:
+            age = max(0, int(self.clock() - path.stat().st_mtime))
+            elements = legacy.parse_seed_file(path.read_text(), age)
+        except (OSError, ValueError, UnicodeError) as exc:
+            log.error("the seed's %s not imported: %s", path, exc)
+            return
+        puts = legacy.convert(elements, self.settings, int(self.clock()))
+        applied = self._apply_each_valid(puts)
+        done = path.with_name(path.name + ".imported")
+        try:
+            path.rename(done)
+        except OSError as exc:
+            log.error("the seed's %s imported but not renamed (it will be imported "
+                      "again): %s", path, exc)
+            return
+        log.log(service.NOTICE, "imported %d of %d elements from the seed's %s (remaining "
+                "times counted from the file's time, %s ago); renamed it %s", applied,
+                len(elements), path, human(age), done.name)
+
     # -- events ---------------------------------------------------------------
     def handle(self, event: Message) -> None:
         name = event.get("Event", "")
         if name in ATTACK_EVENTS:
             self.on_attack(event)
-        elif name == "SuccessfulAuth" and self.cfg.trusttime and event.get("UsingPassword") == "1":
+        elif (name == "SuccessfulAuth" and event.get("UsingPassword") == "1"
+              and (self.cfg.trusttime or self.cfg.proventime)):
             self.on_success(event)
 
-    def _address(self, event: Message) -> Address | None:
+    def _remote(self, event: Message) -> Remote | None:
         try:
-            return parse_remote_address(event.get("RemoteAddress", ""))
+            return parse_remote(event.get("RemoteAddress", ""))
         except ValueError as exc:
             log.warning("%s event skipped: %s", event.get("Event"), exc)
             return None
+
+    def _address(self, event: Message) -> Address | None:
+        remote = self._remote(event)
+        return None if remote is None else remote.addr
 
     def _is_exempt(self, addr: Address) -> bool:
         return any(addr in net for net in self.exempt)
 
     def on_attack(self, event: Message) -> None:
         started = time.perf_counter()
-        addr = self._address(event)
-        if addr is None:
+        remote = self._remote(event)
+        if remote is None:
             return
+        addr = remote.addr
         if warning := self.gateway.observe(addr):
             log.warning(warning, extra={"ADDRESS": str(addr)})
         name, account = event.get("Event"), event.get("AccountID", "")
@@ -151,29 +249,137 @@ class Autoban:
             log.info("%s from %s (account %s): exempt, not counted", name, addr, account)
             return
         found = self._lookup(str(addr))
-        verdict = policy.on_event(self.settings, standing_of(found), int(self.clock()))
-        ops = ops_for(verdict, str(addr), self.settings)
-        if ops:
-            self._apply(ops)
-        fields = {"ADDRESS": str(addr), "EVENT": name, "ACCOUNT": account,
+        # the element this event counts in: the one that covers the address, else
+        # its IPv6 prefix (unless that holds someone never to be jailed), else itself
+        key = found["watch"].addr if "watch" in found else self.element_for(addr)
+        standing = standing_of(found)
+        if "watch" not in found and (counted := self.overflow.get(key)):
+            standing = replace(standing, times=counted)
+        verdict = policy.on_event(self.settings, standing, int(self.clock()), remote.proven)
+        jail_key = None
+        if verdict.action is policy.Action.JAIL:
+            jail_key = (found["parole"].addr if "parole" in found
+                        else self.element_for(addr, jailing=True))
+        parole_left = found["parole"].expires if "parole" in found else None
+        ops = ops_for(verdict, key, self.settings, jail_key, parole_left)
+        if ops and not self._apply_verdict(verdict, key, ops):
+            return
+        element = jail_key or key
+        shown = element if element == str(addr) else f"{element} ({addr})"
+        fields = {"ADDRESS": str(addr), "ELEMENT": element, "EVENT": name, "ACCOUNT": account,
                   "VERDICT": verdict.action.value}
         if verdict.action is policy.Action.JAIL:
-            log.log(service.NOTICE, "jailed %s for %s: %s (event %s, account %s)", addr,
-                    human(verdict.sentence), verdict.reason, name, account,
-                    extra={**fields, "SENTENCE": verdict.sentence})
+            scope = ("" if verdict.scope is policy.Scope.ALL else
+                     f", SIP only ({remote.transport or 'UDP'}: the source is not proven)")
+            log.log(service.NOTICE, "jailed %s for %s%s: %s (event %s, account %s)", shown,
+                    human(verdict.sentence), scope, verdict.reason, name, account,
+                    extra={**fields, "SENTENCE": verdict.sentence, "SCOPE": verdict.scope.value})
         else:
-            log.info("%s from %s (account %s): %s: %s", name, addr, account,
+            log.info("%s from %s (account %s): %s: %s", name, shown, account,
                      verdict.action.value, verdict.reason, extra=fields)
         log.debug("%s handled in %.2f ms", addr, (time.perf_counter() - started) * 1000)
 
+    def element_for(self, addr: Address, jailing: bool = False) -> str:
+        """ADDR's element in the timed sets: for IPv6 its /prefix6, unless that
+        prefix holds an exempt (loopback, own, trunk, websms) or whitelisted
+        address, or, when JAILING, a trusted one: then the address alone."""
+        prefix = self.cfg.prefix6
+        if addr.version == 4 or prefix == 128:
+            return str(addr)
+        net = ipaddress.ip_network(f"{addr}/{prefix}", strict=False)
+        protected = [*self.exempt, *self._whitelisted6(fresh=jailing)]
+        if jailing and self.cfg.trusttime:
+            protected += self._networks(["trust"])
+        if any(net.overlaps(other) for other in protected if other.version == 6):
+            return str(addr)
+        return str(net)
+
+    def _whitelisted6(self, fresh: bool) -> list[config.Network]:
+        """The kernel's whitelist6 (CLI entries included): read at each jailing,
+        else a copy at most WHITELIST_CACHE seconds old (a read costs ~1 ms)."""
+        taken, nets = self._whitelist6
+        if fresh or time.monotonic() - taken >= WHITELIST_CACHE:
+            nets = [n for n in self._networks(["whitelist"]) if n.version == 6]
+            self._whitelist6 = (time.monotonic(), nets)
+        return nets
+
+    def _networks(self, sets: list[str]) -> list[config.Network]:
+        nets: list[config.Network] = []
+        try:
+            for e in self.fw.iter_elements(sets):
+                first, _, last = e.addr.partition("-")
+                if last:
+                    nets += ipaddress.summarize_address_range(ipaddress.ip_address(first),
+                                                              ipaddress.ip_address(last))
+                else:
+                    nets.append(ipaddress.ip_network(e.addr))
+        except FirewallError as exc:
+            log.warning("sets %s not read: %s", ", ".join(sets), exc)
+        return nets
+
+    def _apply_verdict(self, verdict: policy.Verdict, key: str,
+                       ops: list[Put | Delete]) -> bool:
+        """Apply OPS; a full set is handled as docs/autoban.md says. False if the
+        verdict could not be carried out."""
+        try:
+            self._apply(ops)
+        except SetFullError:
+            if verdict.action is policy.Action.WATCH:
+                # watch full: count in memory, so a flood of watched addresses never
+                # stops the next jailing
+                self.overflow.put(key, verdict.times)
+                self._warn_full("watch", "counting new addresses in memory")
+                return True
+            self._warn_full("jail", f"{key} NOT jailed")
+            log.error("jail or parole set full: %s not jailed (%s)", key, verdict.reason,
+                      extra={"ADDRESS": key})
+            return False
+        self.overflow.pop(key)
+        return True
+
+    def _warn_full(self, name: str, what: str) -> None:
+        now = time.monotonic()
+        if now - self._full_warned.get(name, -FULL_WARNING_INTERVAL) >= FULL_WARNING_INTERVAL:
+            self._full_warned[name] = now
+            log.warning("set %s is full (size %d): %s", name, self.fw.sizes[name], what)
+
     def on_success(self, event: Message) -> None:
-        addr = self._address(event)
-        if addr is None or self._is_exempt(addr):
+        """A digest login succeeded: the client saw our challenge, so its address
+        and port are proven (a round trip); `trusttime` trusts the address too."""
+        remote = self._remote(event)
+        if remote is None or self._is_exempt(remote.addr):
             return
-        self._apply([Put("trust", str(addr), self.cfg.trusttime)])
+        addr, account = remote.addr, event.get("AccountID", "")
+        fields = {"ADDRESS": str(addr), "EVENT": "SuccessfulAuth", "ACCOUNT": account}
+        if self.cfg.proventime and remote.port is not None:
+            self._prove(remote, fields)
+        if not self.cfg.trusttime:
+            return
+        try:
+            self._apply([Put("trust", str(addr), self.cfg.trusttime)])
+        except SetFullError:
+            self._warn_full("trust", f"{addr} not trusted")
+            return
         log.info("%s trusted for %s after a successful login as %s", addr,
-                 human(self.cfg.trusttime), event.get("AccountID", ""),
-                 extra={"ADDRESS": str(addr), "EVENT": "SuccessfulAuth"})
+                 human(self.cfg.trusttime), account, extra=fields)
+
+    def _prove(self, remote: Remote, fields: dict[str, str]) -> None:
+        assert remote.port is not None
+        pair = f"{remote.addr} {remote.proto} {remote.port}"
+        try:
+            known = self.fw.proven(str(remote.addr), remote.proto, remote.port)
+            # every authenticated request says it again: renew at half time only
+            if known is not None and (known.expires or 0) > self.cfg.proventime // 2:
+                return
+            self._apply([Put("proven", pair, self.cfg.proventime)])
+        except SetFullError:
+            self._warn_full("proven", f"{pair} not proven")
+            return
+        except FirewallError as exc:
+            log.error("%s not proven: %s", pair, exc)
+            return
+        log.info("%s proven for %s by a successful login as %s: accepted before any jail",
+                 pair, human(self.cfg.proventime), fields["ACCOUNT"], extra=fields)
 
     def _lookup(self, addr: str) -> dict[str, Element]:
         try:
@@ -185,7 +391,10 @@ class Autoban:
     def _apply(self, ops: list[Put | Delete]) -> None:
         try:
             self.fw.apply(ops)
+        except SetFullError:
+            raise
         except FirewallError:
+            # the table gone, or an element expired between our read and the batch
             self.ensure_table()
             self.fw.apply(ops)
         self.changed()
@@ -199,9 +408,46 @@ class Autoban:
     def save(self) -> None:
         self._save_pending = None
         try:
-            state.save(self.cfg.statefile, self.fw.elements(), self.clock())
+            state.save(self.cfg.statefile, self.fw.iter_elements(), self._clocks(),
+                       config=self.config_lists(), trunks=self.trunks.saved())
         except (OSError, FirewallError) as exc:
             log.error("state not saved to %s: %s", self.cfg.statefile, exc)
+
+    # -- the trunk's names ------------------------------------------------------
+    def use_saved_trunks(self, saved: state.Saved) -> None:
+        """Until the names resolve, the addresses they had when the state was saved."""
+        self.trunks = Trunks(self.trunks.names, saved.trunks)
+        self.exempt = [*self.fixed_exempt, *self.trunks.networks()]
+        if self.trunks.networks():
+            log.info("trunk addresses from %s until the names resolve: %s", self.cfg.statefile,
+                     ", ".join(map(str, self.trunks.networks())))
+
+    async def refresh_trunks(self) -> None:
+        """Resolve the trunk's names now and every `trunk_refresh` seconds."""
+        if not self.trunks.names or not any(config.is_name(n) for n in self.trunks.names):
+            return
+        while True:
+            new = await asyncio.to_thread(self.trunks.refresh)
+            self.exempt = [*self.fixed_exempt, *self.trunks.networks()]
+            self.release_trunk(new)
+            self.changed()
+            await asyncio.sleep(self.cfg.trunk_refresh)
+
+    def release_trunk(self, nets: list[config.Network]) -> None:
+        """A trunk address newly known is taken out of watch, jail and parole."""
+        for net in nets:
+            found = self._lookup(str(net.network_address)) if net.num_addresses == 1 else {}
+            ops: list[Put | Delete] = [Delete(base, e.addr) for base, e in found.items()
+                                       if base in ("watch", "jail", "sipjail", "parole")]
+            if not ops:
+                continue
+            try:
+                self._apply(ops)
+            except FirewallError as exc:
+                log.error("trunk address %s not released: %s", net, exc)
+                continue
+            log.log(service.NOTICE, "released %s: it is the trunk's address now", net,
+                    extra={"ADDRESS": str(net.network_address)})
 
     async def guard(self) -> None:
         """Rebuild the table within a second or two of it disappearing."""
@@ -214,17 +460,24 @@ class Autoban:
                 log.error("cannot rebuild table inet %s: %s", self.cfg.table, exc)
 
     async def run(self, notifier: service.Notifier) -> None:
-        if not self.ensure_table():
-            self.add_config_lists()
+        saved = state.load(self.cfg.statefile, self._clocks())
+        self.use_saved_trunks(saved)
+        self.upgrade_table()
+        if not self.ensure_table(saved):
+            self.fw.set_sip_ports(self.sip_ports)
+        self.sync_config_lists(saved.config)
         self.import_legacy()
+        self.import_seed_file()
         self.save()
         client = AmiClient(self.cfg.ami, self.handle,
                            lambda s: notifier.status(f"AMI {s}; watching for attacks"))
         notifier.ready(f"connecting to AMI {self.cfg.ami.host}:{self.cfg.ami.port}")
         log.log(service.NOTICE, "autoban started: maxcount %d, watchtime %s, jailtime %s, "
-                "repeatmult %g", self.settings.maxcount, human(self.settings.watchtime),
-                human(self.settings.jailtime), self.settings.repeatmult)
-        await asyncio.gather(client.run(), self.guard(), notifier.watchdog())
+                "repeatmult %g, prefix6 %d", self.settings.maxcount,
+                human(self.settings.watchtime), human(self.settings.jailtime),
+                self.settings.repeatmult, self.cfg.prefix6)
+        await asyncio.gather(client.run(), self.guard(), self.refresh_trunks(),
+                             notifier.watchdog())
 
 
 async def idle(notifier: service.Notifier, why: str) -> None:
@@ -249,8 +502,13 @@ def main(argv: list[str] | None = None) -> int:
         log.log(service.NOTICE, "autoban %s; idling without touching the firewall", why)
         return service.run(idle(notifier, why))
     exempt = config.exempt_networks(Path(path).parent)
-    log.info("never jailed: %s", ", ".join(str(n) for n in exempt))
-    return service.run(Autoban(cfg, Firewall(cfg.table), exempt).run(notifier))
+    trunks = Trunks([h for h in config.trunk_hosts(Path(path).parent) if config.is_name(h)])
+    log.info("never jailed: %s%s", ", ".join(str(n) for n in exempt),
+             "".join(f", {name} (trunk, resolved every {human(cfg.trunk_refresh)})"
+                     for name in trunks.names))
+    ports = config.sip_ports(Path(path).parent)
+    firewall = Firewall(cfg.table, prefix6=cfg.prefix6)
+    return service.run(Autoban(cfg, firewall, exempt, trunks=trunks, sip_ports=ports).run(notifier))
 
 
 if __name__ == "__main__":

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+from dataclasses import dataclass
 
 # Each of these is a request that failed authentication or authorisation:
 #   InvalidAccountID          unknown user (scanners probe extensions)
@@ -19,16 +20,56 @@ ATTACK_EVENTS = frozenset({
 Address = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 
+# A connection-oriented transport proves the source address (a handshake); UDP
+# does not: the sender may never see a reply (a forged source).
+PROVEN_TRANSPORTS = frozenset({"TCP", "TLS", "WS", "WSS"})
+
+
+@dataclass(frozen=True)
+class Remote:
+    addr: Address
+    transport: str   # "UDP", "TCP", "TLS", "WS", "WSS"; "" when the event has none
+    port: int | None
+
+    @property
+    def proven(self) -> bool:
+        return self.transport in PROVEN_TRANSPORTS
+
+    @property
+    def proto(self) -> str:
+        """The layer-4 protocol its packets use: udp or tcp."""
+        return "udp" if self.transport in ("UDP", "") else "tcp"
+
+
+def parse_remote(value: str) -> Remote:
+    """RemoteAddress → address, transport and port (see parse_remote_address)."""
+    addr = parse_remote_address(value)
+    parts = value.strip().split("/")
+    transport = parts[1].upper() if len(parts) == 4 else ""
+    try:
+        port: int | None = int(parts[-1])
+        if not 0 < port < 65536:  # type: ignore[operator]
+            port = None
+    except ValueError:
+        port = None
+    return Remote(addr, transport, port)
+
+
 def parse_remote_address(value: str) -> Address:
     """`IPV4/UDP/203.0.113.9/5060`, `IPV4/203.0.113.9/5060`, `IPV6/UDP/2001:db8::9/5060`
     or with `[2001:db8::9]` → the address; IPv4-mapped IPv6 → IPv4 (what the
-    kernel sees). ValueError on anything else."""
+    kernel sees). ValueError on anything else: a zone id (`fe80::1%eth0`, which no
+    kernel set can match), a doubled header (panoramisk gives a list), garbage."""
+    if not isinstance(value, str):
+        raise ValueError(f"not one AMI address: {value!r}")
     parts = value.strip().split("/")
     if len(parts) not in (3, 4) or parts[0] not in ("IPV4", "IPV6"):
         raise ValueError(f"not an AMI address: {value!r}")
     text = parts[-2]
     if text.startswith("[") and text.endswith("]"):
         text = text[1:-1]
+    if "%" in text:
+        raise ValueError(f"an address with a zone id: {value!r}")
     addr = ipaddress.ip_address(text)
     if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped:
         return addr.ipv4_mapped

@@ -32,19 +32,24 @@ What libnftables 1.0.6 (Debian 12) and the kernel taught us, by experiment:
   accepted and read back exactly (binary search on kernel 6.18).
 * Re-adding an existing element keeps its comment (kernel 6.18 updates the
   timeout, older kernels keep it); deleting an absent element fails the whole
-  batch, and 1.0.6 has no `destroy`. Hence Put is add+delete+add and Delete is
-  add+delete, in one transaction.
+  batch, and 1.0.6 has no `destroy`; in a full set (`size`) even add+delete of
+  an absent element fails (ENFILE). Hence each op first reads whether its
+  element is there (one netlink GET): Put is delete+add or add, Delete is
+  delete or nothing, in one transaction.
+* The chain hooks prerouting at raw priority (-300), before conntrack (-200).
 * libnftables resolves malformed addresses in JSON via DNS; validating first
   prevents both those lookups and a batch rejected halfway through parsing."""
 
 from __future__ import annotations
 
 import ipaddress
+import itertools
 import json
 import logging
 import re
+import socket
 import threading
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -55,10 +60,30 @@ from pbxhost.autoban import nfnetlink
 log = logging.getLogger("pbxhost.autoban.firewall")
 
 FAMILIES = ("4", "6")
-TIMED_SETS = ("watch", "jail", "parole", "trust")
+CHAIN = "prerouting"
+TIMED_SETS = ("watch", "jail", "sipjail", "parole", "trust")
+PAIR_SETS = ("proven",)  # address . protocol . port, e.g. "192.0.2.9 udp 5060"
 LIST_SETS = ("whitelist", "blacklist")
-SETS = TIMED_SETS + LIST_SETS
+SETS = TIMED_SETS + PAIR_SETS + LIST_SETS
+SIP_PORTS = "sipports"  # the ports a sipjail closes (PJSIP's transports)
+DEFAULT_SIP_PORTS = (5060, 5061)
+PROTOS = {"tcp": 6, "udp": 17}
+# IPv6 prefixes (autoban.conf `prefix6`) live in sets of their own, keyed by the
+# prefix's first address and matched with the source address masked: watchnet6,
+# jailnet6, sipjailnet6, parolenet6. (Interval sets would do it in one set, but
+# libnftables 1.0.6 reads every element of a table's interval sets before each
+# change: with thousands of prefixes, every write took ~10 ms.)
+NET_BASES = ("watch", "jail", "sipjail", "parole")
 LEGACY_SETS = ("watch", "jail", "parole", "whitelist", "blacklist")  # the seed's table ip
+
+# Every set is bounded (per family): the kernel refuses a new element in a full
+# set (ENFILE) and never evicts one. What autoban does then is in docs/autoban.md:
+# a full watch set never blocks jailing (the daemon counts in memory instead), and
+# jail/parole are separate sets, so a flood of watched addresses cannot evict them.
+# An interval set's element takes two kernel slots (start and end).
+DEFAULT_SIZES = {"watch": 100_000, "jail": 100_000, "sipjail": 100_000, "parole": 100_000,
+                 "trust": 10_000, "proven": 100_000, "whitelist": 20_000, "blacklist": 20_000}
+_ENFILE_TEXT = "Too many open files in system"  # strerror(ENFILE): the set is full
 
 # Largest element timeout in seconds: the kernel's limit (ms < U64_MAX / 10^6,
 # nf_msecs_to_jiffies64); 18446744074 s gives ERANGE. About 584 years.
@@ -72,15 +97,23 @@ _NAME = re.compile(r"[A-Za-z][A-Za-z0-9_]{0,63}")
 _SET_NOTES = {
     "watch": "addresses being watched; comment: the policy's event times",
     "jail": "jailed addresses, dropped until the timeout ends",
+    "sipjail": "jailed on unproven (UDP) evidence: their SIP dropped until the timeout ends",
+    "proven": "address, protocol, port of a successful login: accepted before any jail",
     "parole": "addresses released from jail, still remembered",
     "trust": "addresses that logged in successfully; never jailed",
     "whitelist": "never blocked (addresses, prefixes, ranges)",
     "blacklist": "always dropped (addresses, prefixes, ranges)",
 }
-_RULES = (  # (set, verdict, what the rule means to someone reading `nft list ruleset`)
-    ("whitelist", "accept", "whitelisted source: accepted, autoban never blocks it"),
-    ("blacklist", "counter drop", "blacklisted source: dropped"),
-    ("jail", "counter drop", "jailed source: dropped until its sentence ends"),
+_RULES = (  # (set, match, verdict, what the rule means to someone reading `nft list ruleset`)
+    ("whitelist", "{ip} saddr @whitelist{fam}", "accept",
+     "whitelisted source: accepted, autoban never blocks it"),
+    ("blacklist", "{ip} saddr @blacklist{fam}", "counter drop", "blacklisted source: dropped"),
+    ("proven", "{ip} saddr . meta l4proto . th sport @proven{fam}", "accept",
+     "proven address and port (a successful login): accepted before any jail"),
+    ("jail", "{ip} saddr @jail{fam}", "counter drop",
+     "jailed source: dropped until its sentence ends"),
+    ("sipjail", "meta l4proto {{ tcp, udp }} th dport @" + SIP_PORTS + " {ip} saddr @sipjail{fam}",
+     "counter drop", "jailed on UDP evidence: its SIP dropped until its sentence ends"),
 )
 
 
@@ -88,7 +121,11 @@ class FirewallError(Exception):
     """nftables refused or failed; the message includes what nft said."""
 
 
-@dataclass(frozen=True)
+class SetFullError(FirewallError):
+    """A set is at its size: the kernel refused a new element (ENFILE)."""
+
+
+@dataclass(frozen=True, slots=True)
 class Element:
     set: str             # base name, e.g. "jail"
     addr: str            # "192.0.2.9", "2001:db8::9", "192.0.2.0/24", "192.0.2.1-192.0.2.200"
@@ -97,7 +134,7 @@ class Element:
     comment: str | None
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Put:
     """Add or replace an element; replacing resets its timeout and comment."""
     set: str
@@ -106,7 +143,7 @@ class Put:
     comment: str | None = None
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Delete:
     """Remove an element; an absent one is not an error."""
     set: str
@@ -138,10 +175,21 @@ class _Op:
     span: _Span
     timeout: int | None
     comment: str | None
+    pair: tuple[str, int] | None = None  # proven: protocol and port (Delete: None = all)
 
     @property
     def name(self) -> str:
+        if self.net:
+            return f"{self.base}net6"
         return f"{self.base}{self.span.version}"
+
+    @property
+    def net(self) -> bool:
+        """An IPv6 prefix in a timed set: kept in BASEnet6 under its first address."""
+        return self.base in NET_BASES and self.span.version == 6 and not self.span.single
+
+    def addr_text(self) -> str:
+        return _text(self.span.version, self.span.lo, self.span.hi)
 
 
 # ---- addresses -------------------------------------------------------------
@@ -199,6 +247,16 @@ def _value(version: int, lo: int, hi: int) -> str | Json:
     return {"range": [str(first), str(last)]}
 
 
+def _key_text(version: int, value: int) -> str:
+    """str(_ip(version, value)), 4x faster: inet_ntop writes what ipaddress writes
+    (RFC 5952), except for ::/80 addresses (IPv4-compatible and mapped forms)."""
+    if version == 4:
+        return socket.inet_ntop(socket.AF_INET, value.to_bytes(4, "big"))
+    if value >> 48 == 0:
+        return str(ipaddress.IPv6Address(value))
+    return socket.inet_ntop(socket.AF_INET6, value.to_bytes(16, "big"))
+
+
 def _text(version: int, lo: int, hi: int) -> str:
     value = _value(version, lo, hi)
     if isinstance(value, str):
@@ -244,12 +302,58 @@ def _check_base(base: str) -> str:
     return base
 
 
+def _flags(base: str, fam: str) -> tuple[str, ...]:
+    """A set's flags as nft lists them."""
+    return ("interval",) if base in LIST_SETS else ("timeout",)
+
+
+def _is_prefix(span: _Span) -> bool:
+    size = span.hi - span.lo + 1
+    return size & (size - 1) == 0 and span.lo % size == 0
+
+
+def _parse_pair(text: str) -> tuple[str, tuple[str, int] | None]:
+    """`192.0.2.9 udp 5060` → ("192.0.2.9", ("udp", 5060)); `192.0.2.9` → (…, None)."""
+    words = text.split() if isinstance(text, str) else []
+    if len(words) == 1:
+        return words[0], None
+    if len(words) == 3 and words[1] in PROTOS and words[2].isdigit() and 0 < int(words[2]) < 65536:
+        return words[0], (words[1], int(words[2]))
+    raise ValueError(f"{text!r}: a proven element is `ADDRESS udp|tcp PORT`")
+
+
+def _pair_text(version: int, key: bytes) -> str:
+    """A proven4/6 key (address, protocol and port, each padded to 4 bytes) as text."""
+    size = 4 if version == 4 else 16
+    proto = next((name for name, number in PROTOS.items() if number == key[size]), str(key[size]))
+    port = int.from_bytes(key[size + 4:size + 6], "big")
+    return f"{_key_text(version, int.from_bytes(key[:size], 'big'))} {proto} {port}"
+
+
+def _pair_key(op: _Op) -> bytes:
+    assert op.pair is not None
+    proto, port = op.pair
+    return (_ip(op.span.version, op.span.lo).packed + bytes([PROTOS[proto], 0, 0, 0])
+            + port.to_bytes(2, "big") + bytes(2))
+
+
 def _check(op: Put | Delete) -> _Op:
     """Validate one operation; raises ValueError before anything is sent."""
     base = _check_base(op.set)
+    if base in PAIR_SETS:
+        addr, pair = _parse_pair(op.addr)
+        span = _span(addr)
+        if not span.single or (pair is None and isinstance(op, Put)):
+            raise ValueError(f"{op.addr!r}: a proven element is `ADDRESS udp|tcp PORT`")
+        if not isinstance(op, Put):
+            return _Op(False, base, span, None, None, pair)
+        _check_comment(op.comment)
+        return _Op(True, base, span, _check_timeout(op.timeout), op.comment, pair)
     span = _span(op.addr)
-    if base in TIMED_SETS and not span.single:
-        raise ValueError(f"{op.addr!r}: set {base} takes single addresses only")
+    if base in TIMED_SETS and not span.single and not (
+            span.version == 6 and base in NET_BASES and _is_prefix(span)):
+        raise ValueError(f"{op.addr!r}: set {base} takes single addresses "
+                         "(and IPv6 prefixes of length prefix6) only")
     if not isinstance(op, Put):
         return _Op(False, base, span, None, None)
     if base in LIST_SETS and op.timeout is not None:
@@ -271,12 +375,13 @@ def _element(base: str, item: str | Json) -> Element:
 
 
 def _set_ref(exprs: list[Json]) -> str | None:
-    """The set a rule matches against ("jail4"), if any."""
+    """The set a rule matches the source against ("jail4"), if any."""
+    found = None
     for expr in exprs:
         right = expr.get("match", {}).get("right")
-        if isinstance(right, str) and right.startswith("@"):
-            return right[1:]
-    return None
+        if isinstance(right, str) and right.startswith("@") and right[1:] != SIP_PORTS:
+            found = right[1:]
+    return found
 
 
 def _packets(exprs: list[Json]) -> int | None:
@@ -331,8 +436,8 @@ def _elem(version: int, piece: _Piece) -> str | Json:
     return value if piece.comment is None else {"elem": {"val": value, "comment": piece.comment}}
 
 
-def _timed_elem(op: _Op) -> str | Json:
-    attrs: Json = {"val": _text(op.span.version, op.span.lo, op.span.hi)}
+def _timed_elem(op: _Op, key: str) -> str | Json:
+    attrs: Json = {"val": key}
     if op.timeout is not None:
         attrs["timeout"] = op.timeout
     if op.comment is not None:
@@ -349,10 +454,18 @@ class Firewall:
 
     MAX_TIMEOUT = MAX_TIMEOUT
 
-    def __init__(self, table: str = "autoban") -> None:
+    def __init__(self, table: str = "autoban", sizes: dict[str, int] | None = None,
+                 prefix6: int = 64) -> None:
         if not isinstance(table, str) or not _NAME.fullmatch(table):
             raise ValueError(f"table name {table!r}: letters, digits, _ (max 64)")
         self.table = table
+        self.sizes = {**DEFAULT_SIZES, **(sizes or {})}
+        if not isinstance(prefix6, int) or not 1 <= prefix6 <= 128:
+            raise ValueError(f"prefix6 must be 1..128, not {prefix6!r}")
+        self.prefix6 = prefix6
+        self._mask6 = ((1 << 128) - 1) ^ ((1 << (128 - prefix6)) - 1)
+        if any(not isinstance(n, int) or n < 1 for n in self.sizes.values()):
+            raise ValueError(f"set sizes must be positive: {self.sizes}")
         self._lock = threading.Lock()  # one nft context: one call at a time
         self._nft = nftables.Nftables()
         self._nft.set_json_output(True)
@@ -380,6 +493,8 @@ class Firewall:
         """The error to raise for ERR: the table being gone is the usual cause."""
         if not self.exists():
             return FirewallError(f"table inet {self.table} is missing")
+        if _ENFILE_TEXT in err:
+            return SetFullError(f"set full: nft: {' '.join(err.split())}")
         return FirewallError(f"nft: {' '.join(err.split())}")
 
     def _ref(self, name: str, family: str = "inet") -> Json:
@@ -394,14 +509,20 @@ class Firewall:
         except OSError as exc:
             raise FirewallError(str(exc)) from exc
 
+    def current(self) -> bool:
+        """Whether the table is there exactly as this version builds it (sets,
+        sizes, chain and rules): a table of an older release is not."""
+        return self._describe() == self._expected()
+
     def ensure(self) -> bool:
         """Create the table, sets and chain if missing (or rebuild them if
-        incomplete) in one transaction; True if it (re)created them."""
+        incomplete or outdated) in one transaction; True if it (re)created them.
+        A rebuild starts empty: the caller keeps the elements (daemon.py)."""
         found = self._describe()
         if found == self._expected():
             return False
         if found is not None:
-            log.warning("table inet %s is incomplete; rebuilding it empty", self.table)
+            log.warning("table inet %s is incomplete or outdated; rebuilding it", self.table)
         rc, _, err = self._call(self._skeleton())
         if rc != 0:
             raise FirewallError(f"creating table inet {self.table}: nft: {' '.join(err.split())}")
@@ -429,44 +550,76 @@ class Firewall:
                 found += [_element(base, item) for item in elems]
         return found
 
-    def _expected(self) -> tuple[frozenset[str], tuple[str, ...]]:
-        names = frozenset(f"{base}{fam}" for base in SETS for fam in FAMILIES)
-        notes = tuple(f"autoban: IPv{fam} {note}" for _, _, note in _RULES for fam in FAMILIES)
-        return names, notes
+    def _expected(self) -> tuple[dict[str, tuple[Any, ...]], tuple[str, ...]]:
+        sizes: dict[str, tuple[Any, ...]] = {f"{base}{fam}": (self.sizes[base], _flags(base, fam))
+                                              for base in SETS for fam in FAMILIES}
+        sizes.update({f"{base}net6": (self.sizes[base], ("timeout",)) for base in NET_BASES})
+        sizes[SIP_PORTS] = (None, ("interval",))
+        return sizes, tuple(note for _, note in self._rules())
 
-    def _describe(self) -> tuple[frozenset[str], tuple[str, ...]] | None:
-        """Our set names and rule comments, None without the table."""
+    def _rules(self) -> list[tuple[str, str]]:
+        """The chain's rules and their comments (the comments tell a table of
+        another version or another prefix6 apart)."""
+        mask = str(ipaddress.IPv6Address(self._mask6))
+        rules = []
+        for base, match, verdict, note in _RULES:
+            for fam in FAMILIES:
+                rules.append((f"{match.format(ip='ip' if fam == '4' else 'ip6', fam=fam)} "
+                              f"{verdict}", f"autoban: IPv{fam} {note}"))
+            if base in NET_BASES:  # jail, sipjail: the prefixes too
+                net = match.format(ip="ip6", fam="6").replace(
+                    f"ip6 saddr @{base}6", f"ip6 saddr & {mask} @{base}net6")
+                rules.append((f"{net} {verdict}", f"autoban: IPv6 /{self.prefix6} {note}"))
+        return rules
+
+    def _describe(self) -> tuple[dict[str, tuple[Any, ...]], tuple[str, ...]] | None:
+        """Our sets with their sizes and flags, and the rule comments; None
+        without the table."""
         if not self.exists():
             return None
         items = self._run([{"list": {"sets": {"family": "inet"}}}], terse=True)
-        names = frozenset(i["set"]["name"] for i in items
-                          if "set" in i and i["set"]["table"] == self.table)
-        rc, rules, _ = self._json([{"list": {"chain": self._ref("input")}}])
+        wanted = self._expected()[0]
+        sizes = {i["set"]["name"]: (i["set"].get("size"), tuple(i["set"].get("flags", ())))
+                 for i in items
+                 if "set" in i and i["set"]["table"] == self.table
+                 and i["set"]["name"] in wanted}
+        rc, rules, _ = self._json([{"list": {"chain": self._ref(CHAIN)}}])
         notes = tuple(r["rule"].get("comment", "") for r in rules if "rule" in r) if rc == 0 else ()
-        return names & self._expected()[0], notes
+        return sizes, notes
 
     def _skeleton(self) -> str:
         """The whole table as one nft transaction, replacing any old one. Text, as
         1.0.6 JSON cannot declare auto-merge; only the checked table name varies."""
-        sets = []
+        sets = [f'  set {SIP_PORTS} {{ type inet_service; flags interval; '
+                f'comment "the ports a sipjail closes: PJSIP transports"; }}']
         for base in SETS:
-            flags = "timeout" if base in TIMED_SETS else "interval; auto-merge"
-            sets += [f'  set {base}{fam} {{ type ipv{fam}_addr; flags {flags}; '
-                     f'comment "{_SET_NOTES[base]}"; }}' for fam in FAMILIES]
-        rules = [f'    {"ip" if fam == "4" else "ip6"} saddr @{base}{fam} {verdict} '
-                 f'comment "autoban: IPv{fam} {note}"'
-                 for base, verdict, note in _RULES for fam in FAMILIES]
+            for fam in FAMILIES:
+                flags = ", ".join(_flags(base, fam)) + ("; auto-merge" if base in LIST_SETS else "")
+                kind = (f"ipv{fam}_addr . inet_proto . inet_service" if base in PAIR_SETS
+                        else f"ipv{fam}_addr")
+                sets.append(f'  set {base}{fam} {{ type {kind}; flags {flags}; '
+                            f'size {int(self.sizes[base])}; comment "{_SET_NOTES[base]}"; }}')
+            if base in NET_BASES:
+                sets.append(f'  set {base}net6 {{ type ipv6_addr; flags timeout; '
+                            f'size {int(self.sizes[base])}; comment "IPv6 prefixes: '
+                            f'{_SET_NOTES[base]}"; }}')
+        rules = [f'    {rule} comment "{note}"' for rule, note in self._rules()]
         return "\n".join([
             f"add table inet {self.table}", f"delete table inet {self.table}",
             f"table inet {self.table} {{", '  comment "autoban: intrusion prevention for Asterisk"',
-            *sets, "  chain input {",
-            "    type filter hook input priority -10; policy accept;", *rules, "  }", "}", ""])
+            # prerouting at raw priority: before conntrack, so a jailed flood creates no
+            # conntrack entries, a tracked flow is cut at the jailing, and traffic
+            # forwarded to containers on this host is dropped too (on purpose).
+            *sets, f"  chain {CHAIN} {{",
+            "    type filter hook prerouting priority raw; policy accept;", *rules,
+            "  }", "}", ""])
 
     # -- reading
 
     def lookup(self, addr: str) -> dict[str, Element]:
-        """The sets that hold one address (whitelist/blacklist: that cover it),
-        by base name. Exact-key netlink reads: cost independent of set sizes."""
+        """The sets that hold one address (whitelist/blacklist: the element that
+        covers it; IPv6: the address itself, else its /prefix6 element), by base
+        name. Exact-key netlink reads: cost independent of set sizes."""
         span = _span(addr)
         if not span.single:
             raise ValueError(f"{addr!r}: lookup takes a single address")
@@ -474,11 +627,26 @@ class Firewall:
             raise FirewallError(f"table inet {self.table} is missing")
         key = _ip(span.version, span.lo).packed
         found: dict[str, Element] = {}
-        for base in SETS:
+        for base in (b for b in SETS if b not in PAIR_SETS):
             element = self._get(base, span.version, key)
+            if element is None and span.version == 6 and base in NET_BASES:
+                element = self._get_net(base, span.lo)
             if element is not None:
                 found[base] = element
         return found
+
+    def _get_net(self, base: str, value: int) -> Element | None:
+        first = value & self._mask6
+        try:
+            found = self._netlink.element(self.table, f"{base}net6", _ip(6, first).packed)
+        except OSError as exc:
+            raise FirewallError(str(exc)) from exc
+        if found is None:
+            return None
+        return Element(base, self._net_text(first), found.timeout, found.expires, found.comment)
+
+    def _net_text(self, first: int) -> str:
+        return f"{_key_text(6, first)}/{self.prefix6}"
 
     def _get(self, base: str, version: int, key: bytes) -> Element | None:
         name = f"{base}{version}"
@@ -499,22 +667,60 @@ class Firewall:
 
     def elements(self, sets: Iterable[str] = SETS) -> list[Element]:
         """Every element of those base sets, both families."""
-        found: list[Element] = []
+        return list(self.iter_elements(sets))
+
+    def iter_elements(self, sets: Iterable[str] = SETS) -> Iterator[Element]:
+        """elements() one at a time (the state file is written this way: with
+        100k elements, a list of them would double autoband's memory)."""
         for base in [_check_base(s) for s in sets]:
             for fam in FAMILIES:
-                if base in TIMED_SETS:
-                    found += self._dump(base, int(fam))
-                else:  # intervals come as start/end pairs: libnftables joins them
-                    found += [_element(base, item) for item in self._list(f"{base}{fam}")]
+                yield from self._set_elements(base, fam)
+
+    def _set_elements(self, base: str, fam: str) -> Iterator[Element]:
+        if base in PAIR_SETS:
+            return self._dump_pairs(base, int(fam))
+        if base in NET_BASES and fam == "6":
+            singles = self._dump(base, 6)
+            try:
+                nets = list(self._netlink.iter_dump(self.table, f"{base}net6"))
+            except OSError as exc:
+                raise FirewallError(str(exc)) from exc
+            return itertools.chain(singles, (
+                Element(base, self._net_text(e.key), e.timeout, e.expires, e.comment)
+                for e in nets))
+        if base in TIMED_SETS:
+            return self._dump(base, int(fam))
+        # intervals come as start/end pairs: libnftables joins them
+        return iter([_element(base, item) for item in self._list(f"{base}{fam}")])
+
+    def salvage(self) -> list[Element]:
+        """Every element of those of our sets that exist (a table of an older
+        release may lack some): what an upgrade keeps."""
+        found: list[Element] = []
+        for base in SETS:
+            for fam in FAMILIES:
+                try:
+                    found += self._set_elements(base, fam)
+                except FirewallError as exc:
+                    log.info("set %s%s not kept: %s", base, fam, exc)
         return found
 
-    def _dump(self, base: str, version: int) -> list[Element]:
+    def _dump_pairs(self, base: str, version: int) -> Iterator[Element]:
         try:
-            dumped = self._netlink.dump(self.table, f"{base}{version}")
+            dumped = self._netlink.iter_dump(self.table, f"{base}{version}")
         except OSError as exc:
             raise FirewallError(str(exc)) from exc
-        return [Element(base, str(_ip(version, e.key)), e.timeout, e.expires, e.comment)
-                for e in dumped]
+        size = 12 if version == 4 else 24
+        return (Element(base, _pair_text(version, e.key.to_bytes(size, "big")), e.timeout,
+                        e.expires, e.comment) for e in dumped)
+
+    def _dump(self, base: str, version: int) -> Iterator[Element]:
+        try:
+            dumped = self._netlink.iter_dump(self.table, f"{base}{version}")
+        except OSError as exc:
+            raise FirewallError(str(exc)) from exc
+        return (Element(base, _key_text(version, e.key), e.timeout, e.expires, e.comment)
+                for e in dumped)
 
     def _list(self, name: str) -> list[str | Json]:
         # One set per command: several `list set` in one batch fail in 1.0.6.
@@ -524,38 +730,147 @@ class Firewall:
 
     def counters(self) -> dict[str, int]:
         """Packets dropped per rule: {"blacklist4": n, ..., "jail6": n}."""
-        items = self._run([{"list": {"chain": self._ref("input")}}])
+        items = self._run([{"list": {"chain": self._ref(CHAIN)}}])
         found: dict[str, int] = {}
         for rule in (i["rule"] for i in items if "rule" in i):
             name, packets = _set_ref(rule["expr"]), _packets(rule["expr"])
             if name is not None and packets is not None:
-                found[name] = packets
+                name = name.replace("net6", "6")  # prefixes count with their set
+                found[name] = found.get(name, 0) + packets
         return found
 
     # -- writing
 
-    def apply(self, ops: Sequence[Put | Delete]) -> None:
+    def apply(self, ops: Sequence[Put | Delete], fresh: bool = False) -> None:
         """Apply OPS in order as one atomic transaction: all or nothing. Every
-        operation is validated first (ValueError) so nothing is half-applied."""
+        operation is validated first (ValueError) so nothing is half-applied.
+        FRESH: filling a table just built, the timed elements are not read first
+        (a Put of one that is there anyway keeps its comment)."""
         checked = [_check(op) for op in ops]
+        for op in checked:
+            if op.net and op.span.hi - op.span.lo + 1 != 1 << (128 - self.prefix6):
+                raise ValueError(f"{op.addr_text()}: IPv6 prefixes in timed sets are "
+                                 f"/{self.prefix6} (prefix6)")
         if not checked:
             return
-        commands = self._timed_commands(checked) + self._interval_commands(checked)
+        commands = (self._timed_commands(checked, fresh) + self._pair_commands(checked, fresh)
+                    + self._interval_commands(checked))
         if commands:
             self._run(commands)
         log.debug("applied %d operations as %d nft commands", len(checked), len(commands))
 
-    def _timed_commands(self, ops: list[_Op]) -> list[Json]:
+    def _timed_commands(self, ops: list[_Op], fresh: bool = False) -> list[Json]:
         commands: list[Json] = []
-        for op in (o for o in ops if o.base in TIMED_SETS):
-            bare = {**self._ref(op.name), "elem": [_text(op.span.version, op.span.lo, op.span.hi)]}
-            # add+delete makes the delete valid whether or not the element was there,
-            # and the fresh add resets timeout and comment.
-            commands += [{"add": {"element": bare}}, {"delete": {"element": bare}}]
+        present: dict[tuple[str, int], bool] = {}  # as this batch leaves it
+        for op in self._with_covering_nets([o for o in ops if o.base in TIMED_SETS]):
+            where = (op.name, op.span.lo)
+            if where not in present:
+                present[where] = not fresh and self._has(op)
+            # net elements are keyed by the prefix's first address
+            key = str(_ip(op.span.version, op.span.lo))
+            bare = {**self._ref(op.name), "elem": [key]}
+            # Only an element that is there is deleted (deleting an absent one fails
+            # the batch; add+delete of an absent one fails too once the set is full).
+            # Delete then add resets timeout and comment.
+            if present[where]:
+                commands.append({"delete": {"element": bare}})
             if op.put:
                 commands.append({"add": {"element": {**self._ref(op.name),
-                                                     "elem": [_timed_elem(op)]}}})
+                                                     "elem": [_timed_elem(op, key)]}}})
+            present[where] = op.put
         return commands
+
+    def _with_covering_nets(self, ops: list[_Op]) -> list[_Op]:
+        """A Delete of one IPv6 address deletes its /prefix6 element too: what frees
+        the address (`autoban del all = 2001:db8::5`)."""
+        out: list[_Op] = []
+        for op in ops:
+            out.append(op)
+            if (not op.put and op.span.version == 6 and op.span.single
+                    and op.base in NET_BASES):
+                first = op.span.lo & self._mask6
+                last = first + (1 << (128 - self.prefix6)) - 1
+                if first != last:
+                    out.append(_Op(False, op.base, _Span(6, first, last, False), None, None))
+        return out
+
+    def _pair_commands(self, ops: list[_Op], fresh: bool) -> list[Json]:
+        """proven: exact pairs are read first like the timed sets' elements; a
+        Delete of an address alone deletes every pair of that address."""
+        commands: list[Json] = []
+        present: dict[tuple[str, bytes], bool] = {}
+        for op in (o for o in ops if o.base in PAIR_SETS):
+            if op.pair is None:
+                pairs = [e.addr for e in self._set_elements(op.base, str(op.span.version))
+                         if e.addr.split()[0] == _key_text(op.span.version, op.span.lo)]
+                found = [_Op(False, op.base, op.span, None, None, _parse_pair(p)[1])
+                         for p in pairs]
+            else:
+                found = [op]
+            for one in found:
+                assert one.pair is not None
+                key = _pair_key(one)
+                where = (one.name, key)
+                if where not in present:  # pairs found by the dump are there
+                    present[where] = op.pair is None or (not fresh
+                                                         and self._has_key(one.name, key))
+                value = {"concat": [_key_text(one.span.version, one.span.lo), *one.pair]}
+                if present[where]:
+                    commands.append({"delete": {"element": {**self._ref(one.name),
+                                                            "elem": [value]}}})
+                if op.put:
+                    attrs: Json = {"val": value}
+                    if op.timeout is not None:
+                        attrs["timeout"] = op.timeout
+                    if op.comment is not None:
+                        attrs["comment"] = op.comment
+                    commands.append({"add": {"element": {**self._ref(one.name),
+                                                         "elem": [{"elem": attrs}]}}})
+                present[where] = op.put
+        return commands
+
+    def _has_key(self, name: str, key: bytes) -> bool:
+        try:
+            return self._netlink.element(self.table, name, key) is not None
+        except OSError as exc:
+            raise FirewallError(str(exc)) from exc
+
+    def proven(self, addr: str, proto: str, port: int) -> Element | None:
+        """The proven element of ADDR's PROTO PORT, if there (one netlink GET)."""
+        op = _check(Put("proven", f"{addr} {proto} {port}"))
+        try:
+            found = self._netlink.element(self.table, op.name, _pair_key(op))
+        except OSError as exc:
+            raise FirewallError(str(exc)) from exc
+        if found is None:
+            return None
+        return Element("proven", f"{op.addr_text()} {proto} {port}", found.timeout,
+                       found.expires, found.comment)
+
+    def set_sip_ports(self, ports: Iterable[int]) -> None:
+        """The ports a sipjail closes (both protocols), replacing the old ones."""
+        wanted = sorted({int(p) for p in ports if 0 < int(p) < 65536})
+        commands: list[Json] = [{"flush": {"set": self._ref(SIP_PORTS)}}]
+        if wanted:
+            commands.append({"add": {"element": {**self._ref(SIP_PORTS), "elem": wanted}}})
+        self._run(commands)
+
+    def sip_ports(self) -> list[int]:
+        items = self._run([{"list": {"set": self._ref(SIP_PORTS)}}])
+        elems = next(i["set"] for i in items if "set" in i).get("elem", [])
+        ports: list[int] = []
+        for e in elems:
+            if isinstance(e, int):
+                ports.append(e)
+            elif isinstance(e, dict) and "range" in e:
+                ports += range(e["range"][0], e["range"][1] + 1)
+        return ports
+
+    def _has(self, op: _Op) -> bool:
+        """Whether OP's element is there (one netlink GET)."""
+        # An element that expires between this read and the batch fails the batch
+        # (it is gone); the daemon retries once with a fresh read.
+        return self._has_key(op.name, _ip(op.span.version, op.span.lo).packed)
 
     def _interval_commands(self, ops: list[_Op]) -> list[Json]:
         deletes: list[Json] = []

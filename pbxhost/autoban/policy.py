@@ -8,6 +8,10 @@ what the kernel's sets say about that address now. The clock is a parameter.
 - an event while on parole: jailed again at once for the last sentence ×
   `repeatmult`, capped at `max_sentence`.
 - whitelisted, trusted and exempt addresses are never jailed.
+- scope by proof (docs/autoban.md, "Forged sources"): an event that proves its
+  source (TCP/TLS: a handshake) jails everything from it (`jail`); one that
+  does not (UDP: the source may be forged) jails its SIP only (`sipjail`), and
+  such an unproven offence never makes a sentence grow.
 
 The seed's PHP autoban jailed at the maxcount-th event and re-armed one
 window on every event; here it is "more than maxcount within any watchtime"."""
@@ -47,7 +51,8 @@ class Settings:
 class Standing:
     """What the kernel's sets hold for one address."""
     times: tuple[int, ...] = ()      # watch: event times (epoch seconds), oldest first
-    jailed: bool = False
+    jailed: bool = False             # jail: everything dropped
+    sipjailed: bool = False          # sipjail: its SIP dropped
     sentence: int | None = None      # parole: the sentence of the last jailing
     whitelisted: bool = False
     trusted: bool = False
@@ -59,28 +64,47 @@ class Action(Enum):
     JAIL = "jail"
 
 
+class Scope(Enum):
+    ALL = "jail"        # the set that holds it
+    SIP = "sipjail"
+
+
 @dataclass(frozen=True)
 class Verdict:
     action: Action
     reason: str
     times: tuple[int, ...] = ()  # WATCH: the window to store
     sentence: int = 0            # JAIL: seconds
+    scope: Scope = Scope.ALL     # JAIL: everything, or its SIP only
+    record: int = 0              # JAIL: the sentence parole remembers (grows only when proven)
 
 
-def on_event(settings: Settings, standing: Standing, now: int) -> Verdict:
+def on_event(settings: Settings, standing: Standing, now: int,
+             proven: bool = True) -> Verdict:
+    """PROVEN: the event's source address is proven (a TCP/TLS connection)."""
     if standing.whitelisted:
         return Verdict(Action.IGNORE, "whitelisted")
     if standing.trusted:
         return Verdict(Action.IGNORE, "trusted after a successful login")
-    if standing.jailed:
+    if standing.jailed or (standing.sipjailed and not proven):
         return Verdict(Action.IGNORE, "already jailed")  # a packet that was in flight
-    if standing.sentence is not None:
-        sentence = min(int(standing.sentence * settings.repeatmult), settings.max_sentence)
-        return Verdict(Action.JAIL, "offended on parole", sentence=sentence)
-    window = (*(t for t in standing.times if t > now - settings.watchtime), now)
+    scope = Scope.ALL if proven else Scope.SIP
+    if standing.sentence is not None or standing.sipjailed:
+        last = standing.sentence or settings.jailtime
+        if not proven:  # a forger could aim this at anyone: no growth
+            sentence = min(settings.jailtime, settings.max_sentence)
+            return Verdict(Action.JAIL, "offended on parole", sentence=sentence, scope=scope,
+                           record=max(last, sentence))
+        sentence = min(int(last * settings.repeatmult), settings.max_sentence)
+        return Verdict(Action.JAIL, "offended on parole", sentence=sentence, scope=scope,
+                       record=sentence)
+    # a time ahead of now (the clock stepped back since it was stored) counts as now
+    times = (min(t, now) for t in standing.times)
+    window = (*(t for t in times if t > now - settings.watchtime), now)
     if len(window) > settings.maxcount:
+        sentence = min(settings.jailtime, settings.max_sentence)
         return Verdict(Action.JAIL, f"{len(window)} events within {settings.watchtime}s",
-                       sentence=min(settings.jailtime, settings.max_sentence))
+                       sentence=sentence, scope=scope, record=sentence)
     return Verdict(Action.WATCH, f"{len(window)} of {settings.maxcount} events",
                    times=window[-settings.maxcount:])
 

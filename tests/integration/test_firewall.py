@@ -13,6 +13,7 @@ from __future__ import annotations
 import itertools
 import json
 import os
+import socket
 import statistics
 import time
 from collections.abc import Callable, Iterator
@@ -21,6 +22,7 @@ import pytest
 
 from pbxhost.autoban.firewall import (
     COMMENT_MAX,
+    DEFAULT_SIZES,
     LIST_SETS,
     MAX_TIMEOUT,
     SETS,
@@ -30,6 +32,7 @@ from pbxhost.autoban.firewall import (
     Firewall,
     FirewallError,
     Put,
+    SetFullError,
     family,
 )
 from testbed.netns import PREFIX, in_netns, sh
@@ -107,26 +110,37 @@ def test_ensure_creates_the_documented_table_once(netns):
     assert fw.exists()
     items = ruleset(netns)
     sets = {i["set"]["name"]: i["set"] for i in items if "set" in i}
-    assert set(sets) == {f"{base}{fam}" for base in SETS for fam in "46"}
+    nets = {f"{base}net6" for base in ("watch", "jail", "sipjail", "parole")}
+    assert set(sets) == {f"{base}{fam}" for base in SETS for fam in "46"} | {"sipports"} | nets
+    assert all(sets[n]["flags"] == ["timeout"] and sets[n]["type"] == "ipv6_addr" for n in nets)
+    assert (sets["sipports"]["type"], sets["sipports"]["flags"]) == ("inet_service", ["interval"])
     for base in SETS:
         for fam in "46":
             s = sets[f"{base}{fam}"]
             assert s["table"] == "autoban" and s["family"] == "inet"
-            assert s["type"] == f"ipv{fam}_addr"
-            assert s["flags"] == (["timeout"] if base in TIMED_SETS else ["interval"])
+            assert s["type"] == (f"ipv{fam}_addr" if base != "proven" else
+                                 [f"ipv{fam}_addr", "inet_proto", "inet_service"])
+            assert s["flags"] == (["interval"] if base in LIST_SETS else ["timeout"])
+            assert s["size"] == DEFAULT_SIZES[base]
     text = netns.run("nft", "list", "table", "inet", "autoban")
     assert text.count("auto-merge") == 2 * len(LIST_SETS)
     chain = next(i["chain"] for i in items if "chain" in i)
     assert (chain["name"], chain["type"], chain["hook"], chain["prio"], chain["policy"]) == (
-        "input", "filter", "input", -10, "accept")
+        "prerouting", "filter", "prerouting", -300, "accept")
     rules = [i["rule"] for i in items if "rule" in i]
-    summary = [(r["expr"][0]["match"]["left"]["payload"]["protocol"],
-                r["expr"][0]["match"]["right"], [next(iter(e)) for e in r["expr"][1:]])
-               for r in rules]
+    summary = [(r["expr"][-3 if "counter" in r["expr"][-2] else -2]["match"]["right"],
+                [next(iter(e)) for e in r["expr"] if "match" not in e]) for r in rules]
     assert summary == [
-        ("ip", "@whitelist4", ["accept"]), ("ip6", "@whitelist6", ["accept"]),
-        ("ip", "@blacklist4", ["counter", "drop"]), ("ip6", "@blacklist6", ["counter", "drop"]),
-        ("ip", "@jail4", ["counter", "drop"]), ("ip6", "@jail6", ["counter", "drop"])]
+        ("@whitelist4", ["accept"]), ("@whitelist6", ["accept"]),
+        ("@blacklist4", ["counter", "drop"]), ("@blacklist6", ["counter", "drop"]),
+        ("@proven4", ["accept"]), ("@proven6", ["accept"]),
+        ("@jail4", ["counter", "drop"]), ("@jail6", ["counter", "drop"]),
+        ("@jailnet6", ["counter", "drop"]),
+        ("@sipjail4", ["counter", "drop"]), ("@sipjail6", ["counter", "drop"]),
+        ("@sipjailnet6", ["counter", "drop"])]
+    assert "ip6 saddr & ffff:ffff:ffff:ffff:: == @jailnet6 counter" in text
+    assert "meta l4proto { tcp, udp } th dport @sipports ip saddr @sipjail4 counter" in text
+    assert "ip6 saddr . meta l4proto . th sport @proven6 accept" in text
     assert all(r["comment"].startswith("autoban: ") for r in rules)
 
 
@@ -382,7 +396,218 @@ def test_jailed_and_blacklisted_sources_are_dropped_and_counted(make_netns, peer
     fw.apply([Put("whitelist", peer_addr)])  # the whitelist wins over blacklist and jail
     fw.apply([Put("jail", peer_addr, 600)])
     assert peer.ping(host_addr)
-    assert set(fw.counters()) == {"blacklist4", "blacklist6", "jail4", "jail6"}
+    assert set(fw.counters()) == {"blacklist4", "blacklist6", "jail4", "jail6", "sipjail4",
+                                  "sipjail6"}
+
+
+UDP_FLOOD = """
+import socket, sys
+for _ in range(int(sys.argv[2])):
+    with socket.socket(socket.AF_INET6 if ":" in sys.argv[1] else socket.AF_INET,
+                       socket.SOCK_DGRAM) as s:
+        s.sendto(b"x", (sys.argv[1], 9))  # each socket a new source port: a new flow
+"""
+
+
+def conntrack_count(ns: Netns) -> int:
+    return int(ns.run("cat", "/proc/sys/net/netfilter/nf_conntrack_count"))
+
+
+def conntrack_seen(ns: Netns) -> int:
+    """Packets of new flows conntrack classified (the host table's counter)."""
+    items = json.loads(ns.run("nft", "-j", "list", "chain", "inet", "host", "pre"))["nftables"]
+    return sum(_packets(i["rule"]["expr"]) or 0 for i in items if "rule" in i)
+
+
+def _packets(exprs: list[dict]) -> int | None:
+    return next((e["counter"]["packets"] for e in exprs if "counter" in e), None)
+
+
+@pytest.mark.parametrize("peer_addr, host_addr", [("192.0.2.2", "192.0.2.1"),
+                                                  ("2001:db8:1::2", "2001:db8:1::1")])
+def test_jailed_traffic_is_dropped_before_conntrack(make_netns, peer_addr, host_addr):
+    import sys
+
+    host, peer = veth_pair(make_netns)
+    # a stateful firewall of the host's own: conntrack runs in this namespace
+    # a stateful firewall of the host's own: conntrack runs in this namespace, and
+    # a rule just after it counts the new flows it saw
+    host.run("nft", "add table inet host; add chain inet host pre "
+             "{ type filter hook prerouting priority -150; }; "
+             "add rule inet host pre ct state new counter")
+    fw = host.firewall()
+    fw.ensure()
+    flood = [sys.executable, "-c", UDP_FLOOD, host_addr, "300"]
+    before = conntrack_count(host)
+    peer.run(*flood)  # not jailed: every flow is tracked (the measure works)
+    assert conntrack_count(host) >= before + 250  # (a source port may come twice)
+    assert peer.ping(host_addr)  # a flow tracked before the jailing ...
+    fw.apply([Put("jail", peer_addr, 600, "sentence 600")])
+    assert not peer.ping(host_addr)  # ... is cut by it
+    before, seen = conntrack_count(host), conntrack_seen(host)
+    peer.run(*flood)
+    assert fw.counters()[f"jail{family(peer_addr)}"] >= 300
+    assert conntrack_count(host) <= before  # no entry for the jailed flood (old ones expire)
+    assert conntrack_seen(host) == seen     # conntrack never saw it
+
+
+# ---- IPv6 prefixes in the timed sets ------------------------------------------------
+
+def test_ipv6_prefixes_in_timed_sets(fw):
+    fw.apply([Put("jail", "2001:db8:5:6::/64", 600, "sentence 600"),
+              Put("watch", "2001:db8:5:7::9", 60, "events 1")])
+    found = fw.lookup("2001:db8:5:6:abcd::1")["jail"]
+    assert (found.addr, found.timeout, found.comment) == ("2001:db8:5:6::/64", 600,
+                                                          "sentence 600")
+    assert fw.lookup("2001:db8:5:7::9")["watch"].addr == "2001:db8:5:7::9"
+    assert fw.lookup("2001:db8:5:7::8") == {}
+    assert sorted((e.set, e.addr) for e in fw.elements(["jail", "watch"]) if ":" in e.addr) == [
+        ("jail", "2001:db8:5:6::/64"), ("watch", "2001:db8:5:7::9")]
+    # an address and its prefix may both be there: the lookup gives the address
+    fw.apply([Put("watch", "2001:db8:5:7::/64", 60, "events 2")])
+    assert fw.lookup("2001:db8:5:7::9")["watch"].addr == "2001:db8:5:7::9"
+    assert fw.lookup("2001:db8:5:7::8")["watch"].addr == "2001:db8:5:7::/64"
+    # re-putting updates; deleting an address inside a prefix frees the prefix
+    fw.apply([Put("jail", "2001:db8:5:6::/64", 900, "sentence 900")])
+    assert fw.lookup("2001:db8:5:6::1")["jail"].comment == "sentence 900"
+    fw.apply([Delete("jail", "2001:db8:5:6::77")])
+    assert fw.lookup("2001:db8:5:6::1") == {}
+    with pytest.raises(ValueError, match="single addresses"):
+        fw.apply([Put("jail", "192.0.2.0/24", 60)])
+    with pytest.raises(ValueError, match="single addresses"):
+        fw.apply([Put("jail", "2001:db8::1-2001:db8::5", 60)])
+    with pytest.raises(ValueError, match="are /64"):
+        fw.apply([Put("jail", "2001:db8::/48", 60)])
+    with pytest.raises(ValueError, match="single addresses"):
+        fw.apply([Put("trust", "2001:db8::/64", 60)])
+
+
+def test_a_jailed_ipv6_prefix_drops_every_address_in_it(make_netns):
+    host, peer = veth_pair(make_netns)
+    sh("ip", "-n", peer.name, "addr", "add", "2001:db8:1::77/64", "dev", "veth1", "nodad")
+    fw = host.firewall()
+    fw.ensure()
+    assert peer.ping("2001:db8:1::1")
+    fw.apply([Put("jail", "2001:db8:1::/64", 600, "sentence 600")])
+    assert not peer.ping("2001:db8:1::1")
+    assert fw.counters()["jail6"] >= 1
+
+
+# ---- scope by proof: sipjail and proven pairs ---------------------------------------
+
+class Udp:
+    """UDP between a peer and a host namespace; a datagram that did not arrive is
+    told by a marker sent after it on an open port (the kernel keeps the order)."""
+
+    def __init__(self, host: Netns, peer: Netns, host_addr: str, ports: list[int]) -> None:
+        self.host_addr, self.peer = host_addr, peer
+        self.inbox = {}
+        for port in ports:
+            sock = in_netns(host.name, lambda: socket.socket(socket.AF_INET, socket.SOCK_DGRAM))
+            sock.bind((host_addr, port))
+            sock.settimeout(2)
+            self.inbox[port] = sock
+
+    def send(self, sport: int, dport: int, data: bytes) -> None:
+        sock = in_netns(self.peer.name, lambda: socket.socket(socket.AF_INET, socket.SOCK_DGRAM))
+        with sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.bind(("0.0.0.0", sport))
+            sock.sendto(data, (self.host_addr, dport))
+
+    def passes(self, sport: int, dport: int, marker_port: int) -> bool:
+        """Whether a datagram from SPORT to DPORT arrives (MARKER_PORT must be open)."""
+        tag = os.urandom(4)
+        self.send(sport, dport, b"probe" + tag)
+        self.send(sport, marker_port, b"marker" + tag)
+        got = []
+        while True:  # the marker is on its way: the probe, if it passed, arrived before it
+            data = self.inbox[marker_port].recv(100)
+            got.append(data)
+            if data == b"marker" + tag:
+                break
+        if dport == marker_port:
+            return b"probe" + tag in got
+        self.inbox[dport].setblocking(False)
+        try:
+            while True:
+                if self.inbox[dport].recv(100) == b"probe" + tag:
+                    return True
+        except BlockingIOError:
+            return False
+        finally:
+            self.inbox[dport].settimeout(2)
+
+
+def test_sipjail_closes_sip_ports_only_and_proven_pairs_pass_every_jail(make_netns):
+    host, peer = veth_pair(make_netns)
+    fw = host.firewall()
+    fw.ensure()
+    fw.set_sip_ports([5060, 5061])
+    assert fw.sip_ports() == [5060, 5061]
+    udp = Udp(host, peer, "192.0.2.1", [5060, 5999, 6000])
+    assert udp.passes(40000, 5060, 5999)
+    fw.apply([Put("sipjail", "192.0.2.2", 600, "sentence 600")])
+    assert not udp.passes(40000, 5060, 5999)   # SIP closed (the marker, to 5999, passes)
+    assert udp.passes(40000, 6000, 5999)       # everything else open
+    assert peer.ping("192.0.2.1")
+    # a proven pair (a phone that logged in from that address and port) passes
+    fw.apply([Put("proven", "192.0.2.2 udp 40010", 600)])
+    assert udp.passes(40010, 5060, 5999)
+    assert not udp.passes(40020, 5060, 5999)
+    fw.apply([Put("jail", "192.0.2.2", 600, "sentence 600")])  # a full jail: the same
+    assert udp.passes(40010, 5060, 5999) and udp.passes(40010, 6000, 5999)
+    assert not peer.ping("192.0.2.1")
+    assert fw.counters()["sipjail4"] >= 2
+    found = fw.proven("192.0.2.2", "udp", 40010)
+    assert found is not None and found.timeout == 600 and fw.proven("192.0.2.2", "udp", 1) is None
+    assert [e.addr for e in fw.elements(["proven"])] == ["192.0.2.2 udp 40010"]
+    fw.apply([Put("proven", "2001:db8:1::2 tcp 5061", 60), Put("proven", "192.0.2.2 tcp 9", 60)])
+    assert sorted(e.addr for e in fw.elements(["proven"])) == [
+        "192.0.2.2 tcp 9", "192.0.2.2 udp 40010", "2001:db8:1::2 tcp 5061"]
+    fw.apply([Delete("proven", "192.0.2.2")])  # every pair of the address
+    assert [e.addr for e in fw.elements(["proven"])] == ["2001:db8:1::2 tcp 5061"]
+    with pytest.raises(ValueError, match="ADDRESS udp"):
+        fw.apply([Put("proven", "192.0.2.2", 60)])
+
+
+# ---- bounded sets ------------------------------------------------------------------
+
+def test_a_full_set_refuses_new_elements_only(netns):
+    fw = in_netns(netns.name, lambda: Firewall(sizes={"watch": 3, "jail": 2}))
+    fw.ensure()
+    fw.apply([Put("watch", f"192.0.2.{i}", 60, "events 1") for i in (1, 2, 3)])
+    with pytest.raises(SetFullError, match="set full"):
+        fw.apply([Put("watch", "192.0.2.4", 60, "events 1")])
+    # the same batch with a jail in it fails whole; the jail alone goes in
+    with pytest.raises(SetFullError):
+        fw.apply([Put("jail", "192.0.2.4", 60), Put("watch", "192.0.2.4", 60)])
+    fw.apply([Put("jail", "192.0.2.4", 60), Delete("watch", "192.0.2.4")])
+    # updating or deleting what is there still works, deleting what is not is fine
+    fw.apply([Put("watch", "192.0.2.3", 60, "events 1 +1"), Delete("watch", "192.0.2.99")])
+    assert fw.lookup("192.0.2.3")["watch"].comment == "events 1 +1"
+    fw.apply([Delete("watch", "192.0.2.1")])
+    fw.apply([Put("watch", "192.0.2.5", 60, "events 1")])  # room again
+    assert {e.addr for e in fw.elements(["watch"])} == {"192.0.2.2", "192.0.2.3", "192.0.2.5"}
+    assert {e.addr for e in fw.elements(["jail"])} == {"192.0.2.4"}
+
+
+PREVIOUS_RELEASE = """table inet autoban {
+  set watch4 { type ipv4_addr; flags timeout; }
+  set jail4 { type ipv4_addr; flags timeout; }
+  chain input { type filter hook input priority -10; policy accept;
+    ip saddr @jail4 counter drop comment "autoban: IPv4 jailed source: dropped"
+  }
+}
+"""
+
+
+def test_a_table_of_the_previous_release_is_not_current(netns):
+    netns.run("nft", PREVIOUS_RELEASE)
+    fw = netns.firewall()
+    assert fw.exists() and not fw.current()
+    assert fw.ensure() is True
+    assert fw.current() and fw.ensure() is False
 
 
 # ---- cost ----------------------------------------------------------------------

@@ -13,7 +13,7 @@ import time
 import pytest
 
 from testbed.sip import sipp_register
-from testbed.system import BootedSystem
+from testbed.system import BootedSystem, jailed
 from testbed.wait import poll
 
 CONF = "srv/etc/asterisk"
@@ -23,12 +23,11 @@ OURS = ("pbxhost-seed.service", "asterisk.service", "autoban.service", "websmsd.
 def guess_until_jailed(pbx: BootedSystem, pbx_host, guesser, workdir, user="jane.doe") -> None:
     sipp_register(guesser, pbx_host.v4, user, "not-the-password", workdir, expect=401, calls=12,
                   rate=20, timeout=20)
-    poll(lambda: guesser.v4 in pbx.run("autoban", "list", "jail").stdout or None, 15,
-         f"{guesser.v4} jailed")
+    poll(lambda: jailed(pbx, guesser.v4) or None, 15, f"{guesser.v4} jailed")
 
 
 def jail_left(pbx: BootedSystem, addr: str) -> int:
-    found = json.loads(pbx.run("autoban", "--json", "list", "jail").stdout)
+    found = json.loads(pbx.run("autoban", "--json", "list", "jail", "sipjail").stdout)
     return next(e["expires"] for e in found if e["addr"] == addr)
 
 
@@ -54,8 +53,7 @@ def test_reboot_keeps_seeding_edits_and_the_jail_with_its_remaining_time(
     started = time.monotonic()
     pbx.reboot()
     pbx.wait_active(*OURS)
-    poll(lambda: guesser.v4 in pbx.run("autoban", "list", "jail").stdout or None, 15,
-         "the jail restored")
+    poll(lambda: jailed(pbx, guesser.v4) or None, 15, "the jail restored")
     elapsed = time.monotonic() - started
     now_left = jail_left(pbx, guesser.v4)
     # the remaining time, not a new sentence (1200 s) and not forgotten
@@ -143,8 +141,7 @@ def test_autoban_alone_on_a_stock_asterisk_host_without_srv(
          "autoban up")
     sipp_register(guesser, pbx_host.v4, "nobody", "x", tmp_path, expect=401, calls=6, rate=20,
                   timeout=20)
-    poll(lambda: guesser.v4 in pbx.run("autoban", "list", "jail").stdout or None, 15,
-         "the guesser jailed")
+    poll(lambda: jailed(pbx, guesser.v4) or None, 15, "the guesser jailed")
     poll(lambda: (pbx.root / "var/lib/autoban/state.json").exists() or None, 5,
          "state in /var/lib/autoban")
 

@@ -56,15 +56,18 @@ def bracket(addr: str) -> str:
 
 def sipp_register(host: Host, target: str, user: str, password: str, workdir: Path,
                   expect: int = 200, calls: int = 1, rate: float = 10,
-                  local_port: int = 5070, timeout: float = 30) -> subprocess.CompletedProcess[str]:
+                  local_port: int = 5070, timeout: float = 30,
+                  transport: str = "u1") -> subprocess.CompletedProcess[str]:
     """Send CALLS REGISTER attempts (request, 401, request with digest) from HOST
-    to TARGET (an address); each expects the final response EXPECT."""
+    to TARGET (an address); each expects the final response EXPECT. TRANSPORT:
+    sipp's -t (u1: UDP, t1: one TCP connection)."""
     scenario = workdir / f"register-{user}-{expect}.xml"
     # sipp's [remote_ip] brackets IPv6 itself; a literal [addr] would read as a keyword.
     scenario.write_text(REGISTER_XML.format(user=user, password=password, final=expect))
     local = host.v6 if ":" in target else host.v4
     return host.run(
-        "sipp", "-sf", str(scenario), "-m", str(calls), "-r", str(rate), "-i", local,
+        "sipp", "-sf", str(scenario), "-t", transport, "-m", str(calls), "-r", str(rate),
+        "-i", local,
         "-p", str(local_port), "-timeout", f"{int(timeout)}s", "-timeout_error",
         "-recv_timeout", "5000", "-nostdin", "-trace_err", "-error_file",
         str(workdir / f"sipp-{user}-errors.log"), f"{bracket(target)}:5060",

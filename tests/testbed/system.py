@@ -283,3 +283,9 @@ class BootedSystem:
 
     def read(self, path: str) -> str:
         return (self.root / path.lstrip("/")).read_text()
+
+
+def jailed(machine: BootedSystem, addr: str) -> bool:
+    """ADDR is jailed by autoban inside MACHINE (a UDP guesser: from SIP only,
+    sipjail); False while autoban's table is missing."""
+    return addr in machine.run("autoban", "list", "jail", "sipjail", check=False).stdout

@@ -123,3 +123,30 @@ def test_largest_window_fits_a_comment():
     assert decode_times(encode_times(times)) == times
     with pytest.raises(ValueError, match="do not fit"):
         Settings(maxcount=25, watchtime=86400)
+
+
+# ---- scope by proof ------------------------------------------------------------------
+
+def test_unproven_evidence_jails_sip_only_and_never_grows_a_sentence():
+    from pbxhost.autoban.policy import Scope
+
+    v = on_event(S, Standing(times=(1, 2, 3)), 4, proven=False)
+    assert (v.action, v.scope, v.sentence, v.record) == (Action.JAIL, Scope.SIP, 100, 100)
+    # in a sipjail, more unproven events change nothing
+    assert on_event(S, Standing(sipjailed=True, sentence=100), 5, proven=False).action \
+        is Action.IGNORE
+    # on parole after a proven 3600 s sentence: SIP only, jailtime, the record kept
+    v = on_event(S, Standing(sentence=3600), 9, proven=False)
+    assert (v.scope, v.sentence, v.record) == (Scope.SIP, 100, 3600)
+
+
+def test_proven_evidence_jails_everything_and_grows():
+    from pbxhost.autoban.policy import Scope
+
+    v = on_event(S, Standing(times=(1, 2, 3)), 4, proven=True)
+    assert (v.action, v.scope, v.sentence) == (Action.JAIL, Scope.ALL, 100)
+    v = on_event(S, Standing(sentence=100), 9, proven=True)
+    assert (v.scope, v.sentence, v.record) == (Scope.ALL, 600, 600)
+    # a sipjailed address that now proves itself (TCP) is jailed whole, grown
+    v = on_event(S, Standing(sipjailed=True, sentence=100), 5, proven=True)
+    assert (v.action, v.scope, v.sentence) == (Action.JAIL, Scope.ALL, 600)
