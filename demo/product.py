@@ -155,7 +155,8 @@ def demo(args: argparse.Namespace) -> int:
             say(f"4. a stranger ({stranger.v4}) guesses jane's password")
             sipp_register(stranger, pbx_host.v4, "jane.doe", "123456", work, expect=401,
                           calls=20, rate=20, timeout=8)
-            poll(lambda: stranger.v4 in pbx.run("autoban", "list", "jail").stdout or None, 15,
+            poll(lambda: stranger.v4 in pbx.run("autoban", "list", "jail", "sipjail").stdout
+                 or None, 15,
                  "the stranger jailed")
             show(pbx.run("autoban", "show").stdout)
             phones[0].send_message("Lunch at 12?")

@@ -84,14 +84,15 @@ def healthy(pbx: BootedSystem) -> bool | None:
 
 
 def jail_left(pbx: BootedSystem, addr: str) -> int | None:
-    found = json.loads(pbx.run("autoban", "--json", "list", "jail").stdout)
+    # a guesser over UDP (its address unproven) goes to sipjail: SIP ports only
+    found = json.loads(pbx.run("autoban", "--json", "list", "jail", "sipjail").stdout)
     return next((e["expires"] for e in found if e["addr"] == addr), None)
 
 
 def dropped(pbx: BootedSystem) -> int:
-    head = next(line for line in pbx.run("autoban", "show").stdout.splitlines()
-                if line.startswith("jail ("))
-    return int(re.search(r"(\d+) packets dropped", head)[1])
+    heads = [line for line in pbx.run("autoban", "show").stdout.splitlines()
+             if line.startswith(("jail (", "sipjail ("))]
+    return sum(int(re.search(r"(\d+) packets dropped", head)[1]) for head in heads)
 
 
 def messages(pbx: BootedSystem, unit: str) -> list[dict[str, str]]:
