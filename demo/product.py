@@ -20,7 +20,8 @@ of the test bed's LAN, 192.0.2.0/24, with /srv on DIR/srv (the volume), and:
 then `journalctl -u autoban` from inside and how to reach the PBX. With
 --stay (the default on a terminal) it keeps running until Ctrl-C or `make
 demo-down`; this host then has 192.0.2.1 on the demo LAN (a veth) so a
-softphone here can register. Needs root and `make deps`."""
+softphone here can register, unless the host uses 192.0.2.0/24 itself (then
+it names a namespace on the LAN for a softphone). Needs root and `make deps`."""
 
 from __future__ import annotations
 
@@ -77,12 +78,22 @@ def admin_changes(srv: Path, itsp: FakeItsp, itsp_addr: str) -> None:
     path.write_text(text)  # keeps its owner and mode
 
 
-def link_host(net: Network) -> None:
-    """This host on the demo LAN (192.0.2.1), for a softphone here."""
+def host_uses_the_demo_net() -> bool:
+    """This host already has addresses or routes in 192.0.2.0/24 (some test
+    machines do: their gateway is 192.0.2.1); then it must not join the LAN."""
+    return "192.0.2." in sh("ip", "-4", "addr").stdout + sh("ip", "-4", "route").stdout
+
+
+def link_host(net: Network) -> bool:
+    """This host on the demo LAN (192.0.2.1), for a softphone here, unless the
+    host uses that network itself."""
+    if host_uses_the_demo_net():
+        return False
     sh("ip", "link", "add", HOST_LINK, "type", "veth", "peer", "name", "vhost", "netns", net.lan)
     sh("ip", "-n", net.lan, "link", "set", "vhost", "master", "br0", "up")
     sh("ip", "addr", "add", f"{HOST_ADDR}/24", "dev", HOST_LINK)
     sh("ip", "link", "set", HOST_LINK, "up")
+    return True
 
 
 def demo(args: argparse.Namespace) -> int:
@@ -183,9 +194,9 @@ def demo(args: argparse.Namespace) -> int:
             for phone in phones:
                 phone.stop()
             phones.clear()
-            if args.stay:
-                link_host(net)
-            reach(pbx_host.v4, srv, work, args.stay)
+            linked = args.stay and link_host(net)
+            softphone = net.host("softphone", 40) if args.stay and not linked else None
+            reach(pbx_host.v4, srv, work, args.stay, linked, softphone)
             if args.stay:
                 wait_for_down(pbx)
             return 0
@@ -199,15 +210,20 @@ def demo(args: argparse.Namespace) -> int:
             (work / "demo.pid").unlink(missing_ok=True)
 
 
-def reach(addr: str, srv: Path, work: Path, stay: bool) -> None:
+def reach(addr: str, srv: Path, work: Path, stay: bool, linked: bool, softphone) -> None:
     say("how to reach it")
     show(f"SIP (udp/tcp 5060, tls 5061): {addr}; users john.doe and jane.doe, "
          f"passwords in {srv}/etc/pbxhost-secrets (root only)")
     show(f"webhook for the ITSP: http://{addr}:{WEBHOOK_PORT}/sms/in")
     show(f"configuration (the /srv volume): {srv}/etc/asterisk; logs: {work}")
-    if stay:
+    if linked:
         show(f"a softphone on this host ({HOST_ADDR}) can register as john.doe or jane.doe "
-             "and call the other (6002 / 6001 or their numbers)")
+             f"and call the other ({JOHN}, {JANE})")
+    elif softphone is not None:
+        show("this host uses 192.0.2.0/24 itself, so it stays off the demo LAN; run a "
+             f"softphone in the demo's host {softphone.v4}: ip netns exec {softphone.ns} "
+             f"baresip (register as john.doe or jane.doe, call {JOHN} or {JANE})")
+    if stay:
         show("make demo-cli: the Asterisk CLI inside; make demo-down: stop and remove it")
 
 
