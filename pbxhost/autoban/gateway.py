@@ -11,42 +11,33 @@ from __future__ import annotations
 
 import contextlib
 import ipaddress
-from pathlib import Path
+import json
+import subprocess
 
 from pbxhost.autoban.events import Address
 
-ROUTES_V4 = Path("/proc/net/route")
-ROUTES_V6 = Path("/proc/net/ipv6_route")
 # so that one stray event from a router that really attacks does not warn
 MIN_EVENTS = 3
 
 
-def gateways_v4(route_table: str) -> set[Address]:
-    """The default gateways in /proc/net/route's text (hex, little-endian)."""
+def gateways(routes_json: str) -> set[Address]:
+    """The gateways of `ip -j route show default`'s output."""
     found: set[Address] = set()
-    for line in route_table.splitlines()[1:]:
-        fields = line.split()
-        if len(fields) >= 3 and fields[1] == "00000000" and fields[2] != "00000000":
-            found.add(ipaddress.IPv4Address(bytes.fromhex(fields[2])[::-1]))
-    return found
-
-
-def gateways_v6(route_table: str) -> set[Address]:
-    """The default gateways in /proc/net/ipv6_route's text (::/0 with a next hop)."""
-    found: set[Address] = set()
-    for line in route_table.splitlines():
-        fields = line.split()
-        if (len(fields) >= 5 and fields[0] == "0" * 32 and fields[1] == "00"
-                and fields[4] != "0" * 32):
-            found.add(ipaddress.IPv6Address(bytes.fromhex(fields[4])))
+    for route in json.loads(routes_json or "[]"):
+        with contextlib.suppress(KeyError, ValueError):
+            found.add(ipaddress.ip_address(route["gateway"]))
     return found
 
 
 def read_gateways() -> set[Address]:
+    """This host's default gateways, IPv4 and IPv6. From `ip` (as the host's own
+    addresses): the unit's ProcSubset=pid hides /proc/net."""
     found: set[Address] = set()
-    for path, parse in ((ROUTES_V4, gateways_v4), (ROUTES_V6, gateways_v6)):
-        with contextlib.suppress(OSError):  # no such table (IPv6 off): nothing to compare
-            found |= parse(path.read_text())
+    for family in ("-4", "-6"):
+        with contextlib.suppress(OSError, subprocess.SubprocessError, ValueError):
+            found |= gateways(subprocess.run(["ip", "-j", family, "route", "show", "default"],
+                                             capture_output=True, text=True, check=True,
+                                             timeout=5).stdout)
     return found
 
 

@@ -301,3 +301,22 @@ def test_a_volume_of_a_seed_era_installation_is_taken_over_with_a_log_line(site)
     # Not asserted: `pbxhost status` healthy. The translated websms.conf has no AMI
     # secret paired with manager.conf's websms user (the seed had none), so the
     # status reports "AMI login websms refused" (reported to the websms issue).
+
+
+def test_autoban_warns_when_every_attack_comes_from_its_own_gateway(images, net, boot, tmp_path):
+    """As behind rootless podman's port forwarder: every client arrives from the
+    container's gateway (here a LAN host that is the PBX's default route)."""
+    host, gateway = net.host("pbx", 10), net.host("gw", 1)
+    host.run("ip", "route", "add", "default", "via", gateway.v4)
+    pbx = boot(image.machine(images["base"], host, tmp_path / "machine",
+                             env={"HOSTNAME": host.v4}, srv=tmp_path / "srv"))
+    pbx.wait_active("autoban.service", timeout=60)
+    poll(lambda: "AMI connected" in pbx.run("systemctl", "show", "autoban", "-p",
+                                            "StatusText").stdout or None, 30, "autoban on AMI")
+    sipp_register(gateway, host.v4, "jane.doe", "not-her-password", tmp_path, expect=401,
+                  calls=4, rate=20, timeout=20)
+    warned = poll(lambda: [e for e in messages(pbx, "autoban")
+                           if "default gateway" in e.get("MESSAGE", "")] or None, 15,
+                  "autoban's warning")
+    assert len(warned) == 1 and int(warned[0]["PRIORITY"]) == 4
+    assert warned[0]["ADDRESS"] == gateway.v4 and "rootless" in warned[0]["MESSAGE"]

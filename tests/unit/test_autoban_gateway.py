@@ -2,24 +2,18 @@
 
 from ipaddress import ip_address
 
-from pbxhost.autoban.gateway import MIN_EVENTS, GatewayWatch, gateways_v4, gateways_v6
+from pbxhost.autoban.gateway import MIN_EVENTS, GatewayWatch, gateways
 
-ROUTE = """Iface\tDestination\tGateway \tFlags\tRefCnt\tUse\tMetric\tMask\t\tMTU\tWindow\tIRTT
-eth0\t00000000\t0100580A\t0003\t0\t0\t0\t00000000\t0\t0\t0
-eth0\t0000580A\t00000000\t0001\t0\t0\t0\t00FFFFFF\t0\t0\t0
-"""
-ROUTE6 = (
-    "00000000000000000000000000000000 00 00000000000000000000000000000000 00 "
-    "fe800000000000000000000000000001 00000400 00000001 00000000 00000003 eth0\n"
-    "fe800000000000000000000000000000 40 00000000000000000000000000000000 00 "
-    "00000000000000000000000000000000 00000100 00000001 00000000 00000001 eth0\n")
+ROUTES4 = '[{"dst":"default","gateway":"10.88.0.1","dev":"eth0","flags":[]}]'
+ROUTES6 = '[{"dst":"default","gateway":"fe80::1","dev":"eth0","metric":1024,"flags":[]}]'
 GW = ip_address("10.88.0.1")
 
 
-def test_the_default_gateways_are_read_from_the_kernels_tables():
-    assert gateways_v4(ROUTE) == {GW}
-    assert gateways_v6(ROUTE6) == {ip_address("fe80::1")}
-    assert gateways_v4("Iface\tDestination\tGateway\n") == set()
+def test_the_default_gateways_are_read_from_ip_route():
+    assert gateways(ROUTES4) == {GW}
+    assert gateways(ROUTES6) == {ip_address("fe80::1")}
+    assert gateways("[]") == gateways("") == set()
+    assert gateways('[{"dst":"default","dev":"wg0","flags":[]}]') == set()  # no next hop
 
 
 def test_it_warns_once_when_every_attack_comes_from_the_gateway():
