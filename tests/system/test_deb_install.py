@@ -10,6 +10,7 @@ them from the archive)."""
 
 from __future__ import annotations
 
+import re
 import shutil
 import sys
 from pathlib import Path
@@ -99,6 +100,20 @@ def asterisk_cmdline(pbx: system.BootedSystem) -> str:
     return pbx.run("cat", f"/proc/{pid}/cmdline").stdout.replace("\0", " ")
 
 
+def healthy(pbx: system.BootedSystem, timeout: float = 60) -> None:
+    """`pbxhost status` exits 0 within TIMEOUT (else its last report in the error)."""
+    last: list[str] = []
+
+    def check() -> bool | None:
+        proc = pbx.run("pbxhost", "status", check=False)
+        last[:] = [proc.stdout + proc.stderr]
+        return proc.returncode == 0 or None
+    try:
+        poll(check, timeout, "pbxhost status exit 0")
+    except TimeoutError as exc:
+        raise AssertionError(f"{exc}:\n{last[0] if last else ''}") from None
+
+
 def passwords(pbx: system.BootedSystem) -> dict[str, str]:
     return dict(line.split(" = ", 1) for line in pbx.read("/srv/etc/pbxhost-secrets").splitlines()
                 if " = " in line and not line.startswith("#"))
@@ -127,8 +142,7 @@ def test_install_from_the_repository_gives_a_running_seeded_pbx(pbx, repos, star
     pbx.wait_active("pbxhost-tls.timer", "pbxhost-acme.path", "minivm-send-retry.timer")
     assert (pbx.root / "srv/etc/ssl/asterisk/cert.pem").exists()  # pbxhost-tls.service ran
     assert "websms" in pbx.run("id", "-nG", "asterisk").stdout.split()
-    poll(lambda: pbx.run("pbxhost", "status", check=False).returncode == 0 or None, 60,
-         "pbxhost status exit 0")
+    healthy(pbx)
     assert pbx.failed_units() == []
     phone_host = pbx.net.host("jane", 31)
     start_phone(phone_host, "jane.doe", passwords(pbx)["jane.doe"], pbx.host.v4).wait_registered()
@@ -230,16 +244,19 @@ def test_autoban_alone_on_debians_stock_asterisk_jails_a_guesser(base, repos, ne
 
 # ---------------------------------------------------------------- back up and restore
 
-BACKUP = ("systemctl stop pbxhost.target", "tar -C / -cpzf /root/pbxhost-backup.tar.gz srv",
-          "systemctl start pbxhost.target")
-RESTORE = ("systemctl stop pbxhost.target", "tar -C / -xpzf /root/pbxhost-backup.tar.gz",
-           "systemd-tmpfiles --create pbxhost.conf", "systemctl start pbxhost.target")
+def readme_commands(section: str) -> list[list[str]]:
+    """The shell commands of each ```sh block of README's SECTION, comments cut."""
+    text = (ROOT / "README.md").read_text().split(f"## {section}\n", 1)[1].split("\n## ", 1)[0]
+    blocks = re.findall(r"```sh\n(.*?)```", text, re.S)
+    return [[line.split("#", 1)[0].strip() for line in block.splitlines()
+             if line.split("#", 1)[0].strip()] for block in blocks]
 
 
 def test_backup_restores_onto_a_new_host_as_the_readme_says(base, repos, net, boot, tmp_path,
                                                            start_phone):
-    """README "Back up and restore", command by command: the new host runs on
-    the old host's configuration and passwords, owners and modes kept."""
+    """README "Back up and restore", its commands read from it and run one by
+    one: the new host runs on the old host's configuration and passwords,
+    owners and modes kept."""
     old = boot(system.BootedSystem([base], net.host("old", 10), tmp_path / "old"))
     new = boot(system.BootedSystem([base], net.host("new", 11), tmp_path / "new"))
     for machine in (old, new):
@@ -248,21 +265,24 @@ def test_backup_restores_onto_a_new_host_as_the_readme_says(base, repos, net, bo
         machine.wait_active(*OURS, timeout=60)
     old_passwords = passwords(old)
     assert passwords(new) != old_passwords  # each seeded its own
-    for command in BACKUP:
-        old.run(*command.split())
+    backup_commands, restore_commands = readme_commands("Back up and restore")[:2]
+    assert restore_commands[0].startswith("apt install")  # done above, from the repository
+    for command in backup_commands:
+        old.run("sh", "-ec", f"cd /root && {command}")
     backup = (old.root / "root/pbxhost-backup.tar.gz").read_bytes()
     (new.root / "root/pbxhost-backup.tar.gz").write_bytes(backup)
-    for command in RESTORE:
-        new.run(*command.split())
+    for command in restore_commands[1:]:
+        new.run("sh", "-ec", f"cd /root && {command}")
     new.wait_active(*OURS, timeout=60)
     assert passwords(new) == old_passwords
     listing = new.run("stat", "-c", "%n %U %G %a", "/srv/etc/asterisk/websms.conf",
                       "/srv/etc/asterisk/pjsip_endpoint.conf", "/srv/var/lib/asterisk").stdout
+    owner, group, mode = seed.ACCESS["websms.conf"]
+    suite_owner, suite_group, suite_mode = seed.SUITE_ACCESS  # as the seeding made them
     assert listing.splitlines() == [
-        "/srv/etc/asterisk/websms.conf root websms 640",
-        "/srv/etc/asterisk/pjsip_endpoint.conf root asterisk 640",
+        f"/srv/etc/asterisk/websms.conf {owner} {group} {mode:o}",
+        f"/srv/etc/asterisk/pjsip_endpoint.conf {suite_owner} {suite_group} {suite_mode:o}",
         "/srv/var/lib/asterisk asterisk asterisk 750"]
-    poll(lambda: new.run("pbxhost", "status", check=False).returncode == 0 or None, 60,
-         "pbxhost status exit 0 on the restored host")
+    healthy(new)
     start_phone(net.host("jane", 31), "jane.doe", old_passwords["jane.doe"],
                 new.host.v4).wait_registered()

@@ -101,3 +101,16 @@ def test_sysusers_and_tmpfiles_files_are_the_ones_make_install_data_installs():
                          ("pbxhost-websms.sysusers", "sysusers.d/pbxhost-websms.conf"),
                          ("pbxhost.tmpfiles", "tmpfiles.d/pbxhost.conf")):
         assert (DEBIAN / link).resolve() == (ROOT / "packaging" / target).resolve()
+
+
+def test_package_pbxhost_declares_every_user_its_seeding_gives_files_to():
+    """The seeding runs in pbxhost's postinst, maybe before pbxhost-websms's:
+    a user it names must come with pbxhost, or the file stays root's."""
+    from pbxhost.host import seed
+
+    declared = {line.split()[1] for line in
+                (ROOT / "packaging/sysusers.d/pbxhost.conf").read_text().splitlines()
+                if line.startswith("u ")}
+    named = {n for owner, group, _ in (*seed.ACCESS.values(), seed.SUITE_ACCESS)
+             for n in (owner, group)} - {"root"}
+    assert named <= declared
