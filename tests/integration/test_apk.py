@@ -330,7 +330,8 @@ def test_autoban_service_jails_a_guesser_of_the_test_beds_asterisk(
                                    if f"jailed {attacker.v4}" in line], 30,
                           "the jailing, in syslog")
             assert jailed[0].startswith("<29>autoban[")  # daemon.notice
-            listed = root.run("autoban", "--json", "list", "jail").stdout
+            # UDP evidence: jailed from SIP (sipjail), the source being unproven
+            listed = root.run("autoban", "--json", "list", "jail", "sipjail").stdout
             assert attacker.v4 in {e["addr"] for e in json.loads(listed)}
         finally:
             root.service("autoban", "stop", check=False)
