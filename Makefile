@@ -23,7 +23,7 @@ DESTDIR ?=
 UNITDIR ?= $(PREFIX)/lib/systemd/system
 DATADIR := $(DESTDIR)$(PREFIX)/share
 
-.PHONY: all deps lint test test-unit test-integration test-system demo clean install-data deb repo apk
+.PHONY: all deps lint test test-unit test-integration test-system demo demo-dev demo-cli demo-down clean install-data deb repo apk oci
 
 all: test
 
@@ -42,7 +42,7 @@ $(STAMP): $(wildcard packaging/*-test-deps.txt) setup.cfg
 deps: $(STAMP)
 
 lint: deps
-	$(VENV)/bin/ruff check pbxhost tests bench demo packaging
+	$(VENV)/bin/ruff check pbxhost tests bench demo packaging oci
 
 test-unit: deps
 	timeout $(UNIT_BUDGET) $(PYTEST) -q tests/unit
@@ -92,7 +92,26 @@ APK_PYC := $(if $(PYC_PYTHON),--pyc-python $(PYC_PYTHON),$(if $(and $(filter 0,$
 apk: $(STAMP)
 	$(VPY) packaging/apk/mkapk.py --out dist $(if $(APK_KEY),--key $(APK_KEY)) $(APK_PYC)
 
+# `make oci`: the images pbxhost:mini, :base, :full, :xtra (:latest = full) by
+# podman from oci/Containerfile on a debootstrapped base (oci/README.md);
+# OCI_VARIANTS=mini,base builds fewer, OCI_DEBS=DIR takes the .debs from DIR.
+oci: $(STAMP)
+	$(VPY) oci/build.py $(if $(OCI_VARIANTS),--variants $(OCI_VARIANTS)) $(if $(OCI_DEBS),--debs $(OCI_DEBS))
+
+# `make demo`: the product as users get it: the pbxhost:base image booted with
+# systemd on its own network, and the tour (demo/product.py); `make demo-dev`:
+# the same tour with the daemons of this source tree (demo/run.py).
+# DEMO_ARGS=--no-stay ends after the tour.
 demo: $(STAMP)
+	$(VPY) demo/product.py $(DEMO_ARGS)
+
+demo-cli: $(STAMP)
+	$(VPY) demo/product.py cli
+
+demo-down: $(STAMP)
+	$(VPY) demo/product.py down
+
+demo-dev: $(STAMP)
 	$(VPY) demo/run.py
 
 clean:

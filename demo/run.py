@@ -1,4 +1,4 @@
-"""`make demo`: the PBX as a user gets it, on this machine, in network
+"""`make demo-dev`: the daemons of this source tree, for developers, in network
 namespaces: Asterisk 22 on the seeded configuration suite, autoban and
 websms from this source tree, two phones, a password guesser and an ITSP.
 

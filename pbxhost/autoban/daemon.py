@@ -23,7 +23,7 @@ from panoramisk.message import Message
 
 from pbxhost import cli, conf, service
 from pbxhost.ami import AmiClient
-from pbxhost.autoban import config, legacy, policy, state
+from pbxhost.autoban import config, gateway, legacy, policy, state
 from pbxhost.autoban.events import ATTACK_EVENTS, Address, Remote, parse_remote
 from pbxhost.autoban.firewall import (
     DEFAULT_SIP_PORTS,
@@ -115,6 +115,7 @@ class Autoban:
         self.exempt = [*exempt, *self.trunks.networks()]
         self.settings = cfg.policy
         self._save_pending: asyncio.TimerHandle | None = None
+        self.gateway = gateway.GatewayWatch(gateway.read_gateways())
         self.overflow = Overflow()
         self._full_warned: dict[str, float] = {}
         self._whitelist6: tuple[float, list[config.Network]] = (-WHITELIST_CACHE, [])
@@ -268,6 +269,8 @@ class Autoban:
         remote = self._remote(event)
         if remote is None:
             return
+        if warning := self.gateway.observe(remote.addr):
+            log.warning(warning, extra={"ADDRESS": str(remote.addr)})
         name, account = event.get("Event", ""), event.get("AccountID", "")
         if self._is_exempt(remote.addr):
             log.info("%s from %s (account %s): exempt, not counted", name, remote.addr, account)

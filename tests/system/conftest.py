@@ -12,6 +12,8 @@ import pytest
 from testbed import system
 from testbed.netns import Network, sweep_stale
 
+ROOT = Path(__file__).resolve().parents[2]
+
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     here = Path(__file__).parent
@@ -29,6 +31,23 @@ def base() -> Path:
         return system.ensure_base()
     except (system.rootfs.RootfsError, OSError) as exc:
         pytest.exit(f"sid system tree unusable: {exc}", returncode=3)
+
+
+@pytest.fixture(scope="session")
+def images(base) -> dict[str, str]:
+    """The four OCI images (oci/build.py), built once per run; podman caches
+    the base image and the layers they share."""
+    import shutil
+    import sys
+    sys.path.insert(0, str(ROOT / "oci"))
+    import build as oci
+
+    if shutil.which("podman") is None:
+        pytest.fail("podman is not installed (packaging/apt-test-deps.txt)")
+    try:
+        return oci.build()
+    except oci.OciError as exc:
+        pytest.fail(str(exc))
 
 
 @pytest.fixture(scope="session")
