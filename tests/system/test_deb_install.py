@@ -10,6 +10,7 @@ them from the archive)."""
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
 import sys
@@ -42,6 +43,7 @@ DEFAULT_CHANGE = f"; {NEXT}: a changed default\n"
 UNIT_CHANGE = f"Environment=PBXHOST_TEST_RELEASE={NEXT}"
 USER_EDIT = "; the admin's own line\n"
 GUESSER = "192.0.2.99"
+OLD_GUESSER = "192.0.2.98"  # jailed by an older release (a version 1 state file)
 QUEUED_SMS = "queued before the upgrade"
 
 
@@ -178,6 +180,19 @@ def test_upgrade_keeps_users_files_jails_and_queued_sms_and_restarts_each_daemon
     assert pbx.unit("asterisk.service")["MainPID"] == asterisk_pid  # calls in progress kept
     assert GUESSER in pbx.run("autoban", "list", "jail").stdout
     assert QUEUED_SMS in pbx.run("websms", "queue", "list").stdout
+    # the new autoband reads a state file of the previous format (version 1:
+    # absolute expiry), as an older release left it, once its table is gone
+    pbx.run("systemctl", "stop", "autoban")
+    now = int(pbx.run("date", "+%s").stdout)
+    pbx.write("/srv/var/lib/autoban/state.json", json.dumps(
+        {"version": 1, "saved_at": now, "elements": [
+            {"set": "jail", "addr": OLD_GUESSER, "comment": None, "expires_at": now + 600}]}),
+        0o600)
+    pbx.run("nft", "delete", "table", "inet", "autoban")
+    pbx.run("systemctl", "start", "autoban")
+    jails = json.loads(pbx.run("autoban", "--json", "list", "jail").stdout)
+    left = next(e["expires"] for e in jails if e["addr"] == OLD_GUESSER)
+    assert 0 < left <= 600  # with its remaining time
 
 
 def test_remove_stops_our_units_and_purge_leaves_only_srv(pbx):
