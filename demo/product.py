@@ -131,9 +131,7 @@ def demo(args: argparse.Namespace) -> int:
                  f"after {time.monotonic() - started:.1f} s")
 
             say("1. the passwords the first boot seeded, from /srv/etc/pbxhost-secrets inside")
-            secrets = pbx.run("cat", "/srv/etc/pbxhost-secrets").stdout
-            password = dict(line.split(" = ", 1) for line in secrets.splitlines()
-                            if " = " in line and not line.startswith("#"))
+            password = seed.parse_secrets(pbx.run("cat", "/srv/etc/pbxhost-secrets").stdout)
             show("\n".join(f"SIP user {u}: password {p}" for u, p in sorted(password.items())))
             # websmsd refuses a webhook open to anybody: it waits for the admin
             refused = [line for line in pbx.run("journalctl", "--no-pager", "-o", "cat", "-u",

@@ -120,8 +120,7 @@ def main() -> int:
             texts, report = seeded(work / "seeded", pbx_host.v4)
             show(report)
             # the passwords are in the root-only file beside the config dir, not in the report
-            secrets = (work / seed.SECRETS).read_text().splitlines()
-            password = dict(line.split(" = ", 1) for line in secrets if " = " in line)
+            password = seed.parse_secrets((work / seed.SECRETS).read_text())
             show("\n".join(f"SIP user {u}: password {p} (from {work / seed.SECRETS})"
                            for u, p in sorted(password.items())))
             admin_changes(texts, work, itsp, itsp_host.v4)

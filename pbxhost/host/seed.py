@@ -307,6 +307,12 @@ def write_secrets(result: SeedResult) -> None:
         f.writelines(f"{user} = {pw}\n" for user, pw in sorted(result.passwords.items()))
 
 
+def parse_secrets(text: str) -> dict[str, str]:
+    """The SIP passwords in a secrets file's TEXT, as write_secrets wrote them."""
+    return dict(line.split(" = ", 1) for line in text.splitlines()
+                if " = " in line and not line.startswith("#"))
+
+
 def seed(dest: Path = DEST, source: Path = DEFAULTS,
          env: Mapping[str, str] = os.environ) -> SeedResult:
     """Seed DEST from SOURCE; see the module's doc for the rules."""

@@ -116,11 +116,6 @@ def healthy(pbx: system.BootedSystem, timeout: float = 60) -> None:
         raise AssertionError(f"{exc}:\n{last[0] if last else ''}") from None
 
 
-def passwords(pbx: system.BootedSystem) -> dict[str, str]:
-    return dict(line.split(" = ", 1) for line in pbx.read("/srv/etc/pbxhost-secrets").splitlines()
-                if " = " in line and not line.startswith("#"))
-
-
 @pytest.fixture(scope="module")
 def pbx(base, repos, module_net, module_boot, tmp_path_factory):
     machine = system.BootedSystem([base], module_net.host("pbx", 10),
@@ -147,7 +142,8 @@ def test_install_from_the_repository_gives_a_running_seeded_pbx(pbx, repos, star
     healthy(pbx)
     assert pbx.failed_units() == []
     phone_host = pbx.net.host("jane", 31)
-    start_phone(phone_host, "jane.doe", passwords(pbx)["jane.doe"], pbx.host.v4).wait_registered()
+    phone = start_phone(phone_host, "jane.doe", system.passwords(pbx)["jane.doe"], pbx.host.v4)
+    phone.wait_registered()
 
 
 def test_upgrade_keeps_users_files_jails_and_queued_sms_and_restarts_each_daemon_once(pbx, repos):
@@ -278,8 +274,8 @@ def test_backup_restores_onto_a_new_host_as_the_readme_says(base, repos, net, bo
         publish(machine, repos["0.1.0"])
         apt(machine, "install", *PACKAGES)
         machine.wait_active(*OURS, timeout=60)
-    old_passwords = passwords(old)
-    assert passwords(new) != old_passwords  # each seeded its own
+    old_passwords = system.passwords(old)
+    assert system.passwords(new) != old_passwords  # each seeded its own
     backup_commands, restore_commands = readme_commands("Back up and restore")[:2]
     assert restore_commands[0].startswith("apt install")  # done above, from the repository
     for command in backup_commands:
@@ -289,7 +285,7 @@ def test_backup_restores_onto_a_new_host_as_the_readme_says(base, repos, net, bo
     for command in restore_commands[1:]:
         new.run("sh", "-ec", f"cd /root && {command}")
     new.wait_active(*OURS, timeout=60)
-    assert passwords(new) == old_passwords
+    assert system.passwords(new) == old_passwords
     listing = new.run("stat", "-c", "%n %U %G %a", "/srv/etc/asterisk/websms.conf",
                       "/srv/etc/asterisk/pjsip_endpoint.conf", "/srv/var/lib/asterisk").stdout
     owner, group, mode = seed.ACCESS["websms.conf"]

@@ -21,7 +21,7 @@ from testbed.media import tone, write_ulaw
 from testbed.sip import sipp_register
 from testbed.sipp import Sipp, call_xml
 from testbed.smtp import SmtpServer
-from testbed.system import BootedSystem, jailed
+from testbed.system import BootedSystem, jailed, passwords
 from testbed.wait import poll
 
 JOHN, JANE = "+12025550160", "+12025550183"
@@ -29,12 +29,6 @@ WEBHOOK_PORT = 8088
 SECRETS = "/srv/etc/pbxhost-secrets"
 CONF = "/srv/etc/asterisk"
 OURS = ("pbxhost-seed.service", "asterisk.service", "autoban.service", "websmsd.service")
-
-
-def passwords(pbx: BootedSystem) -> dict[str, str]:
-    """The generated SIP passwords, from the root-only file the seeding wrote."""
-    return dict(line.split(" = ", 1) for line in pbx.read(SECRETS).splitlines()
-                if " = " in line and not line.startswith("#"))
 
 
 def set_conf(pbx: BootedSystem, name: str, section: str, **values: str) -> None:

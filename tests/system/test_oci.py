@@ -66,8 +66,7 @@ def installed(tag: str) -> set[str]:
 
 
 def secrets(srv: Path) -> dict[str, str]:
-    return dict(line.split(" = ", 1) for line in (srv / "etc/pbxhost-secrets").read_text()
-                .splitlines() if " = " in line and not line.startswith("#"))
+    return seed.parse_secrets((srv / "etc" / seed.SECRETS).read_text())
 
 
 def set_conf(srv: Path, name: str, section: str, **values: str) -> None:

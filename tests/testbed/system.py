@@ -289,3 +289,9 @@ def jailed(machine: BootedSystem, addr: str) -> bool:
     """ADDR is jailed by autoban inside MACHINE (a UDP guesser: from SIP only,
     sipjail); False while autoban's table is missing."""
     return addr in machine.run("autoban", "list", "jail", "sipjail", check=False).stdout
+
+
+def passwords(machine: BootedSystem) -> dict[str, str]:
+    """The SIP passwords the seeding inside MACHINE generated (its root-only file)."""
+    from pbxhost.host import seed
+    return seed.parse_secrets(machine.read(f"/srv/etc/{seed.SECRETS}"))

@@ -159,6 +159,13 @@ def test_the_passwords_go_to_a_root_only_file_never_to_the_report(tmp_path):
     assert secret_of(dest / "manager.conf", "autoban") not in report  # stays in the files
 
 
+def test_the_secrets_file_reads_back_as_written(tmp_path):
+    dest = tmp_path / "etc" / "asterisk"
+    result = run(dest)
+    assert seed.parse_secrets(result.secrets_file.read_text()) == result.passwords
+    assert seed.parse_secrets("# a comment = no\n\njohn.doe = a = b\n") == {"john.doe": "a = b"}
+
+
 def test_the_lock_stops_a_second_seeding(tmp_path):
     run(tmp_path)
     before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
