@@ -37,18 +37,7 @@ OUTSIDE = "+15551230002"
 WEBHOOK_PORT = 80  # the port the image exposes for it
 MINI = ("pbxhost-seed.service", "asterisk.service")
 OURS = (*MINI, "autoban.service", "websmsd.service")
-SEED_ERA_SMS_CONF = """\
-[sms]
-sms_host             = api.example.com
-sms_path             = /sms/send/
-sms_auth_user        = user
-sms_auth_passwd      = passwd
-
-[smsd]
-smsd_exten_context   = dp_entry_channel_open
-smsd_message_context = dp_entry_trunk_texting
-smsd_permit_addr     = 185.45.152.42
-"""
+SEED_ERA_SMS_CONF = (Path(__file__).parents[1] / "fixtures/seed/sms.conf").read_text()
 
 
 def image_file(tag: str, path: str) -> Path:

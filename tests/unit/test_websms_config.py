@@ -127,18 +127,8 @@ archive = yes
     assert cfg.queue.expire == 93600 and cfg.queue.archive
 
 
-SEED_SMS_CONF = """\
-[sms]
-sms_host             = api.example.com
-sms_path             = /sms/send/
-sms_auth_user        = user
-sms_auth_passwd      = passwd
-
-[smsd]
-smsd_exten_context   = dp_entry_channel_open
-smsd_message_context = dp_entry_trunk_texting
-smsd_permit_addr     = 185.45.152.42
-"""
+# the seed-era sms.conf (as the seed image shipped it), shared with test_oci
+SEED_SMS_CONF = (Path(__file__).parents[1] / "fixtures/seed/sms.conf").read_text()
 
 
 def test_seed_sms_conf_is_migrated_with_a_log_line(tmp_path, caplog):
