@@ -36,7 +36,9 @@ class AmiSettings:
     ping_interval: float = 10   # seconds between liveness pings
     ping_timeout: float = 5     # no Pong within this → the link is dead
     backoff_min: float = 1
-    backoff_max: float = 30
+    # Asterisk is local: a retry is cheap, and events sent while we are away
+    # are lost (an attacker's guesses unseen), so the wait stays short.
+    backoff_max: float = 5
 
 
 def parse_messages(text: str) -> tuple[list[Message], str]:
@@ -134,18 +136,27 @@ class AmiClient:
     async def run(self) -> None:
         """Connect, log in, serve; on any failure back off and do it again. Never returns."""
         backoff = self.settings.backoff_min
+        said = ""  # the failure last logged: the same one again goes to debug
         while True:
             try:
                 await self._session()
-                backoff = self.settings.backoff_min  # a session that lived resets the backoff
+                backoff, said = self.settings.backoff_min, ""  # a session that lived
             except AmiError as exc:
-                log.error("%s; retrying in %.0fs", exc, backoff)
+                said = self._failed(logging.ERROR, str(exc), backoff, said)
             except OSError as exc:
-                log.warning("AMI %s:%s unreachable (%s); retrying in %.0fs",
-                            self.settings.host, self.settings.port, exc.strerror or exc, backoff)
+                said = self._failed(logging.WARNING, f"AMI {self.settings.host}:"
+                                    f"{self.settings.port} unreachable ({exc.strerror or exc})",
+                                    backoff, said)
             self.on_state("disconnected")
             await asyncio.sleep(backoff)
             backoff = min(backoff * 2, self.settings.backoff_max)
+
+    @staticmethod
+    def _failed(level: int, why: str, backoff: float, said: str) -> str:
+        """Log a failed attempt; while Asterisk is down (every few seconds) only
+        the first of the same failures is a warning."""
+        log.log(level if why != said else logging.DEBUG, "%s; retrying in %.0fs", why, backoff)
+        return why
 
     async def login(self) -> _Protocol:
         """Connect and log in (AmiError when refused); the session is then live."""

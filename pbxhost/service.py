@@ -170,6 +170,18 @@ def config_error(log: logging.Logger, exc: Exception | str) -> NoReturn:
     raise SystemExit(settings.EX_CONFIG)
 
 
+def ami_status(state: str, rest: str) -> str:
+    """A daemon's systemd status line while it uses the AMI: the AMI link first
+    (connecting, connected, disconnected), as `pbxhost status` reads it."""
+    return f"AMI {state}; {rest}"
+
+
+def ami_blind(status: str) -> bool:
+    """STATUS (a unit's StatusText) says its daemon is off the AMI (it sees no
+    event); a disabled daemon, not using the AMI, is not blind."""
+    return status.startswith("AMI ") and not status.startswith(ami_status("connected", ""))
+
+
 class Notifier:
     """sd_notify, a no-op outside systemd."""
 

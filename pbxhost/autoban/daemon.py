@@ -662,9 +662,10 @@ class Autoban:
         self.import_legacy()
         self.import_seed_file()
         self.save()
-        client = AmiClient(self.cfg.ami, self.handle,
-                           lambda s: notifier.status(f"AMI {s}; watching for attacks"))
-        notifier.ready(f"connecting to AMI {self.cfg.ami.host}:{self.cfg.ami.port}")
+        client = AmiClient(self.cfg.ami, self.handle, lambda s: notifier.status(
+            service.ami_status(s, "watching for attacks")))
+        notifier.ready(service.ami_status(
+            "connecting", f"to {self.cfg.ami.host}:{self.cfg.ami.port}"))
         log.log(service.NOTICE, "autoban started: maxcount %d, watchtime %s, jailtime %s, "
                 "repeatmult %g, prefix6 %d", self.settings.maxcount,
                 human(self.settings.watchtime), human(self.settings.jailtime),

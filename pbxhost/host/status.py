@@ -18,7 +18,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pbxhost import ami, cli, conf, settings
+from pbxhost import ami, cli, conf, service, settings
 from pbxhost.host import seed
 
 TIMEOUT = 5.0
@@ -39,7 +39,7 @@ class Item:
 def unit_state(unit: str) -> dict[str, str]:
     try:
         out = subprocess.run(["systemctl", "show", unit, "-p",
-                              "LoadState,ActiveState,SubState,UnitFileState"],
+                              "LoadState,ActiveState,SubState,UnitFileState,StatusText"],
                              capture_output=True, text=True, timeout=TIMEOUT).stdout
     except (OSError, subprocess.TimeoutExpired):
         return {}
@@ -59,6 +59,15 @@ def unit_verdict(unit: str, state: Mapping[str, str]) -> Item | None:
     if state.get("UnitFileState") in ("disabled", "masked"):
         return Item(unit, True, f"{state['UnitFileState']} by the admin", {"active": False})
     return Item(unit, False, f"not running ({active}/{state.get('SubState', '')})")
+
+
+def ami_verdict(unit: str, state: Mapping[str, str], asterisk_up: bool) -> Item | None:
+    """Bad when UNIT runs but is off the AMI while Asterisk runs: it is blind
+    (autoban sees no attack, websmsd cannot reach a phone); None otherwise."""
+    status = state.get("StatusText", "")
+    if asterisk_up and service.ami_blind(status):
+        return Item(unit, False, f"running but not on the AMI: {status}")
+    return None
 
 
 # ---------------------------------------------------------------- the checks
@@ -119,8 +128,9 @@ def _websms_ami(path: Path) -> ami.AmiSettings:
     return config.load(path).ami
 
 
-def check_autoban(state: Mapping[str, str]) -> Item:
-    if (verdict := unit_verdict("autoban.service", state)) is not None:
+def check_autoban(state: Mapping[str, str], asterisk_up: bool) -> Item:
+    if (verdict := unit_verdict("autoban.service", state)
+            or ami_verdict("autoban.service", state, asterisk_up)) is not None:
         return verdict
     from pbxhost.autoban import config
     from pbxhost.autoban.firewall import Firewall, FirewallError
@@ -165,8 +175,10 @@ def _answers(host: str, port: int, probe: bytes, expect: bytes) -> bool:
         return not expect or conn.recv(64).startswith(expect)
 
 
-def check_websmsd(state: Mapping[str, str], env: Mapping[str, str]) -> Item:
-    if (verdict := unit_verdict("websmsd.service", state)) is not None:
+def check_websmsd(state: Mapping[str, str], asterisk_up: bool,
+                  env: Mapping[str, str]) -> Item:
+    if (verdict := unit_verdict("websmsd.service", state)
+            or ami_verdict("websmsd.service", state, asterisk_up)) is not None:
         return verdict
     try:
         port = settings.websmsd_port(env)
@@ -206,13 +218,15 @@ def _duration(seconds: int) -> str:
 # ---------------------------------------------------------------- the verdict
 
 def collect(env: Mapping[str, str] = os.environ) -> list[Item]:
+    asterisk = check_asterisk(unit_state("asterisk.service"))
+    asterisk_up = asterisk.ok and "uptime" in asterisk.data
     return [
         check_seed(),
-        check_asterisk(unit_state("asterisk.service")),
+        asterisk,
         check_ami_login("autoban", "autoban.conf", _autoban_ami),
         check_ami_login("websms", "websms.conf", _websms_ami),
-        check_autoban(unit_state("autoban.service")),
-        check_websmsd(unit_state("websmsd.service"), env),
+        check_autoban(unit_state("autoban.service"), asterisk_up),
+        check_websmsd(unit_state("websmsd.service"), asterisk_up, env),
         check_tls(unit_state("pbxhost-tls.timer")),
     ]
 

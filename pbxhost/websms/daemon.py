@@ -113,10 +113,11 @@ class Websmsd:
         trouble = ("; STORAGE FAULT: " + ", ".join(f"{a} {e}" for a, e in faults)
                    if faults else "")
         aside = self.delivery.set_aside()
-        self.notifier.status(f"AMI {self.ami_state}; queued: {len(self.delivery.pending)} for "
-                             f"phones ({aside} set aside: no such user), "
-                             f"{len(self.outbox.pending)} for the ITSP; since start: "
-                             f"{tally.delivered} delivered, {tally.expired} expired{trouble}")
+        self.notifier.status(service.ami_status(
+            self.ami_state, f"queued: {len(self.delivery.pending)} for "
+            f"phones ({aside} set aside: no such user), "
+            f"{len(self.outbox.pending)} for the ITSP; since start: "
+            f"{tally.delivered} delivered, {tally.expired} expired{trouble}"))
 
     # -- housekeeping ------------------------------------------------------------------
     def _rescan_inbound(self) -> None:
@@ -176,8 +177,8 @@ class Websmsd:
         tasks: list[asyncio.Task[None]] = []
         try:
             await self.start()
-            self.notifier.ready(f"{len(self.delivery.pending)} SMS for phones, "
-                                f"{len(self.outbox.pending)} for the ITSP")
+            self.notifier.ready()
+            self._status()
             units = {"ami": self.ami.run(), "delivery": self.delivery.run(),
                      "retry": self.outbox.run(), "housekeeping": self.housekeeping(),
                      "watchdog": self.notifier.watchdog()}

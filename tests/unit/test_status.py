@@ -7,6 +7,7 @@ import datetime as dt
 
 import pytest
 
+from pbxhost import service
 from pbxhost.host import seed, status, tls
 from testbed.tlsca import TestCA
 
@@ -27,6 +28,20 @@ def test_unit_verdicts(state, ok, detail):
 def test_a_running_unit_is_checked_further():
     running = {"LoadState": "loaded", "ActiveState": "active"}
     assert status.unit_verdict("x.service", running) is None
+
+
+@pytest.mark.parametrize(("text", "asterisk_up", "blind"), [
+    (service.ami_status("connected", "watching for attacks"), True, False),
+    (service.ami_status("disconnected", "watching for attacks"), True, True),
+    (service.ami_status("connecting", "to 127.0.0.1:5038"), True, True),
+    (service.ami_status("disconnected", "queued: 0"), False, False),  # Asterisk stopped: told there
+    ("disabled: enabled = no", True, False),
+    ("", True, False),  # not a daemon of ours (no status line)
+])
+def test_a_daemon_off_the_ami_while_asterisk_runs_is_bad(text, asterisk_up, blind):
+    item = status.ami_verdict("autoban.service", {"StatusText": text}, asterisk_up)
+    assert (item is not None) is blind
+    assert item is None or (not item.ok and text in item.detail)
 
 
 def test_seeding_states(tmp_path):
