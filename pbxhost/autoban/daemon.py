@@ -5,8 +5,9 @@ is read again, so a flood is throttled by TCP instead of piling up in memory:
 the kernel is read once per address per window (pipelined netlink reads), a
 jailing is written at the end of its batch, and watch counts are written within
 policy.FLUSH_INTERVAL (docs/autoban.md, "Throughput"). The kernel's sets are
-the only state; the state file is a copy for reboots, written at most a second
-after each change."""
+the only state (read through a copy kept by their change notifications,
+mirror.py); the state file is a copy for reboots, written half a second after
+a change, or later under a flood with large sets (see changed)."""
 
 from __future__ import annotations
 
@@ -41,6 +42,7 @@ from pbxhost.autoban.trunks import Trunks
 log = logging.getLogger("pbxhost.autoban")
 GUARD_INTERVAL = 1.0
 SAVE_DELAY = 0.5
+SAVE_SHARE = 10  # a save waits at least 10 times what the last one took
 RESTORE_BATCH = 250
 FULL_WARNING_INTERVAL = 60.0  # seconds between two "set full" warnings
 WHITELIST_CACHE = 5.0  # seconds a copy of the IPv6 whitelist serves the watch decisions
@@ -115,6 +117,7 @@ class Autoban:
         self.exempt = [*exempt, *self.trunks.networks()]
         self.settings = cfg.policy
         self._save_pending: asyncio.TimerHandle | None = None
+        self._save_cost = 0.0  # seconds the last save took
         self.gateway = gateway.GatewayWatch(gateway.read_gateways())
         self.overflow = Overflow()
         self._full_warned: dict[str, float] = {}
@@ -260,8 +263,22 @@ class Autoban:
         remote = self._remote(event)
         return None if remote is None else remote.addr
 
+    @property
+    def exempt(self) -> list[config.Network]:
+        """Never jailed: loopback, this host's own and the trunk's addresses."""
+        return self._exempt
+
+    @exempt.setter
+    def exempt(self, nets: list[config.Network]) -> None:
+        self._exempt = nets
+        # as integer ranges per family: one test per network and event, without
+        # ipaddress's comparisons (a flood's hot path)
+        self._exempt_ranges = {v: [(int(n.network_address), int(n.broadcast_address))
+                                   for n in nets if n.version == v] for v in (4, 6)}
+
     def _is_exempt(self, addr: Address) -> bool:
-        return any(addr in net for net in self.exempt)
+        value = int(addr)
+        return any(lo <= value <= hi for lo, hi in self._exempt_ranges[addr.version])
 
     def on_attack(self, event: Message) -> None:
         """Queue the event; the queue is drained once the AMI chunk that carried it
@@ -270,7 +287,7 @@ class Autoban:
         if remote is None:
             return
         if warning := self.gateway.observe(remote.addr):
-            log.warning(warning, extra={"ADDRESS": str(remote.addr)})
+            log.warning(warning, extra={"ADDRESS": remote.text})
         name, account = event.get("Event", ""), event.get("AccountID", "")
         if self._is_exempt(remote.addr):
             log.info("%s from %s (account %s): exempt, not counted", name, remote.addr, account)
@@ -304,8 +321,8 @@ class Autoban:
         started = time.perf_counter()
         if self._window is None:
             self._window = time.monotonic()
-        self._prefetch(list(dict.fromkeys(str(r.addr) for r, _, _ in queue
-                                          if str(r.addr) not in self._seen)))
+        self._prefetch(list(dict.fromkeys(r.text for r, _, _ in queue
+                                          if r.text not in self._seen)))
         jailings: list[Jailing] = []
         for remote, name, account in queue:
             self._decide(remote, name, account, jailings)
@@ -328,10 +345,10 @@ class Autoban:
             answers = self.fw.lookup_many(addrs)
         self._seen.update(zip(addrs, answers, strict=True))
 
-    def _found(self, addr: Address) -> dict[str, Element]:
-        """What the kernel held for ADDR at its read in this window, with what this
-        window wrote (or will write at the flush) laid over it."""
-        text = str(addr)
+    def _found(self, remote: Remote) -> dict[str, Element]:
+        """What the kernel held for REMOTE's address at its read in this window,
+        with what this window wrote (or will write at the flush) laid over it."""
+        addr, text = remote.addr, remote.text
         if text not in self._seen:  # read again after a failed jailing
             self._seen[text] = self._lookup(text)
         found = dict(self._seen[text])
@@ -355,11 +372,11 @@ class Autoban:
 
     def _decide(self, remote: Remote, name: str, account: str,
                 jailings: list[Jailing]) -> None:
-        addr = remote.addr
-        found = self._found(addr)
+        text = remote.text
+        found = self._found(remote)
         # the element this event counts in: the one that covers the address, else
         # its IPv6 prefix (unless that holds someone never to be jailed), else itself
-        key = found["watch"].addr if "watch" in found else self.element_for(addr)
+        key = found["watch"].addr if "watch" in found else self.element_for(remote)
         standing = standing_of(found)
         if "watch" not in found and (counted := self.overflow.get(key)):
             standing = replace(standing, times=counted)
@@ -367,12 +384,12 @@ class Autoban:
         jail_key = None
         if verdict.action is policy.Action.JAIL:
             jail_key = (found["parole"].addr if "parole" in found
-                        else self.element_for(addr, jailing=True))
+                        else self.element_for(remote, jailing=True))
         parole_left = found["parole"].expires if "parole" in found else None
         ops = ops_for(verdict, key, self.settings, jail_key, parole_left)
         element = jail_key or key
-        shown = element if element == str(addr) else f"{element} ({addr})"
-        fields = {"ADDRESS": str(addr), "ELEMENT": element, "EVENT": name, "ACCOUNT": account,
+        shown = element if element == text else f"{element} ({text})"
+        fields = {"ADDRESS": text, "ELEMENT": element, "EVENT": name, "ACCOUNT": account,
                   "VERDICT": verdict.action.value}
         if verdict.action is policy.Action.WATCH:
             self._pending[key] = verdict
@@ -382,7 +399,7 @@ class Autoban:
             self._write(ops)
             scope = ("" if verdict.scope is policy.Scope.ALL else
                      f", SIP only ({remote.transport or 'UDP'}: the source is not proven)")
-            jailings.append(Jailing(verdict, key, ops, str(addr), (
+            jailings.append(Jailing(verdict, key, ops, text, (
                 "jailed %s for %s%s: %s (event %s, account %s)", shown,
                 human(verdict.sentence), scope, verdict.reason, name, account),
                 {**fields, "SENTENCE": verdict.sentence, "SCOPE": verdict.scope.value}))
@@ -472,19 +489,19 @@ class Autoban:
         delay = policy.flush_delay(self._window, time.monotonic())
         self._flush_timer = loop.call_later(delay, self.flush)
 
-    def element_for(self, addr: Address, jailing: bool = False) -> str:
-        """ADDR's element in the timed sets: for IPv6 its /prefix6, unless that
+    def element_for(self, remote: Remote, jailing: bool = False) -> str:
+        """REMOTE's element in the timed sets: for IPv6 its /prefix6, unless that
         prefix holds an exempt (loopback, own, trunk, websms) or whitelisted
         address, or, when JAILING, a trusted one: then the address alone."""
-        prefix = self.cfg.prefix6
+        prefix, addr = self.cfg.prefix6, remote.addr
         if addr.version == 4 or prefix == 128:
-            return str(addr)
+            return remote.text
         net = ipaddress.ip_network(f"{addr}/{prefix}", strict=False)
         protected = [*self.exempt, *self._whitelisted6(fresh=jailing)]
         if jailing and self.cfg.trusttime:
             protected += self._networks(["trust"])
         if any(net.overlaps(other) for other in protected if other.version == 6):
-            return str(addr)
+            return remote.text
         return str(net)
 
     def _whitelisted6(self, fresh: bool) -> list[config.Network]:
@@ -594,17 +611,22 @@ class Autoban:
 
     # -- persistence ------------------------------------------------------------
     def changed(self) -> None:
-        """Schedule one save within a second of the first unsaved change."""
+        """Schedule one save SAVE_DELAY after the first unsaved change, or later
+        when the sets are large: saving never takes more than 1/SAVE_SHARE of the
+        time under a flood (the kernel holds the state; the file is for reboots)."""
         if self._save_pending is None:
-            self._save_pending = asyncio.get_running_loop().call_later(SAVE_DELAY, self.save)
+            self._save_pending = asyncio.get_running_loop().call_later(
+                max(SAVE_DELAY, self._save_cost * SAVE_SHARE), self.save)
 
     def save(self) -> None:
         self._save_pending = None
+        started = time.monotonic()
         try:
             state.save(self.cfg.statefile, self.fw.iter_elements(), self._clocks(),
                        config=self.config_lists(), trunks=self.trunks.saved())
         except (OSError, FirewallError) as exc:
             log.error("state not saved to %s: %s", self.cfg.statefile, exc)
+        self._save_cost = time.monotonic() - started
 
     # -- the trunk's names ------------------------------------------------------
     def use_saved_trunks(self, saved: state.Saved) -> None:
@@ -642,6 +664,14 @@ class Autoban:
             log.log(service.NOTICE, "released %s: it is the trunk's address now", net,
                     extra={"ADDRESS": str(net.network_address)})
 
+    def follow_changes(self) -> None:
+        """The table changed (the CLI, `nft`, our own writes): the copy of its
+        sets takes it in now. A missing table is the guard's to rebuild."""
+        try:
+            self.fw.follow_changes()
+        except FirewallError as exc:
+            log.debug("table changes not read: %s", exc)
+
     async def guard(self) -> None:
         """Rebuild the table within a second or two of it disappearing."""
         while True:
@@ -662,6 +692,8 @@ class Autoban:
         self.import_legacy()
         self.import_seed_file()
         self.save()
+        if (fd := self.fw.notifications()) is not None:
+            asyncio.get_running_loop().add_reader(fd, self.follow_changes)
         client = AmiClient(self.cfg.ami, self.handle, lambda s: notifier.status(
             service.ami_status(s, "watching for attacks")))
         notifier.ready(service.ami_status(
@@ -701,7 +733,7 @@ def main(argv: list[str] | None = None) -> int:
              "".join(f", {name} (trunk, resolved every {human(cfg.trunk_refresh)})"
                      for name in trunks.names))
     ports = config.sip_ports(Path(path).parent)
-    firewall = Firewall(cfg.table, prefix6=cfg.prefix6)
+    firewall = Firewall(cfg.table, prefix6=cfg.prefix6, follow=True)
     return service.run(Autoban(cfg, firewall, exempt, trunks=trunks, sip_ports=ports).run(notifier))
 
 

@@ -1,4 +1,5 @@
-"""Exact-key, read-only queries to nf_tables over netlink.
+"""Exact-key, read-only queries to nf_tables over netlink, and its change
+notifications (what `nft monitor` reads).
 
 libnftables 1.0.6 (Debian 12) answers `get element` from a cache of every
 element of every set, rebuilt after each miss: ~40 ms per lookup with 5000
@@ -23,6 +24,12 @@ _NETLINK_NETFILTER = 12
 _NFNL_SUBSYS_NFTABLES = 10
 NFT_MSG_GETTABLE = 1
 NFT_MSG_GETSETELEM = 13
+# the notifications a Monitor reads (the group every nf_tables commit is told to)
+_NFNLGRP_NFTABLES = 7
+_NFT_MSG_NEWTABLE, _NFT_MSG_DELTABLE, _NFT_MSG_NEWSET, _NFT_MSG_DELSET = 0, 2, 9, 11
+_NFT_MSG_NEWSETELEM, _NFT_MSG_DELSETELEM = 12, 14
+_NFTA_SET_TABLE, _NFTA_SET_NAME = 1, 2
+_SOL_NETLINK, _NETLINK_ADD_MEMBERSHIP = 270, 1
 _NLM_F_REQUEST, _NLM_F_ACK = 1, 4
 _NLMSG_ERROR, _NLMSG_DONE = 2, 3
 _NLM_F_DUMP = 0x300
@@ -115,7 +122,9 @@ def reply_attrs(payload: bytes) -> dict[int, bytes]:
 
 
 def reply_key(attrs: dict[int, bytes]) -> int:
-    return int.from_bytes(_attrs(attrs[_NFTA_SET_ELEM_KEY])[_NFTA_DATA_VALUE], "big")
+    # the key attribute nests one value attribute: its length, then the bytes
+    key = attrs[_NFTA_SET_ELEM_KEY]
+    return int.from_bytes(key[4:_HEAD.unpack_from(key)[0]], "big")
 
 
 def reply_times(attrs: dict[int, bytes]) -> tuple[int | None, int | None]:
@@ -253,6 +262,17 @@ class Netlink:
         return (_found(_attrs(elem)) for payload in replies
                 for _, elem in _attr_list(_attrs(payload).get(_NFTA_SET_ELEM_LIST_ELEMENTS, b"")))
 
+    def load(self, table: str, name: str) -> Iterator[Change]:
+        """Every element of set NAME as a Change that adds it (interval ends
+        flagged): what a Mirror starts from."""
+        attrs = (nla(_NFTA_SET_ELEM_LIST_TABLE, table.encode() + b"\0")
+                 + nla(_NFTA_SET_ELEM_LIST_SET, name.encode() + b"\0"))
+        replies = self._request(NFT_MSG_GETSETELEM, attrs, _NLM_F_REQUEST | _NLM_F_DUMP)
+        if replies is None:
+            raise OSError(errno.ENOENT, f"nf_tables netlink: no set {name} in table {table}")
+        return (_change(True, name, _attrs(elem)) for payload in replies
+                for _, elem in _attr_list(_attrs(payload).get(_NFTA_SET_ELEM_LIST_ELEMENTS, b"")))
+
     def has_table(self, table: str) -> bool:
         """Whether table inet TABLE exists (one GETTABLE)."""
         return self.get(NFT_MSG_GETTABLE, nla(NFTA_TABLE_NAME, table.encode() + b"\0")) is not None
@@ -278,3 +298,80 @@ class Found:
     timeout: int | None
     expires: int | None
     comment: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class Change:
+    """One element added to or deleted from a set of the monitored table."""
+    added: bool
+    set: str
+    element: Found
+    end: bool  # an interval set's end element (one past the interval)
+
+
+def _change(added: bool, name: str, fields: dict[int, bytes]) -> Change:
+    """One notified (or dumped) element; a deletion needs only its key: the
+    daemon's own writes come back this way, two per count under a flood."""
+    flags = struct.unpack(">I", fields.get(_NFTA_SET_ELEM_FLAGS, bytes(4)))[0]
+    found = _found(fields) if added else Found(reply_key(fields), None, None, None)
+    return Change(added, name, found, bool(flags & _NFT_SET_ELEM_INTERVAL_END))
+
+
+class Monitor:
+    """nf_tables' notifications of every committed change (anyone's: libnftables,
+    `nft`, another autoban), for one table, read without blocking. The kernel
+    sends them during the commit, so a change is readable here as soon as the
+    writer's call has returned."""
+
+    def __init__(self, table: str) -> None:
+        self.table = table.encode()
+        self._sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_NONBLOCK,
+                                   _NETLINK_NETFILTER)
+        self._sock.bind((0, 0))
+        with contextlib.suppress(OSError):  # a flood's own writes: room for a few batches
+            self._sock.setsockopt(socket.SOL_SOCKET, 33, _RCVBUF)
+        self._sock.setsockopt(_SOL_NETLINK, _NETLINK_ADD_MEMBERSHIP, _NFNLGRP_NFTABLES)
+
+    def fileno(self) -> int:
+        return self._sock.fileno()
+
+    def close(self) -> None:
+        self._sock.close()
+
+    def read(self) -> tuple[list[Change], bool]:
+        """The changes notified since the last read, and whether some may be
+        missing (the socket overflowed, or the table or a set was created or
+        deleted): then what the caller copied must be read again whole."""
+        changes: list[Change] = []
+        lost = False
+        while True:
+            try:
+                data = self._sock.recv(1 << 17)
+            except BlockingIOError:
+                return changes, lost
+            except OSError as exc:
+                if exc.errno != errno.ENOBUFS:
+                    raise
+                lost = True  # notifications dropped: the copy is out of date
+                continue
+            for kind, _, payload in _messages(data):
+                if kind >> 8 != _NFNL_SUBSYS_NFTABLES or payload[:1] != bytes([_NFPROTO_INET]):
+                    continue
+                lost |= self._parse(kind & 0xFF, _attrs(payload[4:]), changes)
+
+    def _parse(self, msg: int, attrs: dict[int, bytes], changes: list[Change]) -> bool:
+        if msg in (_NFT_MSG_NEWSETELEM, _NFT_MSG_DELSETELEM):
+            if attrs.get(_NFTA_SET_ELEM_LIST_TABLE, b"").rstrip(b"\0") != self.table:
+                return False
+            name = attrs.get(_NFTA_SET_ELEM_LIST_SET, b"").rstrip(b"\0").decode()
+            for _, elem in _attr_list(attrs.get(_NFTA_SET_ELEM_LIST_ELEMENTS, b"")):
+                fields = _attrs(elem)
+                if _NFTA_SET_ELEM_KEY not in fields:
+                    return True  # not an element we can follow: read the sets again
+                changes.append(_change(msg == _NFT_MSG_NEWSETELEM, name, fields))
+            return False
+        if msg in (_NFT_MSG_NEWTABLE, _NFT_MSG_DELTABLE):
+            return attrs.get(NFTA_TABLE_NAME, b"").rstrip(b"\0") == self.table
+        if msg in (_NFT_MSG_NEWSET, _NFT_MSG_DELSET):
+            return attrs.get(_NFTA_SET_TABLE, b"").rstrip(b"\0") == self.table
+        return False

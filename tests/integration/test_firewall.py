@@ -36,6 +36,7 @@ from pbxhost.autoban.firewall import (
     family,
 )
 from testbed.netns import PREFIX, in_netns, sh
+from testbed.wait import poll
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0,
                                 reason="needs root for network namespaces and nftables")
@@ -628,6 +629,69 @@ def test_a_table_of_the_previous_release_is_not_current(netns):
     assert fw.exists() and not fw.current()
     assert fw.ensure() is True
     assert fw.current() and fw.ensure() is False
+
+
+# ---- the mirror (follow=True): lookups from the kernel's notifications ------------
+
+def _same(mirrored: list[dict[str, Element]], kernel: list[dict[str, Element]]) -> None:
+    """The two answers agree; remaining times within a second (two reads)."""
+    def shape(found: dict[str, Element]) -> dict[str, tuple[object, ...]]:
+        return {b: (e.addr, e.timeout, e.comment) for b, e in found.items()}
+    assert [shape(f) for f in mirrored] == [shape(f) for f in kernel]
+    for ours, theirs in zip(mirrored, kernel, strict=True):
+        for base, element in ours.items():
+            if element.expires is not None:
+                assert abs(element.expires - (theirs[base].expires or 0)) <= 1, base
+
+
+def test_a_following_firewall_answers_as_the_kernel_whoever_changes_the_sets(netns):
+    """The daemon's Firewall (follow=True) next to a CLI's and to `nft`: every
+    lookup agrees with the kernel's after changes by any of them, expiries,
+    a flushed set and the table rebuilt."""
+    daemon = in_netns(netns.name, lambda: Firewall(follow=True))
+    cli = netns.firewall()
+    daemon.ensure()
+    addrs = ([f"192.0.2.{i}" for i in range(1, 40)] + [f"2001:db8::{i:x}" for i in range(1, 20)]
+             + ["2001:db8:1::5", "2001:db8:1::6", "10.1.2.3", "10.9.9.9"])
+
+    def check() -> None:
+        _same(daemon.lookup_many(addrs), cli.lookup_many(addrs))
+
+    check()  # empty, first load
+    daemon.apply([Put("watch", f"192.0.2.{i}", 600, f"t{i}") for i in range(1, 10)])
+    cli.apply([Put("jail", "192.0.2.3", 60, "sentence 60"), Delete("watch", "192.0.2.4"),
+               Put("whitelist", "10.0.0.0/8"), Put("trust", "2001:db8::3", 100)])
+    check()
+    cli.apply([Put("watch", "192.0.2.5", 600, "other"), Delete("whitelist", "10.9.0.0/16")])
+    daemon.apply([Put("parole", "2001:db8:1::/64", 900, "sentence 60"),
+                  Put("sipjail", "192.0.2.20", 2, "sentence 2"), Delete("watch", "192.0.2.6")])
+    netns.run("nft", "add element inet autoban watch4 { 192.0.2.30 timeout 5m comment \"nft\" }")
+    check()
+    poll(lambda: not cli.lookup("192.0.2.20"), 10, "the 2 s sipjail expired")
+    check()
+    netns.run("nft", "flush set inet autoban watch4")
+    check()
+    netns.run("nft", "delete table inet autoban")
+    with pytest.raises(FirewallError):
+        daemon.lookup_many(addrs)
+    daemon.ensure()
+    daemon.apply([Put("jail", "192.0.2.7", 60, "sentence 60")])
+    check()
+    assert daemon.lookup_many(["192.0.2.7"])[0]["jail"].comment == "sentence 60"
+
+
+def test_a_following_firewall_rereads_the_sets_after_its_notifications_overflow(netns):
+    daemon = in_netns(netns.name, lambda: Firewall(follow=True))
+    cli = netns.firewall()
+    daemon.ensure()
+    daemon.lookup_many(["192.0.2.1"])  # loaded, now following
+    # more notifications than the socket holds while nobody reads them
+    for i in range(0, 60_000, 250):
+        cli.apply([Put("watch", f"10.{i // 62500}.{i // 250 % 250}.{j + 1}", 600, "x" * 100)
+                   for j in range(250)], fresh=True)
+    addrs = ["10.0.0.1", "10.0.239.250", "10.0.100.7", "192.0.2.1"]
+    _same(daemon.lookup_many(addrs), cli.lookup_many(addrs))
+    assert daemon.lookup_many(["10.0.239.250"])[0]["watch"].comment == "x" * 100
 
 
 # ---- cost ----------------------------------------------------------------------
