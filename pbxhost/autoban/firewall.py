@@ -42,6 +42,7 @@ What libnftables 1.0.6 (Debian 12) and the kernel taught us, by experiment:
 
 from __future__ import annotations
 
+import errno
 import ipaddress
 import itertools
 import json
@@ -502,7 +503,7 @@ class Firewall:
             # the kernel's notifications (mirror.py): autoband's flood path
             names = [f"{base}{fam}" for base in TIMED_SETS for fam in FAMILIES]
             names += [f"{base}net6" for base in NET_BASES]
-            self._mirror = Mirror(nfnetlink.Monitor(table), names,
+            self._mirror = Mirror(nfnetlink.Monitor(table, own=self._netlink.portid), names,
                                   [f"{base}{fam}" for base in LIST_SETS for fam in FAMILIES],
                                   lambda name: self._netlink.load(table, name))
 
@@ -880,8 +881,11 @@ class Firewall:
                                  f"/{self.prefix6} (prefix6)")
         if not checked:
             return
-        commands = (self._timed_commands(checked, fresh) + self._pair_commands(checked, fresh)
-                    + self._interval_commands(checked))
+        if self._mirror is not None and not fresh and all(o.base in TIMED_SETS for o in checked):
+            self._write_timed(self._mirror, checked)
+            return
+        commands = [*self._timed_commands(checked, fresh), *self._pair_commands(checked, fresh),
+                    *self._interval_commands(checked)]
         if commands:
             self._run(commands)
             # the notifications of this commit are there now: taken in at once, the
@@ -889,8 +893,38 @@ class Firewall:
             self._refreshed()
         log.debug("applied %d operations as %d nft commands", len(checked), len(commands))
 
+    def _write_timed(self, mirror: Mirror, ops: list[_Op]) -> None:
+        """FOLLOW's path for timed elements only (every count and jailing of
+        autoband): one netlink batch, taken into the mirror as written."""
+        writes = [nfnetlink.Write(added, op.name, _ip(op.span.version, op.span.lo).packed,
+                                  op.timeout, op.comment)
+                  for added, op in self._timed_plan(ops, fresh=False)]
+        try:
+            self._netlink.write(self.table, writes)
+        except OSError as exc:
+            if exc.errno == errno.ENFILE:
+                raise SetFullError(f"set full: {exc.strerror}") from exc
+            if not self.exists():
+                raise FirewallError(f"table inet {self.table} is missing") from exc
+            raise FirewallError(str(exc)) from exc
+        mirror.wrote(writes)
+        log.debug("applied %d operations as %d netlink elements", len(ops), len(writes))
+
     def _timed_commands(self, ops: list[_Op], fresh: bool = False) -> list[Json]:
         commands: list[Json] = []
+        for added, op in self._timed_plan(ops, fresh):
+            # net elements are keyed by the prefix's first address
+            key = str(_ip(op.span.version, op.span.lo))
+            elem = _timed_elem(op, key) if added else key
+            commands.append({"add" if added else "delete": {
+                "element": {**self._ref(op.name), "elem": [elem]}}})
+        return commands
+
+    def _timed_plan(self, ops: list[_Op], fresh: bool) -> list[tuple[bool, _Op]]:
+        """The timed elements' writes, in order, as (add?, op): only an element
+        that is there is deleted (deleting an absent one fails the batch; add and
+        delete of an absent one fails too once the set is full); delete then add
+        resets timeout and comment."""
         timed = self._with_covering_nets([o for o in ops if o.base in TIMED_SETS])
         present: dict[tuple[str, int], bool] = {}  # as this batch leaves it
         # What is there now, every read of the batch in one pipeline. An element that
@@ -911,23 +945,15 @@ class Firewall:
                 raise FirewallError(str(exc)) from exc
             present.update({(name, lo): got
                             for (name, lo, _), got in zip(wheres, there, strict=True)})
+        plan: list[tuple[bool, _Op]] = []
         for op in timed:
             where = (op.name, op.span.lo)
-            if where not in present:
-                present[where] = False
-            # net elements are keyed by the prefix's first address
-            key = str(_ip(op.span.version, op.span.lo))
-            bare = {**self._ref(op.name), "elem": [key]}
-            # Only an element that is there is deleted (deleting an absent one fails
-            # the batch; add+delete of an absent one fails too once the set is full).
-            # Delete then add resets timeout and comment.
-            if present[where]:
-                commands.append({"delete": {"element": bare}})
+            if present.get(where, False):
+                plan.append((False, op))
             if op.put:
-                commands.append({"add": {"element": {**self._ref(op.name),
-                                                     "elem": [_timed_elem(op, key)]}}})
+                plan.append((True, op))
             present[where] = op.put
-        return commands
+        return plan
 
     def _with_covering_nets(self, ops: list[_Op]) -> list[_Op]:
         """A Delete of one IPv6 address deletes its /prefix6 element too: what frees

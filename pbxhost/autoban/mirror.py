@@ -25,7 +25,7 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
-from pbxhost.autoban.nfnetlink import Change, Found, Monitor
+from pbxhost.autoban.nfnetlink import Change, Found, Monitor, Write
 
 MARGIN = 2.0          # seconds around a deadline where the kernel is asked instead
 SWEEP_INTERVAL = 60.0  # seconds between two sweeps of expired elements
@@ -96,6 +96,21 @@ class Mirror:
         self._loaded = not lost  # else read again at the next refresh
         if self._clock() - self._swept >= SWEEP_INTERVAL:
             self._sweep()
+
+    def wrote(self, writes: Iterable[Write]) -> None:
+        """Our own commit (the Monitor's OWN socket), taken in as written: its
+        notifications are skipped, so its deadlines count from now."""
+        if not self._loaded:
+            return  # the next refresh reads everything, this write included
+        now = self._clock()
+        for w in writes:
+            exact, key = self._exact[w.set], int.from_bytes(w.key, "big")
+            if w.added:
+                exact[key] = (None if w.timeout is None else now + w.timeout, w.timeout,
+                              w.comment)
+            else:
+                exact.pop(key, None)
+        self._monitor.wrote()
 
     def _reload(self) -> tuple[list[Change], bool]:
         """Every set read again; then what was notified meanwhile, to be taken

@@ -1,12 +1,13 @@
-"""Exact-key, read-only queries to nf_tables over netlink, and its change
-notifications (what `nft monitor` reads).
+"""nf_tables over netlink: exact-key queries, element writes to the timed sets,
+and the change notifications (what `nft monitor` reads).
 
 libnftables 1.0.6 (Debian 12) answers `get element` from a cache of every
 element of every set, rebuilt after each miss: ~40 ms per lookup with 5000
 jailed addresses. The kernel's GETSETELEM and GETTABLE answer one key in
-~0.1 ms. Nothing is ever written this way: every change goes through
-libnftables (see firewall.py). Constants from linux/netfilter/nf_tables.h
-and nfnetlink.h."""
+~0.1 ms. Element writes here are autoband's flood path only (a batch of
+NEWSETELEM/DELSETELEM, no JSON, no ruleset cache); everything else, the table
+and its rules first, goes through libnftables (see firewall.py). Constants
+from linux/netfilter/nf_tables.h and nfnetlink.h."""
 
 from __future__ import annotations
 
@@ -27,7 +28,9 @@ NFT_MSG_GETSETELEM = 13
 # the notifications a Monitor reads (the group every nf_tables commit is told to)
 _NFNLGRP_NFTABLES = 7
 _NFT_MSG_NEWTABLE, _NFT_MSG_DELTABLE, _NFT_MSG_NEWSET, _NFT_MSG_DELSET = 0, 2, 9, 11
-_NFT_MSG_NEWSETELEM, _NFT_MSG_DELSETELEM = 12, 14
+_NFT_MSG_NEWSETELEM, _NFT_MSG_DELSETELEM, _NFT_MSG_NEWGEN = 12, 14, 15
+_NFNL_MSG_BATCH_BEGIN, _NFNL_MSG_BATCH_END = 0x10, 0x11
+_NLM_F_CREATE = 0x400
 _NFTA_SET_TABLE, _NFTA_SET_NAME = 1, 2
 _SOL_NETLINK, _NETLINK_ADD_MEMBERSHIP = 270, 1
 _NLM_F_REQUEST, _NLM_F_ACK = 1, 4
@@ -58,6 +61,7 @@ def nla(kind: int, payload: bytes, nested: bool = False) -> bytes:
 
 
 _HEAD = struct.Struct("=HH")
+_NLMSG_HEAD = struct.Struct("=IHHII")  # length, type, flags, seq, sender's address
 
 
 def _attr_list(data: bytes) -> list[tuple[int, bytes]]:
@@ -273,6 +277,55 @@ class Netlink:
         return (_change(True, name, _attrs(elem)) for payload in replies
                 for _, elem in _attr_list(_attrs(payload).get(_NFTA_SET_ELEM_LIST_ELEMENTS, b"")))
 
+    @property
+    def portid(self) -> int:
+        """This socket's netlink address: the nlmsg_pid of what its writes notify."""
+        return int(self._sock.getsockname()[0])
+
+    def write(self, table: str, writes: list[Write]) -> None:
+        """WRITES in order as one nf_tables transaction (all or nothing); OSError
+        with the kernel's errno (ENFILE: a set is full; ENOENT: no such element,
+        set or table) when it refused them."""
+        messages: list[bytes] = []
+        seqs: list[int] = []
+        for (added, name), run in itertools.groupby(writes, lambda w: (w.added, w.set)):
+            seqs.append(next(self._seq))
+            elements = b"".join(nla(_NFTA_LIST_ELEM, _write_attrs(w), nested=True) for w in run)
+            attrs = (nla(_NFTA_SET_ELEM_LIST_TABLE, table.encode() + b"\0")
+                     + nla(_NFTA_SET_ELEM_LIST_SET, name.encode() + b"\0")
+                     + nla(_NFTA_SET_ELEM_LIST_ELEMENTS, elements, nested=True))
+            kind = _NFT_MSG_NEWSETELEM if added else _NFT_MSG_DELSETELEM
+            flags = _NLM_F_REQUEST | _NLM_F_ACK | (_NLM_F_CREATE if added else 0)
+            messages.append(self._message(kind, attrs, flags, seqs[-1]))
+        if not messages:
+            return
+        batch = [self._batch(_NFNL_MSG_BATCH_BEGIN), *messages, self._batch(_NFNL_MSG_BATCH_END)]
+        try:
+            with self._lock:
+                self._sock.send(b"".join(batch))
+                self._acks(set(seqs))
+        except OSError as exc:
+            raise OSError(exc.errno, f"nf_tables netlink: {exc.strerror or exc}") from exc
+
+    def _batch(self, kind: int) -> bytes:
+        # a batch delimiter: its nfgenmsg names the subsystem (res_id, big-endian)
+        body = struct.pack("=BB", 0, 0) + struct.pack(">H", _NFNL_SUBSYS_NFTABLES)
+        return struct.pack("=IHHII", 16 + len(body), kind, _NLM_F_REQUEST,
+                           next(self._seq), 0) + body
+
+    def _acks(self, waiting: set[int]) -> None:
+        """Read until every message of a batch is acknowledged; the first error
+        the kernel reports is raised once all of them are in."""
+        failed = 0
+        while waiting:
+            for kind, got, payload in _messages(self._sock.recv(65536)):
+                if kind != _NLMSG_ERROR or got not in waiting:
+                    continue
+                waiting.discard(got)
+                failed = failed or -struct.unpack_from("=i", payload)[0]
+        if failed:
+            raise OSError(failed, os.strerror(failed))
+
     def has_table(self, table: str) -> bool:
         """Whether table inet TABLE exists (one GETTABLE)."""
         return self.get(NFT_MSG_GETTABLE, nla(NFTA_TABLE_NAME, table.encode() + b"\0")) is not None
@@ -301,6 +354,27 @@ class Found:
 
 
 @dataclass(frozen=True, slots=True)
+class Write:
+    """An element to add to (ADDED) or delete from a set of exact keys."""
+    added: bool
+    set: str
+    key: bytes
+    timeout: int | None = None  # seconds
+    comment: str | None = None
+
+
+def _write_attrs(w: Write) -> bytes:
+    attrs = nla(_NFTA_SET_ELEM_KEY, nla(_NFTA_DATA_VALUE, w.key), nested=True)
+    if w.added and w.timeout is not None:
+        attrs += nla(_NFTA_SET_ELEM_TIMEOUT, struct.pack(">Q", w.timeout * 1000))
+    if w.added and w.comment is not None:
+        text = w.comment.encode() + b"\0"  # as nft writes it: type, length, NUL-ended text
+        attrs += nla(NFTA_SET_ELEM_USERDATA,
+                     bytes([_NFTNL_UDATA_SET_ELEM_COMMENT, len(text)]) + text)
+    return attrs
+
+
+@dataclass(frozen=True, slots=True)
 class Change:
     """One element added to or deleted from a set of the monitored table."""
     added: bool
@@ -321,10 +395,19 @@ class Monitor:
     """nf_tables' notifications of every committed change (anyone's: libnftables,
     `nft`, another autoban), for one table, read without blocking. The kernel
     sends them during the commit, so a change is readable here as soon as the
-    writer's call has returned."""
+    writer's call has returned.
 
-    def __init__(self, table: str) -> None:
+    OWN: the netlink address of a socket whose writes the reader has taken in
+    already (Netlink.write, then Mirror.wrote): their notifications are skipped
+    unparsed. Each such commit is counted (wrote()) until its end (NEWGEN) comes
+    by; a change of someone else's seen while one of ours is counted was
+    committed between our last read and our write, so the copy took ours before
+    theirs: it is reported lost (the copy is read again), never misordered."""
+
+    def __init__(self, table: str, own: int | None = None) -> None:
         self.table = table.encode()
+        self.own = own
+        self._ahead = 0  # our commits taken in, their notifications not read yet
         self._sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_NONBLOCK,
                                    _NETLINK_NETFILTER)
         self._sock.bind((0, 0))
@@ -338,31 +421,51 @@ class Monitor:
     def close(self) -> None:
         self._sock.close()
 
+    def wrote(self) -> None:
+        """One commit of OWN's was taken in by the reader."""
+        self._ahead += 1
+
     def read(self) -> tuple[list[Change], bool]:
-        """The changes notified since the last read, and whether some may be
-        missing (the socket overflowed, or the table or a set was created or
-        deleted): then what the caller copied must be read again whole."""
+        """The changes notified since the last read (but OWN's), and whether some
+        may be missing (the socket overflowed, the table or a set was created or
+        deleted, or a change came in out of order): then what the caller copied
+        must be read again whole, and nothing of ours is pending any more."""
         changes: list[Change] = []
         lost = False
         while True:
             try:
                 data = self._sock.recv(1 << 17)
             except BlockingIOError:
-                return changes, lost
+                break
             except OSError as exc:
                 if exc.errno != errno.ENOBUFS:
                     raise
                 lost = True  # notifications dropped: the copy is out of date
                 continue
-            for kind, _, payload in _messages(data):
-                if kind >> 8 != _NFNL_SUBSYS_NFTABLES or payload[:1] != bytes([_NFPROTO_INET]):
+            offset, unpack, inet = 0, _NLMSG_HEAD.unpack_from, bytes([_NFPROTO_INET])
+            while offset + 16 <= len(data):
+                length, kind, _, _, sender = unpack(data, offset)
+                if length < 16:
+                    break
+                payload, offset = data[offset + 16:offset + length], offset + ((length + 3) & ~3)
+                if kind >> 8 != _NFNL_SUBSYS_NFTABLES:
                     continue
-                lost |= self._parse(kind & 0xFF, _attrs(payload[4:]), changes)
+                if sender == self.own:
+                    if kind & 0xFF == _NFT_MSG_NEWGEN:
+                        self._ahead = max(0, self._ahead - 1)
+                    continue
+                if payload[:1] == inet:
+                    lost |= self._parse(kind & 0xFF, _attrs(payload[4:]), changes)
+        if lost:
+            self._ahead = 0
+        return changes, lost
 
     def _parse(self, msg: int, attrs: dict[int, bytes], changes: list[Change]) -> bool:
         if msg in (_NFT_MSG_NEWSETELEM, _NFT_MSG_DELSETELEM):
             if attrs.get(_NFTA_SET_ELEM_LIST_TABLE, b"").rstrip(b"\0") != self.table:
                 return False
+            if self._ahead:
+                return True  # theirs before ours in the kernel, after ours in the copy
             name = attrs.get(_NFTA_SET_ELEM_LIST_SET, b"").rstrip(b"\0").decode()
             for _, elem in _attr_list(attrs.get(_NFTA_SET_ELEM_LIST_ELEMENTS, b"")):
                 fields = _attrs(elem)

@@ -680,6 +680,27 @@ def test_a_following_firewall_answers_as_the_kernel_whoever_changes_the_sets(net
     assert daemon.lookup_many(["192.0.2.7"])[0]["jail"].comment == "sentence 60"
 
 
+def test_a_change_committed_just_before_our_write_is_not_taken_in_after_it(netns):
+    """Someone's commit lands between the follower's read and its write: the
+    copy took our write first, theirs would come after it; it reads again."""
+    daemon = in_netns(netns.name, lambda: Firewall(follow=True))
+    cli = netns.firewall()
+    daemon.ensure()
+    daemon.apply([Put("watch", "192.0.2.1", 600, "ours 1")])
+    write = daemon._netlink.write
+
+    def theirs_first(table, writes):
+        cli.apply([Put("watch", "192.0.2.1", 600, "theirs"), Put("jail", "192.0.2.2", 60)])
+        write(table, writes)
+    daemon._netlink.write = theirs_first  # type: ignore[method-assign]
+    daemon.apply([Put("watch", "192.0.2.1", 600, "ours 2")])  # replaces theirs in the kernel
+    daemon._netlink.write = write  # type: ignore[method-assign]
+    addrs = ["192.0.2.1", "192.0.2.2"]
+    _same(daemon.lookup_many(addrs), cli.lookup_many(addrs))
+    assert daemon.lookup_many(addrs)[0]["watch"].comment == "ours 2"
+    assert "jail" in daemon.lookup_many(addrs)[1]
+
+
 def test_a_following_firewall_rereads_the_sets_after_its_notifications_overflow(netns):
     daemon = in_netns(netns.name, lambda: Firewall(follow=True))
     cli = netns.firewall()
