@@ -15,7 +15,7 @@ import asyncio
 import ipaddress
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -42,7 +42,7 @@ from pbxhost.autoban.trunks import Trunks
 log = logging.getLogger("pbxhost.autoban")
 GUARD_INTERVAL = 1.0
 SAVE_DELAY = 0.5
-SAVE_SHARE = 10  # a save waits at least 10 times what the last one took
+SAVE_SHARE = 20  # a save waits at least 20 times what the last one took
 RESTORE_BATCH = 250
 FULL_WARNING_INTERVAL = 60.0  # seconds between two "set full" warnings
 WHITELIST_CACHE = 5.0  # seconds a copy of the IPv6 whitelist serves the watch decisions
@@ -56,6 +56,11 @@ def human(seconds: int) -> str:
             out += f"{seconds // size}{unit}"
             seconds %= size
     return out
+
+
+def ranges(nets: Iterable[config.Network]) -> list[tuple[int, int]]:
+    """Networks as (first, last) integers: tests without ipaddress's objects."""
+    return [(int(n.network_address), int(n.broadcast_address)) for n in nets]
 
 
 def standing_of(found: dict[str, Element]) -> policy.Standing:
@@ -121,7 +126,7 @@ class Autoban:
         self.gateway = gateway.GatewayWatch(gateway.read_gateways())
         self.overflow = Overflow()
         self._full_warned: dict[str, float] = {}
-        self._whitelist6: tuple[float, list[config.Network]] = (-WHITELIST_CACHE, [])
+        self._whitelist6: tuple[float, list[tuple[int, int]]] = (-WHITELIST_CACHE, [])
         # the batching window (docs/autoban.md, "Throughput")
         self._queue: list[tuple[Remote, str, str]] = []
         self._drain_scheduled = False
@@ -273,8 +278,7 @@ class Autoban:
         self._exempt = nets
         # as integer ranges per family: one test per network and event, without
         # ipaddress's comparisons (a flood's hot path)
-        self._exempt_ranges = {v: [(int(n.network_address), int(n.broadcast_address))
-                                   for n in nets if n.version == v] for v in (4, 6)}
+        self._exempt_ranges = {v: ranges(n for n in nets if n.version == v) for v in (4, 6)}
 
     def _is_exempt(self, addr: Address) -> bool:
         value = int(addr)
@@ -496,22 +500,23 @@ class Autoban:
         prefix, addr = self.cfg.prefix6, remote.addr
         if addr.version == 4 or prefix == 128:
             return remote.text
-        net = ipaddress.ip_network(f"{addr}/{prefix}", strict=False)
-        protected = [*self.exempt, *self._whitelisted6(fresh=jailing)]
+        first = int(addr) >> (128 - prefix) << (128 - prefix)
+        last = first | ((1 << (128 - prefix)) - 1)
+        protected = [*self._exempt_ranges[6], *self._whitelisted6(fresh=jailing)]
         if jailing and self.cfg.trusttime:
-            protected += self._networks(["trust"])
-        if any(net.overlaps(other) for other in protected if other.version == 6):
+            protected += ranges(n for n in self._networks(["trust"]) if n.version == 6)
+        if any(lo <= last and hi >= first for lo, hi in protected):
             return remote.text
-        return str(net)
+        return f"{ipaddress.IPv6Address(first)}/{prefix}"
 
-    def _whitelisted6(self, fresh: bool) -> list[config.Network]:
-        """The kernel's whitelist6 (CLI entries included): read at each jailing,
-        else a copy at most WHITELIST_CACHE seconds old (a read costs ~1 ms)."""
-        taken, nets = self._whitelist6
+    def _whitelisted6(self, fresh: bool) -> list[tuple[int, int]]:
+        """The kernel's whitelist6 (CLI entries included) as integer ranges: read
+        at each jailing, else a copy at most WHITELIST_CACHE seconds old."""
+        taken, found = self._whitelist6
         if fresh or time.monotonic() - taken >= WHITELIST_CACHE:
-            nets = [n for n in self._networks(["whitelist"]) if n.version == 6]
-            self._whitelist6 = (time.monotonic(), nets)
-        return nets
+            found = ranges(n for n in self._networks(["whitelist"]) if n.version == 6)
+            self._whitelist6 = (time.monotonic(), found)
+        return found
 
     def _networks(self, sets: list[str]) -> list[config.Network]:
         nets: list[config.Network] = []

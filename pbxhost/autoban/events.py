@@ -5,7 +5,7 @@ from __future__ import annotations
 import functools
 import ipaddress
 import socket
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 # Each of these is a request that failed authentication or authorisation:
 #   InvalidAccountID          unknown user (scanners probe extensions)
@@ -32,11 +32,13 @@ class Remote:
     addr: Address
     transport: str   # "UDP", "TCP", "TLS", "WS", "WSS"; "" when the event has none
     port: int | None
+    # the address as the event wrote it, when that is str(addr)
+    given: str = field(default="", compare=False, repr=False)
 
     @functools.cached_property
     def text(self) -> str:
         """str(addr), made once: a flood's events need it several times each."""
-        return str(self.addr)
+        return self.given or str(self.addr)
 
     @property
     def proven(self) -> bool:
@@ -50,7 +52,7 @@ class Remote:
 
 def parse_remote(value: str) -> Remote:
     """RemoteAddress → address, transport and port (see parse_remote_address)."""
-    addr = parse_remote_address(value)
+    addr, given = _parse_remote_address(value)
     parts = value.strip().split("/")
     transport = parts[1].upper() if len(parts) == 4 else ""
     try:
@@ -59,7 +61,7 @@ def parse_remote(value: str) -> Remote:
             port = None
     except ValueError:
         port = None
-    return Remote(addr, transport, port)
+    return Remote(addr, transport, port, given)
 
 
 def parse_remote_address(value: str) -> Address:
@@ -67,6 +69,12 @@ def parse_remote_address(value: str) -> Address:
     or with `[2001:db8::9]` → the address; IPv4-mapped IPv6 → IPv4 (what the
     kernel sees). ValueError on anything else: a zone id (`fe80::1%eth0`, which no
     kernel set can match), a doubled header (panoramisk gives a list), garbage."""
+    return _parse_remote_address(value)[0]
+
+
+def _parse_remote_address(value: str) -> tuple[Address, str]:
+    """parse_remote_address, and its text when that is already str(address) (an
+    IPv4 address inet_pton took is: glibc takes dotted quads without zeros)."""
     if not isinstance(value, str):
         raise ValueError(f"not one AMI address: {value!r}")
     parts = value.strip().split("/")
@@ -77,18 +85,13 @@ def parse_remote_address(value: str) -> Address:
         text = text[1:-1]
     if "%" in text:
         raise ValueError(f"an address with a zone id: {value!r}")
-    addr = _ip_address(text)
+    try:  # 5x faster than ipaddress: one per event of a flood
+        addr: Address = ipaddress.IPv4Address(
+            int.from_bytes(socket.inet_pton(socket.AF_INET, text), "big"))
+    except OSError:
+        addr, text = ipaddress.ip_address(text), ""
     if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped:
-        return addr.ipv4_mapped
+        return addr.ipv4_mapped, ""
     if (addr.version == 4) != (parts[0] == "IPV4"):
         raise ValueError(f"address family does not match: {value!r}")
-    return addr
-
-
-def _ip_address(text: str) -> Address:
-    """ipaddress.ip_address, through inet_pton for an IPv4 address (5x faster:
-    one per event of a flood); glibc refuses what ipaddress refuses."""
-    try:
-        return ipaddress.IPv4Address(int.from_bytes(socket.inet_pton(socket.AF_INET, text), "big"))
-    except OSError:
-        return ipaddress.ip_address(text)
+    return addr, text
