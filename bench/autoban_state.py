@@ -8,7 +8,10 @@ in a fresh Python process as the daemon would do it:
 - save: `state.save` of `Firewall.elements()` (what autoband does at most
   twice a second after a change);
 - restore: the table deleted (a reboot), then `Autoban.ensure_table` refills
-  it from the file in batches, as at boot.
+  it from the file in batches, as at boot, and autoband's copy of the sets
+  (`Firewall(follow=True)`) is loaded by a first lookup: the daemon's peak;
+- mirror: that copy alone, loaded from the full table: what autoband holds
+  in memory for it while it runs.
 
 Each process reports its wall time and its peak RSS (VmHWM). The peer in the
 same run is nftables' own dump, `nft -j list table inet autoban > file`, timed
@@ -36,13 +39,16 @@ from pbxhost.autoban.daemon import Autoban
 from pbxhost.autoban.firewall import Firewall
 what, path = sys.argv[1], Path(sys.argv[2])
 logging.disable(logging.CRITICAL)
-fw = Firewall()
+fw = Firewall(follow=what != "save")
 start = time.perf_counter()
 if what == "save":
     state.save(path, fw.iter_elements(), config={"whitelist": [], "blacklist": []})
+elif what == "mirror":
+    fw.lookup_many(["192.0.2.1"])
 else:
     cfg = config.AutobanConfig(path=Path("x"), enabled=True, statefile=path)
     Autoban(cfg, fw, exempt=[]).ensure_table()
+    fw.lookup_many(["192.0.2.1"])
 took = time.perf_counter() - start
 hwm = next(int(l.split()[1]) for l in open("/proc/self/status") if l.startswith("VmHWM"))
 print(json.dumps({"seconds": took, "hwm_mb": hwm / 1024,
@@ -102,12 +108,13 @@ def main() -> int:
             saved = measure("save")
             host.run("nft", "delete", "table", "inet", "autoban")
             restored = measure("restore")
-            rows.append((saved, restored, peer, len(dump)))
+            rows.append((saved, restored, peer, len(dump), measure("mirror")))
         size = path.stat().st_size
     print(f"autoban state file, {args.elements} elements ({rows[0][1]['elements']} restored), "
           f"{args.runs} runs, file {size / 1e6:.1f} MB")
     print(f"{'what':<34}{'seconds (median)':>18}{'peak RSS MB (max)':>20}")
-    for label, key in (("state.save (autoband)", 0), ("restore after reboot (autoband)", 1)):
+    for label, key in (("state.save (autoband)", 0), ("restore + mirror (autoband boot)", 1),
+                       ("mirror loaded (autoband)", 4)):
         secs = sorted(r[key]["seconds"] for r in rows)
         hwm = max(r[key]["hwm_mb"] for r in rows)
         print(f"{label:<34}{secs[len(secs) // 2]:>18.3f}{hwm:>20.1f}")

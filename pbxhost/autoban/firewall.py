@@ -881,8 +881,8 @@ class Firewall:
                                  f"/{self.prefix6} (prefix6)")
         if not checked:
             return
-        if self._mirror is not None and not fresh and all(o.base in TIMED_SETS for o in checked):
-            self._write_timed(self._mirror, checked)
+        if self._mirror is not None and all(o.base in TIMED_SETS for o in checked):
+            self._write_timed(self._mirror, checked, fresh)
             return
         commands = [*self._timed_commands(checked, fresh), *self._pair_commands(checked, fresh),
                     *self._interval_commands(checked)]
@@ -893,12 +893,14 @@ class Firewall:
             self._refreshed()
         log.debug("applied %d operations as %d nft commands", len(checked), len(commands))
 
-    def _write_timed(self, mirror: Mirror, ops: list[_Op]) -> None:
+    def _write_timed(self, mirror: Mirror, ops: list[_Op], fresh: bool) -> None:
         """FOLLOW's path for timed elements only (every count and jailing of
-        autoband): one netlink batch, taken into the mirror as written."""
+        autoband, a restore's batches): one netlink batch, taken into the mirror
+        as written. A fraction of libnftables' memory and time: 100k elements
+        restored at boot through it stay within autoband's 60 MB."""
         writes = [nfnetlink.Write(added, op.name, _ip(op.span.version, op.span.lo).packed,
                                   op.timeout, op.comment)
-                  for added, op in self._timed_plan(ops, fresh=False)]
+                  for added, op in self._timed_plan(ops, fresh)]
         try:
             self._netlink.write(self.table, writes)
         except OSError as exc:

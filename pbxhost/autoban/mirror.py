@@ -21,6 +21,7 @@ so a lookup finds the interval covering an address."""
 from __future__ import annotations
 
 import bisect
+import sys
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -134,7 +135,9 @@ class Mirror:
             exact.pop(found.key, None)
             return
         deadline = None if found.expires is None else self._clock() + found.expires
-        exact[found.key] = (deadline, found.timeout, found.comment)
+        # jails and paroles share a few sentences: one string each, not 100k copies
+        comment = None if found.comment is None else sys.intern(found.comment)
+        exact[found.key] = (deadline, found.timeout, comment)
 
     def _sweep(self) -> None:
         """Forget what expired (more than MARGIN ago): a flood's one-off watch

@@ -657,7 +657,9 @@ def test_a_following_firewall_answers_as_the_kernel_whoever_changes_the_sets(net
     def check() -> None:
         _same(daemon.lookup_many(addrs), cli.lookup_many(addrs))
 
-    check()  # empty, first load
+    daemon.apply([Put("jail", "192.0.2.33", 600, "restored"),  # a restore, before any lookup
+                  Put("parole", "2001:db8::7", 900, "sentence 600")], fresh=True)
+    check()  # first load
     daemon.apply([Put("watch", f"192.0.2.{i}", 600, f"t{i}") for i in range(1, 10)])
     cli.apply([Put("jail", "192.0.2.3", 60, "sentence 60"), Delete("watch", "192.0.2.4"),
                Put("whitelist", "10.0.0.0/8"), Put("trust", "2001:db8::3", 100)])
@@ -676,8 +678,10 @@ def test_a_following_firewall_answers_as_the_kernel_whoever_changes_the_sets(net
         daemon.lookup_many(addrs)
     daemon.ensure()
     daemon.apply([Put("jail", "192.0.2.7", 60, "sentence 60")])
+    daemon.apply([Put("jail", "192.0.2.8", 60, "restored")], fresh=True)  # a restore, following
     check()
     assert daemon.lookup_many(["192.0.2.7"])[0]["jail"].comment == "sentence 60"
+    assert daemon.lookup_many(["192.0.2.8"])[0]["jail"].comment == "restored"
 
 
 def test_a_change_committed_just_before_our_write_is_not_taken_in_after_it(netns):
