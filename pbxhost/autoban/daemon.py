@@ -2,12 +2,12 @@
 
 The events of one AMI read are decided as one batch before Asterisk's socket
 is read again, so a flood is throttled by TCP instead of piling up in memory:
-the kernel is read once per address per window (pipelined netlink reads), a
-jailing is written at the end of its batch, and watch counts are written within
-policy.FLUSH_INTERVAL (docs/autoban.md, "Throughput"). The kernel's sets are
-the only state (read through a copy kept by their change notifications,
-mirror.py); the state file is a copy for reboots, written half a second after
-a change, or later under a flood with large sets (see changed)."""
+standings are read from a copy of the sets kept by the kernel's change
+notifications (mirror.py), a jailing is written at the end of its batch, and
+watch counts are written within policy.FLUSH_INTERVAL (docs/autoban.md,
+"Throughput"). The kernel's sets are the only state; the state file is a copy
+for reboots, written half a second after a change, or later under a flood with
+large sets (see changed)."""
 
 from __future__ import annotations
 

@@ -697,7 +697,7 @@ class Firewall:
         bases = [b for b in bases if b not in PAIR_SETS]
         if (mirror := self._refreshed()) is not None:
             return [self._from_mirror(mirror, _span(addr), bases) for addr in addrs]
-        queries: list[tuple[str, int, int]] = []  # (set, version, key)
+        queries: list[tuple[str, bytes]] = []
         plans: list[list[tuple[str, int, int, int]]] = []  # (base, version, value, query index)
         for addr in addrs:
             span = _span(addr)
@@ -706,15 +706,14 @@ class Firewall:
             plan = []
             for base in bases:
                 plan.append((base, span.version, span.lo, len(queries)))
-                queries.append((f"{base}{span.version}", span.version, span.lo))
+                queries.append((f"{base}{span.version}", _ip(span.version, span.lo).packed))
                 if span.version == 6 and base in NET_BASES:
                     first = span.lo & self._mask6
                     plan.append((base, 0, first, len(queries)))
-                    queries.append((f"{base}net6", 6, first))
+                    queries.append((f"{base}net6", _ip(6, first).packed))
             plans.append(plan)
         try:
-            answers = self._netlink.elements(self.table, [
-                (name, _ip(version, key).packed) for name, version, key in queries])
+            answers = self._netlink.elements(self.table, queries)
         except OSError as exc:
             raise FirewallError(str(exc)) from exc
         out = []
