@@ -23,6 +23,13 @@ record is either complete under its name or absent. Removing a handled
 record is not synced at once (a removal lost in a crash means a second
 delivery, never a lost one); the delivery worker syncs once per round.
 
+Every method that fsyncs (add, save, park, fail, done with sync,
+sync_removals, retry_deferred) blocks its caller on the disk: the daemon
+calls them in threads (asyncio.to_thread), never on its event loop. They
+may run in several threads at once; what they share (the journal's
+bookkeeping, the fault memory below) is guarded or changed one dictionary
+operation at a time.
+
 The webhook's SMS take a faster way in the daemon: the journal, one append
 per batch. An SMS there that has to wait for a phone is moved into in/
 (park), so the journal only holds what is going out now; in/ and the
@@ -238,21 +245,22 @@ class Spool:
 
     def retry_deferred(self) -> None:
         """Write what a storage fault held back; a fault clears once nothing of
-        its area is left (the daemon's housekeeping calls this)."""
+        its area is left (the daemon's housekeeping calls this, in a thread)."""
         for key, (op, area) in list(self.deferred.items()):
             try:
                 op()
             except (OSError, SpoolError) as exc:
                 self._fault(area, exc)
                 continue
-            del self.deferred[key]
+            self.deferred.pop(key, None)
         for area in list(self.faults):
-            if not any(a == area for _, a in self.deferred.values()):
+            if not any(a == area for _, a in list(self.deferred.values())):
                 try:  # nothing held back: the directory only has to sync again
                     fsync_dir(self.root / area.rstrip("/"))
                 except OSError:
                     continue
-                del self.faults[area]
+                if self.faults.pop(area, None) is None:
+                    continue  # cleared meanwhile (the journal's, by an append)
                 log.log(service.NOTICE, "spool %s written again: fault cleared",
                         self.root / area)
 

@@ -15,7 +15,7 @@ import pytest
 from pbxhost.ami import AmiError
 from pbxhost.websms.aio import nap
 from pbxhost.websms.config import Queue
-from pbxhost.websms.deliver import Delivery, hint_candidates, hint_endpoints
+from pbxhost.websms.deliver import RETRY_REFUSED, Delivery, hint_candidates, hint_endpoints
 from pbxhost.websms.model import INBOUND, Sms, new_id
 from pbxhost.websms.spool import Spool
 
@@ -426,3 +426,82 @@ def test_a_seen_dir_that_cannot_be_written_repeats_no_delivery(bed):
     repair_dir(spool, "seen")
     spool.retry_deferred()
     assert (spool.root / "seen" / sms.id).exists() and spool.faults == {}
+
+
+def test_delivery_never_waits_for_a_disk_on_the_event_loop(tmp_path, monkeypatch):
+    """Every durable write of a delivery round (an SMS parked from the journal
+    into in/, set aside, progress saved, moved to failed/ on expiry, the round's
+    removals synced, a drained journal segment dropped) runs in a thread: the
+    loop that serves the webhook, FastAGI and the watchdog never runs an fsync,
+    fdatasync or syncfs, nor waits for the spool's committer."""
+    import os
+    import threading
+
+    from pbxhost.websms import journal as journal_mod
+    from pbxhost.websms import spool as spool_mod
+    monkeypatch.setattr(journal_mod, "SEGMENT_BYTES", 600)  # segments rotate and drain
+    spool = Spool(tmp_path / "spool")
+    spool.prepare()
+    spool.open_journal()
+    ami, clock = FakeAmi(), Clock()
+    ami.register("jane", "sip:a@192.0.2.30:5060")
+    ami.register("jane", "sip:b@192.0.2.31:5060")
+    delivery = Delivery(Queue(part_bytes=100, expire=60), spool, ami, clock)
+    connect(delivery)
+    loop_thread: list[int] = []
+    on_loop: list[str] = []
+
+    def watch(name, real):
+        def call(*args, **kw):
+            if threading.get_ident() in loop_thread:
+                on_loop.append(name)
+            return real(*args, **kw)
+        return call
+    monkeypatch.setattr(os, "fsync", watch("fsync", os.fsync))
+    monkeypatch.setattr(os, "fdatasync", watch("fdatasync", os.fdatasync))
+    monkeypatch.setattr(spool_mod, "syncfs", watch("syncfs", spool_mod.syncfs))
+    monkeypatch.setattr(spool.committer, "commit", watch("commit", spool.committer.commit))
+    real_action = ami.action
+    refused_b = {"n": 0}
+
+    async def b_refuses_once(fields, timeout=10):  # progress: a saved, b still to go
+        if fields["Action"] == "MessageSend" and "192.0.2.31" in fields["Destination"]:
+            refused_b["n"] += 1
+            if refused_b["n"] == 1:
+                return {"Response": "Error", "Message": "transport down"}
+        return await real_action(fields, timeout)
+    ami.action = b_refuses_once
+
+    def inbound(to: str, body: str) -> Sms:
+        return Sms(kind=INBOUND, id=new_id(), to=to, sender="+15017122661", body=body,
+                   created=1000.0, expires=1060.0)
+
+    async def go() -> tuple[Sms, Sms]:
+        loop_thread.append(threading.get_ident())
+        progress, unknown, offline = (inbound("+12025550160", "progress"),
+                                      inbound("+19995550000", "nobody"), inbound("bob", "off"))
+        for sms in (progress, unknown, offline):
+            assert await spool.accept(sms)  # into the journal (its writer thread)
+            delivery.add(sms)
+        await delivery.step()   # progress saved; nobody set aside; bob's waits: parked
+        clock.now += RETRY_REFUSED + 1
+        await delivery.step()   # progress finished: removal synced
+        for n in range(4):      # more segments, drained by deliveries
+            sms = inbound("+12025550160", f"more {n}" + "x" * 300)
+            assert await spool.accept(sms)
+            delivery.add(sms)
+            await delivery.step()
+        clock.now = 1061.0
+        await delivery.step()   # the two waiting ones expire: moved to failed/
+        loop_thread.clear()
+        return unknown, offline
+    unknown, offline = run(go())
+    assert on_loop == []
+    bodies = [body for _, _, body in ami.sent]
+    assert bodies.count("progress") == 2 and "nobody" not in bodies  # a, then b: once each
+    assert sorted(f.id for f in spool.failed()) == sorted([unknown.id, offline.id])
+    assert spool.pending(INBOUND) == [] and spool.journaled() == []
+    assert delivery.tally.delivered == 5 and delivery.tally.expired == 2
+    assert len(journal_mod.segments(spool.root / "journal")) == 1  # drained ones dropped
+    spool.journal.close()
+
