@@ -58,6 +58,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def run_seed(dest: Path) -> int:
+    service.setup_logging("pbxhost-seed")  # the migrations' NOTICE and WARNING lines
     try:
         result = seed.seed(dest, env=os.environ)
     except settings.SettingError as exc:
