@@ -275,13 +275,24 @@ class Journal:
             self.released.setdefault(seq, []).append(sms_id)
         return True
 
-    def flush(self) -> None:
-        """Write the marks of released records; remove segments nothing is left in.
-        It writes and fsyncs: call it in a thread, not on the event loop."""
-        with self.io:  # the plan and its files in one order, flush after flush
+    def drained(self) -> bool:
+        """A segment is left that flush() would remove (with a directory fsync)."""
+        with self.lock:
+            return any(n == 0 and s != self.seq for s, n in self.live.items())
+
+    def flush(self, drop: bool = True) -> None:
+        """Write the marks of released records; remove segments nothing is left in
+        (DROP False: left for a later flush). Removing one fsyncs the directory:
+        call it in a thread then, not on the event loop. Marks are never synced."""
+        if not drop and not self.io.acquire(blocking=False):
+            return  # a flush in a thread has the files: the marks go with the next one
+        if drop:
+            self.io.acquire()
+        try:  # the plan and its files in one order, flush after flush
             with self.lock:
                 released, self.released = self.released, {}
-                drained = [s for s, n in self.live.items() if n == 0 and s != self.seq]
+                drained = [s for s, n in self.live.items()
+                           if drop and n == 0 and s != self.seq]
                 for seq in drained:
                     del self.live[seq]
             for seq, ids in released.items():
@@ -289,6 +300,8 @@ class Journal:
                     self._mark(seq, ids)
             for seq in drained:
                 self._drop(seq)
+        finally:
+            self.io.release()
 
     def _mark(self, seq: int, ids: list[str]) -> None:
         try:

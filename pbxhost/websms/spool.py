@@ -171,6 +171,11 @@ class Spool:
         self.hidden: set[str] = set()                  # handled; its file not moved yet
         self.unmarked: set[str] = set()                # taken; its seen/ marker not written
         self.deferred: dict[tuple[str, str], tuple[Callable[[], None], str]] = {}
+        # directories whose removals (or new seen/ markers) sync_removals() has not
+        # synced yet: it fsyncs those only (an SMS that only left the journal, the
+        # webhook's usual one, costs no directory fsync)
+        self._unsynced: set[str] = set()
+        self._unsynced_lock = threading.Lock()
 
     def prepare(self, clean: bool = True) -> None:
         """Create the directories; drop what a crash left in tmp/ (only the daemon
@@ -319,10 +324,15 @@ class Spool:
         self._write(self._path(sms.kind, sms.id), sms)
         self._release(sms)
 
+    def _changed(self, *names: str) -> None:
+        with self._unsynced_lock:
+            self._unsynced.update(names)
+
     def _mark(self, sms_id: str) -> None:
         marker = self.root / "seen" / sms_id
         with contextlib.suppress(FileExistsError):
             os.close(os.open(marker, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o660))
+            self._changed("seen")
         self.unmarked.discard(sms_id)
 
     def _remember(self, sms: Sms) -> None:
@@ -342,11 +352,14 @@ class Spool:
         if self._release(sms, flush=flush):  # no file in in/: an archive copy is written anew
             if self.archive:
                 os.replace(self._write_tmp(sms), self._path("archive", sms.id))
+                self._changed("archive")
         elif self.archive:
             os.replace(pending, self._path("archive", sms.id))
+            self._changed("archive", sms.kind)
         else:
             with contextlib.suppress(FileNotFoundError):
                 pending.unlink()
+                self._changed(sms.kind)
         self.hidden.discard(sms.id)
 
     def done(self, sms: Sms, sync: bool = True) -> None:
@@ -363,13 +376,34 @@ class Spool:
         if sync:
             self.sync_removals(sms.kind)
 
-    def sync_removals(self, kind: str) -> None:
+    def removals_need_disk(self, kind: str) -> bool:
+        """sync_removals(KIND) would fsync: a directory changed, or a journal
+        segment is left to remove. False: it only writes the journal's marks
+        (to the page cache), which the event loop may do itself."""
+        with self._unsynced_lock:
+            if any(n in self._unsynced for n in ("seen", "archive", kind)):
+                return True
+        return self.journal is not None and self.journal.drained()
+
+    def sync_removals(self, kind: str, fsync: bool = True) -> None:
+        """Make the removals since the last call durable (the directories they
+        changed, the journal's marks). FSYNC False: the marks only, nothing
+        fsynced (what removals_need_disk() found nothing else for)."""
+        if not fsync:
+            if self.journal is not None:
+                self.journal.flush(drop=False)
+            return
+        with self._unsynced_lock:
+            names = [n for n in ("seen", "archive", kind) if n in self._unsynced]
+            self._unsynced.difference_update(names)
         try:
-            for name in ("seen", "archive", kind):
-                fsync_dir(self.root / name)
+            while names:
+                fsync_dir(self.root / names[0])
+                names.pop(0)
             if self.journal is not None:
                 self.journal.flush()
         except OSError as exc:  # the removals happened; only their durability waits
+            self._changed(*names)  # synced again next time
             self._fault(f"{kind}/", exc)
 
     def _to_failed(self, sms: Sms) -> None:
