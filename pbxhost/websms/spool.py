@@ -8,6 +8,7 @@ directory (default /srv/var/spool/websms).
     seen/     provider message ids already taken (empty files), for duplicates
     tmp/      files being written
     journal/  SMS from the webhook, appended in batches (pbxhost.websms.journal)
+    rate/     the plain AGI fallback's per-user rate (pbxhost.websms.ratestore)
 
 Modes are 0660/0770, narrowed by the umask (the unit's UMask=0007): the
 group (websms, which Asterisk's user joins) may queue too, for the plain AGI

@@ -11,7 +11,7 @@ import stat
 from pathlib import Path
 
 from pbxhost import service
-from pbxhost.host import migrate, seed
+from pbxhost.host import cli, migrate, seed
 
 SUITE = Path(__file__).parents[2] / "etc/asterisk"
 M = migrate.SENDER_AFTER_LAST_LT
@@ -110,3 +110,21 @@ def test_a_read_only_file_is_reported_not_half_written(tmp_path, caplog, monkeyp
     assert path.read_text() == seed_era()
     assert len(warnings) == 1 and "not migrated (Permission denied)" in warnings[0]
     assert [lvl for lvl, _ in records(caplog)] == [logging.WARNING]
+
+
+def test_pbxhost_seed_logs_the_migration_even_with_a_bad_syslog_level(tmp_path, capsys,
+                                                                       monkeypatch):
+    monkeypatch.delenv("FORCE_CONFIG", raising=False)
+    monkeypatch.delenv("HOSTNAME", raising=False)
+    monkeypatch.delenv("JOURNAL_STREAM", raising=False)
+    monkeypatch.delenv("PBXHOST_LOG", raising=False)
+    path = seeded(tmp_path, seed_era())
+    monkeypatch.setenv("SYSLOG_LEVEL", "loud")  # the daemons refuse it; seeding goes on
+    try:
+        assert cli.main(["seed", "--dest", str(tmp_path)]) == 0
+    finally:
+        logging.getLogger().handlers.clear()  # setup_logging's, bound to this test's stderr
+    assert path.read_text() == shipped()
+    captured = capsys.readouterr()
+    assert "already seeded" in captured.out
+    assert f"NOTICE pbxhost.seed: {path} migrated: [sub_sender]" in captured.err
