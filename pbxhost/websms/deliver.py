@@ -157,7 +157,7 @@ class Delivery:
             # a dialplan reload may add the user: tried again when the number may be
             # looked up again, not before (one lookup serves every SMS to it)
             self.retry_at[sms.id] = self.directory.unknown_until(sms.to)
-            await asyncio.to_thread(self.spool.park, sms)
+            await self._park(sms)
             return None
         contacts = [c for c in await self.directory.reachable(target)
                     if c.uri not in sms.delivered]
@@ -165,7 +165,7 @@ class Delivery:
             for aor in target.aors:
                 self.waiting.setdefault(aor, set()).add(sms.id)
             log.info("SMS %s to %s waits: no reachable phone", sms.id, sms.to)
-            await asyncio.to_thread(self.spool.park, sms)
+            await self._park(sms)
             return None
         return contacts
 
@@ -196,17 +196,25 @@ class Delivery:
                 self._finish(sms, parts)
                 continue
             self.retry_at[sms.id] = self.clock() + RETRY_REFUSED
-            # progress survives a restart: sent once per contact
-            await asyncio.to_thread(self.spool.save if served else self.spool.park, sms)
+            if served:  # progress survives a restart: sent once per contact
+                await asyncio.to_thread(self.spool.save, sms)
+            else:
+                await self._park(sms)
         if trouble is not None:
             raise trouble
+
+    async def _park(self, sms: Sms) -> None:
+        """spool.park in a thread, when there is something to move: an SMS already
+        in in/ (most of those tried again) costs no hand-off."""
+        if self.spool.journaled_now(sms.id):
+            await asyncio.to_thread(self.spool.park, sms)
 
     def set_aside(self) -> int:
         """SMS held because no user has their number (the status line)."""
         return sum(1 for sms in self.pending.values() if sms.error.startswith(SET_ASIDE))
 
     def _finish(self, sms: Sms, parts: list[str]) -> None:
-        # no fsync here: the removal is synced once per round, in step()'s thread
+        # no fsync here: the removal is synced once per round, in step()
         self.spool.done(sms, sync=False)
         self.finished += 1
         self.pending.pop(sms.id, None)

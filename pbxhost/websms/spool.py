@@ -293,11 +293,15 @@ class Spool:
             log.log(service.NOTICE, "spool %s written again: fault cleared", self.root / "journal")
         return taken
 
+    def journaled_now(self, sms_id: str) -> bool:
+        """The journal holds SMS_ID (park() would move it into in/)."""
+        return self.journal is not None and self.journal.holds(sms_id)
+
     def park(self, sms: Sms) -> None:
         """SMS waits (no phone now): from the journal into in/, so that the
         journal keeps only what goes out at once. Kept in the journal, where it
         is durable too, when in/ cannot take it now."""
-        if self.journal is None or not self.journal.holds(sms.id):
+        if not self.journaled_now(sms.id):
             return
         try:
             self.save(sms)
