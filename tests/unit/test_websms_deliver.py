@@ -505,3 +505,61 @@ def test_delivery_never_waits_for_a_disk_on_the_event_loop(tmp_path, monkeypatch
     assert len(journal_mod.segments(spool.root / "journal")) == 1  # drained ones dropped
     spool.journal.close()
 
+
+
+def test_the_daemons_housekeeping_never_waits_for_a_disk_on_the_event_loop(tmp_path,
+                                                                           monkeypatch):
+    """websmsd's housekeeping writes what a storage fault held back (here: a
+    move to failed/) and joins multi-part SMS whose time is up; the journal is
+    opened and closed: all of it in threads, the loop's thread runs no fsync."""
+    import os
+    import threading
+    import time
+
+    from pbxhost import service
+    from pbxhost.websms import config, providers
+    from pbxhost.websms.daemon import Websmsd
+    path = tmp_path / "websms.conf"
+    path.write_text(f"[astqueue]\nspooldir = {tmp_path / 'spool'}\n")
+    d = Websmsd(config.load(path, env={}), service.Notifier())
+    d.spool.prepare()
+    d.parts.prepare()
+    old = time.time() - 7200  # older than concat_timeout: joined as it is
+    d.parts.add("", providers.Inbound("+12025550160", "+15017122661", "first half", "m1",
+                                      providers.Part("r1", 2, 1)), old)
+    doomed = Sms(kind=INBOUND, id=new_id(), to="+1999", sender="+1555", body="x",
+                 created=1000.0, expires=1060.0)
+    d.spool.add(doomed)
+    break_dir(d.spool, "failed")
+    assert d.spool.fail(doomed, "expired") is False  # held back: the fault
+    repair_dir(d.spool, "failed")
+    loop_thread: list[int] = []
+    on_loop: list[str] = []
+
+    def watch(name, real):
+        def call(*args, **kw):
+            if threading.get_ident() in loop_thread:
+                on_loop.append(name)
+            return real(*args, **kw)
+        return call
+    monkeypatch.setattr(os, "fsync", watch("fsync", os.fsync))
+    monkeypatch.setattr(os, "fdatasync", watch("fdatasync", os.fdatasync))
+    monkeypatch.setattr(d.spool.committer, "commit", watch("commit", d.spool.committer.commit))
+
+    async def go() -> None:
+        loop_thread.append(threading.get_ident())
+        d.delivery.add_many(await asyncio.to_thread(d.spool.open_journal))  # as start() does
+        task = asyncio.ensure_future(d.housekeeping())
+        deadline = time.monotonic() + 10
+        while (d.spool.faults or not d.delivery.pending) and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)  # polling the units' state, with a deadline
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        await asyncio.to_thread(d.spool.journal.close)  # as run() does at the end
+        loop_thread.clear()
+    run(go())
+    assert on_loop == []
+    assert d.spool.faults == {} and [f.id for f in d.spool.failed()] == [doomed.id]
+    [joined] = d.delivery.pending.values()
+    assert joined.body.startswith("first half") and d.parts.waiting() == 0
