@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import shlex
 from pathlib import Path
@@ -57,7 +58,18 @@ def main(argv: list[str] | None = None) -> int:
                                  args.key_group))
 
 
+def _seed_logging() -> None:
+    """The journal for the migrations' NOTICE and WARNING lines. A bad
+    SYSLOG_LEVEL or PBXHOST_LOG (named once by setup_logging) stops the daemons,
+    not the seeding: /srv is still seeded, logging at NOTICE."""
+    try:
+        service.setup_logging("pbxhost-seed")
+    except SystemExit:
+        logging.getLogger().setLevel(service.NOTICE)
+
+
 def run_seed(dest: Path) -> int:
+    _seed_logging()
     try:
         result = seed.seed(dest, env=os.environ)
     except settings.SettingError as exc:

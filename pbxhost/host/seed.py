@@ -15,6 +15,10 @@ A seeding cut short is completed by the next run: the files are first
 written, secrets and all, to a staging dir inside the config dir, marked
 complete, then moved into place one by one (os.replace, never over an
 existing file), and only then is the lock written.
+
+A dir seeded before (or the user's own) gets the migrations of
+pbxhost.host.migrate at every run: an earlier release's flaw in a seeded
+file fixed where its text is unedited, else named in a warning.
 """
 
 from __future__ import annotations
@@ -35,6 +39,7 @@ from pathlib import Path
 
 from pbxhost import conf, settings
 from pbxhost.durable import atomic_writer, fsync_dir
+from pbxhost.host import migrate
 
 log = logging.getLogger("pbxhost.seed")
 
@@ -328,6 +333,8 @@ def seed(dest: Path = DEST, source: Path = DEFAULTS,
         result.copied = list(_install(staging, dest))
         write_secrets(result)
         return result
+    if (dest / LOCK).exists() or _user_files(dest):
+        migrate.apply(dest)  # logged: a NOTICE per file fixed, a WARNING per flaw left
     force = settings.force_config(env)
     if (dest / LOCK).exists() and not force:
         result.skipped = f"already seeded ({LOCK} exists; FORCE_CONFIG copies missing files)"

@@ -190,11 +190,15 @@ class Handler:
 
     def __init__(self, cfg: WebsmsConfig, outbox: Outbox,
                  deliver_local: Callable[[Sms], None], wait: float | None = None,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic,
+                 rate: guards.Limiter | None = None) -> None:
+        """RATE: where the per-user rate is counted; default in memory (websmsd's
+        FastAGI); the plain AGI fallback counts in files (ratestore)."""
         self.cfg, self.outbox, self.deliver_local = cfg, outbox, deliver_local
         self.wait = cfg.retry.agi_wait if wait is None else wait
         self._vars: tuple[float, dict[str, dict[str, str]]] = (-INDEX_TTL - 1, {})
-        self.rate = guards.RateLimit(cfg.guards.rate_limit, cfg.guards.rate_window, clock)
+        self.rate = rate or guards.RateLimit(cfg.guards.rate_limit, cfg.guards.rate_window,
+                                             clock)
         self._warned_toll = False
 
     def user_var(self, user: str, name: str) -> str | None:

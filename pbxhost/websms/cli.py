@@ -14,7 +14,7 @@ from datetime import datetime
 from pathlib import Path
 
 from pbxhost import cli, conf, service
-from pbxhost.websms import agi, config, inbound, send
+from pbxhost.websms import agi, config, inbound, ratestore, send
 from pbxhost.websms.deliver import SET_ASIDE
 from pbxhost.websms.model import OUTBOUND, Sms
 from pbxhost.websms.outbox import Outbox, outgoing
@@ -233,7 +233,10 @@ def cmd_agi(args: argparse.Namespace) -> int:
     spool.prepare(clean=False)
     # websmsd picks up what is queued here (for our users, or to retry) within seconds
     outbox = Outbox(cfg, spool, lambda sms: None, queue_only=not may_send)
-    handler = agi.Handler(cfg, outbox, lambda sms: None, wait=3600)
+    # FastAGI's per-user rate, counted in the spool: each run is a process of its own
+    rate = ratestore.SharedRateLimit(spool.root / ratestore.RATE_DIR, cfg.guards.rate_limit,
+                                     cfg.guards.rate_window)
+    handler = agi.Handler(cfg, outbox, lambda sms: None, wait=3600, rate=rate)
     try:
         asyncio.run(agi.script(handler))
     except agi.AgiError:

@@ -12,7 +12,9 @@ plus `journal` (the thread that writes the webhook's SMS in batches),
 `websms` by hand, pruning of remembered provider ids, the status line).
 Why one process: the parts share the spool and the AMI session, a message
 moves between them in memory without polling, and systemd's watchdog sees
-one event loop that all of them need."""
+one event loop that all of them need. That loop never waits for an fsync:
+every write that makes something durable runs in a thread (the journal's
+writer, the spool's committer, asyncio.to_thread for the rest)."""
 
 from __future__ import annotations
 
@@ -97,10 +99,10 @@ class Websmsd:
         self.delivery.add_many(whole)
         return new
 
-    def _sweep_parts(self) -> None:
+    async def _sweep_parts(self) -> None:
         """Multi-part SMS complete or timed out but not joined yet (a restart)."""
         try:
-            joined = self.parts.sweep()
+            joined = await asyncio.to_thread(self.parts.sweep)  # joins are written durably
         except SpoolError as exc:  # tried again at the next rescan
             log.error("multi-part SMS not joined now: %s", exc)
             return
@@ -139,14 +141,12 @@ class Websmsd:
                 if now >= next_rescan:
                     next_rescan = now + RESCAN
                     if self.spool.faults:  # what a storage fault held back, written now
-                        # on the loop, not a thread: it touches the journal's marks, which
-                        # only the loop changes; rare (only while a fault lasts)
-                        self.spool.retry_deferred()
-                    self._sweep_parts()
+                        await asyncio.to_thread(self.spool.retry_deferred)
+                    await self._sweep_parts()
                     self._rescan_inbound()
                 if now >= next_prune:
                     next_prune = now + PRUNE
-                    self.spool.prune_seen(self.cfg.webhook.dedup_time)
+                    await asyncio.to_thread(self.spool.prune_seen, self.cfg.webhook.dedup_time)
             except OSError as exc:  # the spool's disk; tried again next time
                 log.error("housekeeping: %s", exc)
             if now >= next_status:
@@ -158,7 +158,8 @@ class Websmsd:
     async def start(self) -> None:
         self.spool.prepare()
         self.parts.prepare()
-        self.delivery.add_many(self.spool.open_journal())
+        # the journal's new segment and dropped old ones are fsynced: in a thread
+        self.delivery.add_many(await asyncio.to_thread(self.spool.open_journal))
         waiting, sending = self.delivery.load(), self.outbox.load()
         await self.fastagi.start()
         if self.cfg.webhook.port is not None:
@@ -202,7 +203,7 @@ class Websmsd:
                 self.replay.close()
             await self.fastagi.close()
             if self.spool.journal is not None:
-                self.spool.journal.close()
+                await asyncio.to_thread(self.spool.journal.close)  # its last flush fsyncs
 
 
 def main(argv: list[str] | None = None) -> int:

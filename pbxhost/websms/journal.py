@@ -26,6 +26,7 @@ import contextlib
 import logging
 import os
 import struct
+import threading
 import zlib
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -111,8 +112,14 @@ def read_live(folder: Path) -> list[Sms]:
 
 
 class Journal:
-    """Used from the daemon's event loop; only the writes of a batch run in a
-    thread of their own, so that the loop parses the next requests meanwhile."""
+    """Appended to from the daemon's event loop; the writes of a batch run in a
+    thread of their own, so that the loop parses the next requests meanwhile.
+    Records leave (release, flush) from threads: delivery makes its removals
+    and moves durable off the loop. So the bookkeeping (which id is where) is
+    guarded by `lock`, held for dictionary updates only, never across a system
+    call: the loop never waits for a disk through it. The files of flush()
+    (marks, dropped segments) are written under `io`, which the loop never
+    takes; one flush at a time, in the order their plans were made."""
 
     def __init__(self, folder: Path) -> None:
         self.folder = folder
@@ -127,6 +134,8 @@ class Journal:
         self.fd = -1
         self.size = 0
         self.writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="journal")
+        self.lock = threading.Lock()  # the dictionaries above and seq
+        self.io = threading.Lock()    # flush()'s files (done_fds): one flush at a time
 
     # -- life ------------------------------------------------------------------
     def open(self) -> list[Sms]:
@@ -162,7 +171,8 @@ class Journal:
             raise
         if self.fd >= 0:
             os.close(self.fd)
-        self.seq, self.fd, self.size = seq, fd, 0
+        with self.lock:
+            self.seq, self.fd, self.size = seq, fd, 0
 
     def close(self) -> None:
         self.flush()
@@ -179,9 +189,10 @@ class Journal:
         """Durably hold SMS; False (and nothing written) if its id is held already.
         Raises JournalError when it cannot be made durable. Records that come
         while a batch is written go together in the next one."""
-        if sms.id in self.where or sms.id in self.reserved:
-            return False
-        self.reserved.add(sms.id)
+        with self.lock:
+            if sms.id in self.where or sms.id in self.reserved:
+                return False
+            self.reserved.add(sms.id)
         done = asyncio.get_running_loop().create_future()
         self.queue.append((sms, encode(sms), done))
         if self.committer is None:
@@ -198,19 +209,21 @@ class Journal:
             while self.queue:
                 batch, self.queue = self.queue[:MAX_BATCH], self.queue[MAX_BATCH:]
                 data = b"".join(data for _, data, _ in batch)
-                seq = self.seq  # only the writer moves on to a new segment
-                # counted before the write: flush() must not drop a segment being written
-                self.live[seq] = self.live.get(seq, 0) + len(batch)
+                with self.lock:
+                    seq = self.seq  # only the writer moves on to a new segment
+                    # counted before the write: flush() must not drop a segment being written
+                    self.live[seq] = self.live.get(seq, 0) + len(batch)
                 try:
                     error = await loop.run_in_executor(self.writer, self._write, data)
                 except RuntimeError as exc:  # the writer is shut down: the daemon stops
                     error = JournalError(f"journal closed: {exc}")
-                for sms, _, _ in batch:
-                    self.reserved.discard(sms.id)  # here, not in append(): it may be cancelled
-                    if error is None:
-                        self.where[sms.id] = seq
-                if error is not None:
-                    self.live[seq] -= len(batch)
+                with self.lock:
+                    for sms, _, _ in batch:
+                        self.reserved.discard(sms.id)  # here, not in append(): it may be cancelled
+                        if error is None:
+                            self.where[sms.id] = seq
+                    if error is not None:
+                        self.live[seq] -= len(batch)
                 for _, _, done in batch:
                     if done.done():
                         continue  # its writer was cancelled (the daemon stops)
@@ -218,8 +231,10 @@ class Journal:
                         done.set_result(None)
                     else:
                         done.set_exception(error)
-                if self.seq != seq:
-                    self.flush()  # the old segment goes if nothing is left in it
+                if self.seq != seq:  # the old segment goes if nothing is left in it
+                    with contextlib.suppress(RuntimeError):  # shut down: close() flushes
+                        # in the writer's thread: a dropped segment's directory fsync
+                        await loop.run_in_executor(self.writer, self.flush)
         finally:
             self.committer = None
 
@@ -252,24 +267,41 @@ class Journal:
     def release(self, sms_id: str) -> bool:
         """SMS_ID leaves the journal (handled, or kept as a file now); its mark is
         written at the next flush(). False when it was not held."""
-        seq = self.where.pop(sms_id, None)
-        if seq is None:
-            return False
-        self.live[seq] -= 1
-        self.released.setdefault(seq, []).append(sms_id)
+        with self.lock:
+            seq = self.where.pop(sms_id, None)
+            if seq is None:
+                return False
+            self.live[seq] -= 1
+            self.released.setdefault(seq, []).append(sms_id)
         return True
 
-    def flush(self) -> None:
-        """Write the marks of released records; remove segments nothing is left in."""
-        released, self.released = self.released, {}
-        drained = [s for s, n in self.live.items() if n == 0 and s != self.seq]
-        for seq in drained:
-            del self.live[seq]
-        for seq, ids in released.items():
-            if seq not in drained:
-                self._mark(seq, ids)
-        for seq in drained:
-            self._drop(seq)
+    def drained(self) -> bool:
+        """A segment is left that flush() would remove (with a directory fsync)."""
+        with self.lock:
+            return any(n == 0 and s != self.seq for s, n in self.live.items())
+
+    def flush(self, drop: bool = True) -> None:
+        """Write the marks of released records; remove segments nothing is left in
+        (DROP False: left for a later flush). Removing one fsyncs the directory:
+        call it in a thread then, not on the event loop. Marks are never synced."""
+        if not drop and not self.io.acquire(blocking=False):
+            return  # a flush in a thread has the files: the marks go with the next one
+        if drop:
+            self.io.acquire()
+        try:  # the plan and its files in one order, flush after flush
+            with self.lock:
+                released, self.released = self.released, {}
+                drained = [s for s, n in self.live.items()
+                           if drop and n == 0 and s != self.seq]
+                for seq in drained:
+                    del self.live[seq]
+            for seq, ids in released.items():
+                if seq not in drained:
+                    self._mark(seq, ids)
+            for seq in drained:
+                self._drop(seq)
+        finally:
+            self.io.release()
 
     def _mark(self, seq: int, ids: list[str]) -> None:
         try:

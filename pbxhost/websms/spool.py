@@ -8,6 +8,7 @@ directory (default /srv/var/spool/websms).
     seen/     provider message ids already taken (empty files), for duplicates
     tmp/      files being written
     journal/  SMS from the webhook, appended in batches (pbxhost.websms.journal)
+    rate/     the plain AGI fallback's per-user rate (pbxhost.websms.ratestore)
 
 Modes are 0660/0770, narrowed by the umask (the unit's UMask=0007): the
 group (websms, which Asterisk's user joins) may queue too, for the plain AGI
@@ -22,6 +23,13 @@ answers the writers. Two syncs per batch instead of two per message; a
 record is either complete under its name or absent. Removing a handled
 record is not synced at once (a removal lost in a crash means a second
 delivery, never a lost one); the delivery worker syncs once per round.
+
+Every method that fsyncs (add, save, park, fail, done with sync,
+sync_removals, retry_deferred) blocks its caller on the disk: the daemon
+calls them in threads (asyncio.to_thread), never on its event loop. They
+may run in several threads at once; what they share (the journal's
+bookkeeping, the fault memory below) is guarded or changed one dictionary
+operation at a time.
 
 The webhook's SMS take a faster way in the daemon: the journal, one append
 per batch. An SMS there that has to wait for a phone is moved into in/
@@ -164,6 +172,11 @@ class Spool:
         self.hidden: set[str] = set()                  # handled; its file not moved yet
         self.unmarked: set[str] = set()                # taken; its seen/ marker not written
         self.deferred: dict[tuple[str, str], tuple[Callable[[], None], str]] = {}
+        # directories whose removals (or new seen/ markers) sync_removals() has not
+        # synced yet: it fsyncs those only (an SMS that only left the journal, the
+        # webhook's usual one, costs no directory fsync)
+        self._unsynced: set[str] = set()
+        self._unsynced_lock = threading.Lock()
 
     def prepare(self, clean: bool = True) -> None:
         """Create the directories; drop what a crash left in tmp/ (only the daemon
@@ -238,21 +251,22 @@ class Spool:
 
     def retry_deferred(self) -> None:
         """Write what a storage fault held back; a fault clears once nothing of
-        its area is left (the daemon's housekeeping calls this)."""
+        its area is left (the daemon's housekeeping calls this, in a thread)."""
         for key, (op, area) in list(self.deferred.items()):
             try:
                 op()
             except (OSError, SpoolError) as exc:
                 self._fault(area, exc)
                 continue
-            del self.deferred[key]
+            self.deferred.pop(key, None)
         for area in list(self.faults):
-            if not any(a == area for _, a in self.deferred.values()):
+            if not any(a == area for _, a in list(self.deferred.values())):
                 try:  # nothing held back: the directory only has to sync again
                     fsync_dir(self.root / area.rstrip("/"))
                 except OSError:
                     continue
-                del self.faults[area]
+                if self.faults.pop(area, None) is None:
+                    continue  # cleared meanwhile (the journal's, by an append)
                 log.log(service.NOTICE, "spool %s written again: fault cleared",
                         self.root / area)
 
@@ -279,11 +293,15 @@ class Spool:
             log.log(service.NOTICE, "spool %s written again: fault cleared", self.root / "journal")
         return taken
 
+    def journaled_now(self, sms_id: str) -> bool:
+        """The journal holds SMS_ID (park() would move it into in/)."""
+        return self.journal is not None and self.journal.holds(sms_id)
+
     def park(self, sms: Sms) -> None:
         """SMS waits (no phone now): from the journal into in/, so that the
         journal keeps only what goes out at once. Kept in the journal, where it
         is durable too, when in/ cannot take it now."""
-        if self.journal is None or not self.journal.holds(sms.id):
+        if not self.journaled_now(sms.id):
             return
         try:
             self.save(sms)
@@ -311,10 +329,15 @@ class Spool:
         self._write(self._path(sms.kind, sms.id), sms)
         self._release(sms)
 
+    def _changed(self, *names: str) -> None:
+        with self._unsynced_lock:
+            self._unsynced.update(names)
+
     def _mark(self, sms_id: str) -> None:
         marker = self.root / "seen" / sms_id
         with contextlib.suppress(FileExistsError):
             os.close(os.open(marker, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o660))
+            self._changed("seen")
         self.unmarked.discard(sms_id)
 
     def _remember(self, sms: Sms) -> None:
@@ -334,11 +357,14 @@ class Spool:
         if self._release(sms, flush=flush):  # no file in in/: an archive copy is written anew
             if self.archive:
                 os.replace(self._write_tmp(sms), self._path("archive", sms.id))
+                self._changed("archive")
         elif self.archive:
             os.replace(pending, self._path("archive", sms.id))
+            self._changed("archive", sms.kind)
         else:
             with contextlib.suppress(FileNotFoundError):
                 pending.unlink()
+                self._changed(sms.kind)
         self.hidden.discard(sms.id)
 
     def done(self, sms: Sms, sync: bool = True) -> None:
@@ -355,13 +381,34 @@ class Spool:
         if sync:
             self.sync_removals(sms.kind)
 
-    def sync_removals(self, kind: str) -> None:
+    def removals_need_disk(self, kind: str) -> bool:
+        """sync_removals(KIND) would fsync: a directory changed, or a journal
+        segment is left to remove. False: it only writes the journal's marks
+        (to the page cache), which the event loop may do itself."""
+        with self._unsynced_lock:
+            if any(n in self._unsynced for n in ("seen", "archive", kind)):
+                return True
+        return self.journal is not None and self.journal.drained()
+
+    def sync_removals(self, kind: str, fsync: bool = True) -> None:
+        """Make the removals since the last call durable (the directories they
+        changed, the journal's marks). FSYNC False: the marks only, nothing
+        fsynced (what removals_need_disk() found nothing else for)."""
+        if not fsync:
+            if self.journal is not None:
+                self.journal.flush(drop=False)
+            return
+        with self._unsynced_lock:
+            names = [n for n in ("seen", "archive", kind) if n in self._unsynced]
+            self._unsynced.difference_update(names)
         try:
-            for name in ("seen", "archive", kind):
-                fsync_dir(self.root / name)
+            while names:
+                fsync_dir(self.root / names[0])
+                names.pop(0)
             if self.journal is not None:
                 self.journal.flush()
         except OSError as exc:  # the removals happened; only their durability waits
+            self._changed(*names)  # synced again next time
             self._fault(f"{kind}/", exc)
 
     def _to_failed(self, sms: Sms) -> None:

@@ -132,3 +132,33 @@ def test_plain_agi_queues_durably_then_websmsd_sends_it(agibed):
     bed.wait_log("sent via default")
     poll(lambda: bed.spool_files("out") == [], 5, "out/ emptied")
     assert len(bed.itsp.requests) == 2 and bed.spool_files("failed") == []
+
+
+def test_plain_agi_applies_the_per_user_rate_across_its_processes(agibed):
+    """While websmsd is down each SMS is a process of its own: the rate the
+    FastAGI path applies (rate_limit per rate_window) is counted in the spool
+    (rate/), so the third SMS of a minute is refused with FastAGI's
+    RATE_LIMITED, and the phone is told (by websmsd, once it is back)."""
+    bed = agibed
+    conf = bed.pbx.etc / "websms.conf"
+    conf.write_text(conf.read_text().replace("[websms]\n", "[websms]\nrate_limit = 2\n", 1))
+    phone = bed.phone("jane", contacts=(f"sip:{OUTSIDE}@{bed.pbx_host.v4}",))
+    for n in (1, 2):
+        phone.send_message(f"within the rate {n}")
+        bed.itsp.wait_requests(n)
+        # the NOTICE line of [sub_websms]'s Log (its Executing line says it too)
+        poll(lambda n=n: asterisk_log(bed).count(f": SMS to {OUTSIDE}: websms SENT\n") == n,
+             15, f"SENT {n}")
+    phone.send_message("one too many")
+    wait_status(bed, "RATE_LIMITED")
+    assert_ran_the_plain_script(bed)
+    assert len(bed.itsp.requests) == 2  # the third never reached the ITSP
+    assert [p.name for p in bed.spool_files("rate")] != []  # the shared count
+    [notice] = [json.loads(p.read_text()) for p in bed.spool_files("in")]
+    assert notice["to"] == "jane" and notice["sender"] == OUTSIDE
+    assert notice["body"] == f"SMS to {OUTSIDE} not sent: more than 2 SMS in 60s"
+    # websmsd back: the phone gets FastAGI's refusal message
+    bed.start_daemon()
+    got = phone.wait_messages(1)
+    assert got[0].sender == OUTSIDE
+    assert got[0].body.decode() == f"SMS to {OUTSIDE} not sent: more than 2 SMS in 60s"

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from pbxhost.websms import agi, guards
+from pbxhost.websms import agi, guards, ratestore
 from pbxhost.websms.config import Guards, Outgoing, Queue, WebsmsConfig
 from pbxhost.websms.model import INBOUND
 from pbxhost.websms.outbox import Outbox
@@ -75,7 +75,8 @@ class Clock:
         return self.now
 
 
-def make(tmp_path: Path, rate_limit: int = 5):
+def make(tmp_path: Path, rate_limit: int = 5, shared: bool = False):
+    """SHARED: the rate counted in files, as the plain AGI fallback counts it."""
     cfg = WebsmsConfig(path=tmp_path / "websms.conf",
                        queue=Queue(spooldir=tmp_path / "spool"),
                        guards=Guards(rate_limit=rate_limit, rate_window=60))
@@ -83,7 +84,10 @@ def make(tmp_path: Path, rate_limit: int = 5):
     spool.prepare()
     itsp, clock = Itsp(), Clock()
     box = Outbox(cfg, spool, lambda sms: None, sender=itsp)
-    return agi.Handler(cfg, box, lambda sms: None, wait=5, clock=clock), itsp, spool, clock
+    rate = (ratestore.SharedRateLimit(spool.root / ratestore.RATE_DIR, rate_limit, 60, clock)
+            if shared else None)
+    return (agi.Handler(cfg, box, lambda sms: None, wait=5, clock=clock, rate=rate), itsp,
+            spool, clock)
 
 
 def text(handler: agi.Handler, to: str, user: str = "jane.doe", values=None,
@@ -149,8 +153,9 @@ def test_toll_refusal(klass, allow, refused):
 # ---------------------------------------------------------------- rate
 
 
-def test_per_user_rate_limit_with_status_and_message_back(tmp_path):
-    handler, itsp, spool, clock = make(tmp_path, rate_limit=2)
+@pytest.mark.parametrize("shared", [False, True], ids=["fastagi-memory", "fallback-files"])
+def test_per_user_rate_limit_with_status_and_message_back(tmp_path, shared):
+    handler, itsp, spool, clock = make(tmp_path, rate_limit=2, shared=shared)
     assert [text(handler, "+12125550199")[0] for _ in range(3)] == [
         "SENT", "SENT", "RATE_LIMITED"]
     assert text(handler, "+12125550199", user="john")[0] == "SENT"  # per user
@@ -159,6 +164,12 @@ def test_per_user_rate_limit_with_status_and_message_back(tmp_path):
         "jane.doe"]
     clock.now += 61
     assert text(handler, "+12125550199")[0] == "SENT"
+
+
+def test_a_rate_that_cannot_be_counted_sends_nothing(tmp_path):
+    handler, itsp, _, _ = make(tmp_path, rate_limit=2, shared=True)
+    (handler.outbox.spool.root / ratestore.RATE_DIR).write_text("not a directory\n")
+    assert text(handler, "+12125550199")[0] == "FAILED" and itsp.calls == []
 
 
 def test_rate_limit_window_and_no_limit():

@@ -15,7 +15,7 @@ import pytest
 from pbxhost.ami import AmiError
 from pbxhost.websms.aio import nap
 from pbxhost.websms.config import Queue
-from pbxhost.websms.deliver import Delivery, hint_candidates, hint_endpoints
+from pbxhost.websms.deliver import RETRY_REFUSED, Delivery, hint_candidates, hint_endpoints
 from pbxhost.websms.model import INBOUND, Sms, new_id
 from pbxhost.websms.spool import Spool
 
@@ -426,3 +426,140 @@ def test_a_seen_dir_that_cannot_be_written_repeats_no_delivery(bed):
     repair_dir(spool, "seen")
     spool.retry_deferred()
     assert (spool.root / "seen" / sms.id).exists() and spool.faults == {}
+
+
+def test_delivery_never_waits_for_a_disk_on_the_event_loop(tmp_path, monkeypatch):
+    """Every durable write of a delivery round (an SMS parked from the journal
+    into in/, set aside, progress saved, moved to failed/ on expiry, the round's
+    removals synced, a drained journal segment dropped) runs in a thread: the
+    loop that serves the webhook, FastAGI and the watchdog never runs an fsync,
+    fdatasync or syncfs, nor waits for the spool's committer."""
+    import os
+    import threading
+
+    from pbxhost.websms import journal as journal_mod
+    from pbxhost.websms import spool as spool_mod
+    monkeypatch.setattr(journal_mod, "SEGMENT_BYTES", 600)  # segments rotate and drain
+    spool = Spool(tmp_path / "spool")
+    spool.prepare()
+    spool.open_journal()
+    ami, clock = FakeAmi(), Clock()
+    ami.register("jane", "sip:a@192.0.2.30:5060")
+    ami.register("jane", "sip:b@192.0.2.31:5060")
+    delivery = Delivery(Queue(part_bytes=100, expire=60), spool, ami, clock)
+    connect(delivery)
+    loop_thread: list[int] = []
+    on_loop: list[str] = []
+
+    def watch(name, real):
+        def call(*args, **kw):
+            if threading.get_ident() in loop_thread:
+                on_loop.append(name)
+            return real(*args, **kw)
+        return call
+    monkeypatch.setattr(os, "fsync", watch("fsync", os.fsync))
+    monkeypatch.setattr(os, "fdatasync", watch("fdatasync", os.fdatasync))
+    monkeypatch.setattr(spool_mod, "syncfs", watch("syncfs", spool_mod.syncfs))
+    monkeypatch.setattr(spool.committer, "commit", watch("commit", spool.committer.commit))
+    real_action = ami.action
+    refused_b = {"n": 0}
+
+    async def b_refuses_once(fields, timeout=10):  # progress: a saved, b still to go
+        if fields["Action"] == "MessageSend" and "192.0.2.31" in fields["Destination"]:
+            refused_b["n"] += 1
+            if refused_b["n"] == 1:
+                return {"Response": "Error", "Message": "transport down"}
+        return await real_action(fields, timeout)
+    ami.action = b_refuses_once
+
+    def inbound(to: str, body: str) -> Sms:
+        return Sms(kind=INBOUND, id=new_id(), to=to, sender="+15017122661", body=body,
+                   created=1000.0, expires=1060.0)
+
+    async def go() -> tuple[Sms, Sms]:
+        loop_thread.append(threading.get_ident())
+        progress, unknown, offline = (inbound("+12025550160", "progress"),
+                                      inbound("+19995550000", "nobody"), inbound("bob", "off"))
+        for sms in (progress, unknown, offline):
+            assert await spool.accept(sms)  # into the journal (its writer thread)
+            delivery.add(sms)
+        await delivery.step()   # progress saved; nobody set aside; bob's waits: parked
+        clock.now += RETRY_REFUSED + 1
+        await delivery.step()   # progress finished: removal synced
+        for n in range(4):      # more segments, drained by deliveries
+            sms = inbound("+12025550160", f"more {n}" + "x" * 300)
+            assert await spool.accept(sms)
+            delivery.add(sms)
+            await delivery.step()
+        clock.now = 1061.0
+        await delivery.step()   # the two waiting ones expire: moved to failed/
+        loop_thread.clear()
+        return unknown, offline
+    unknown, offline = run(go())
+    assert on_loop == []
+    bodies = [body for _, _, body in ami.sent]
+    assert bodies.count("progress") == 2 and "nobody" not in bodies  # a, then b: once each
+    assert sorted(f.id for f in spool.failed()) == sorted([unknown.id, offline.id])
+    assert spool.pending(INBOUND) == [] and spool.journaled() == []
+    assert delivery.tally.delivered == 5 and delivery.tally.expired == 2
+    assert len(journal_mod.segments(spool.root / "journal")) == 1  # drained ones dropped
+    spool.journal.close()
+
+
+
+def test_the_daemons_housekeeping_never_waits_for_a_disk_on_the_event_loop(tmp_path,
+                                                                           monkeypatch):
+    """websmsd's housekeeping writes what a storage fault held back (here: a
+    move to failed/) and joins multi-part SMS whose time is up; the journal is
+    opened and closed: all of it in threads, the loop's thread runs no fsync."""
+    import os
+    import threading
+    import time
+
+    from pbxhost import service
+    from pbxhost.websms import config, providers
+    from pbxhost.websms.daemon import Websmsd
+    path = tmp_path / "websms.conf"
+    path.write_text(f"[astqueue]\nspooldir = {tmp_path / 'spool'}\n")
+    d = Websmsd(config.load(path, env={}), service.Notifier())
+    d.spool.prepare()
+    d.parts.prepare()
+    old = time.time() - 7200  # older than concat_timeout: joined as it is
+    d.parts.add("", providers.Inbound("+12025550160", "+15017122661", "first half", "m1",
+                                      providers.Part("r1", 2, 1)), old)
+    doomed = Sms(kind=INBOUND, id=new_id(), to="+1999", sender="+1555", body="x",
+                 created=1000.0, expires=1060.0)
+    d.spool.add(doomed)
+    break_dir(d.spool, "failed")
+    assert d.spool.fail(doomed, "expired") is False  # held back: the fault
+    repair_dir(d.spool, "failed")
+    loop_thread: list[int] = []
+    on_loop: list[str] = []
+
+    def watch(name, real):
+        def call(*args, **kw):
+            if threading.get_ident() in loop_thread:
+                on_loop.append(name)
+            return real(*args, **kw)
+        return call
+    monkeypatch.setattr(os, "fsync", watch("fsync", os.fsync))
+    monkeypatch.setattr(os, "fdatasync", watch("fdatasync", os.fdatasync))
+    monkeypatch.setattr(d.spool.committer, "commit", watch("commit", d.spool.committer.commit))
+
+    async def go() -> None:
+        loop_thread.append(threading.get_ident())
+        d.delivery.add_many(await asyncio.to_thread(d.spool.open_journal))  # as start() does
+        task = asyncio.ensure_future(d.housekeeping())
+        deadline = time.monotonic() + 10
+        while (d.spool.faults or not d.delivery.pending) and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)  # polling the units' state, with a deadline
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        await asyncio.to_thread(d.spool.journal.close)  # as run() does at the end
+        loop_thread.clear()
+    run(go())
+    assert on_loop == []
+    assert d.spool.faults == {} and [f.id for f in d.spool.failed()] == [doomed.id]
+    [joined] = d.delivery.pending.values()
+    assert joined.body.startswith("first half") and d.parts.waiting() == 0

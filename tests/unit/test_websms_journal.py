@@ -265,3 +265,30 @@ def test_a_full_disk_is_a_spool_error_that_says_so(spool, monkeypatch):
     with pytest.raises(SpoolError) as err:
         run(spool.accept(sms()))
     assert is_disk_full(err.value)
+
+
+def test_records_leave_from_threads_while_the_loop_appends(folder, monkeypatch):
+    """Delivery releases and flushes in threads (their fsyncs off the event loop)
+    while the loop appends and the writer rotates segments: every record is
+    held once, every mark lands, drained segments go, the current one stays."""
+    monkeypatch.setattr(journal_mod, "SEGMENT_BYTES", 2000)
+    j = opened(folder)
+    records = [sms(body="y" * 200) for _ in range(300)]
+
+    def leave(ids: list[str]) -> None:
+        for sms_id in ids:
+            assert j.release(sms_id)
+        j.flush()
+
+    async def go() -> None:
+        for start in range(0, len(records), 10):
+            batch = records[start:start + 10]
+            assert await append_all(j, batch) == [True] * 10
+            # two threads at once, as delivery's round sync and a housekeeping retry
+            await asyncio.gather(asyncio.to_thread(leave, [r.id for r in batch[:5]]),
+                                 asyncio.to_thread(leave, [r.id for r in batch[5:]]))
+    run(go())
+    assert read_live(folder) == [] and j.where == {} and j.reserved == set()
+    j.flush()
+    assert wal_files(folder) == [f"{j.seq:016x}.wal"]
+    j.close()
