@@ -298,11 +298,23 @@ def test_hostile_blocks_parse_as_from_line(block):
     same_message(ami.parse_message(block), Message.from_line(block.strip()))
 
 
-def test_a_doubled_header_stays_a_list_autoban_can_refuse():
+def test_a_doubled_header_stays_a_list_autoban_can_refuse(caplog):
+    from pbxhost.autoban import config
+    from pbxhost.autoban.daemon import Autoban
+
     event = ami.parse_message(HOSTILE["doubled key"])
     assert event is not None and event["remoteaddress"] == [
         "IPV4/UDP/192.0.2.1/5060", "IPV4/UDP/192.0.2.2/5060"]
     assert ami.parse_message(HOSTILE["tripled key"])["A"] == ["1", "3", "4"]
+
+    class NoFirewall:
+        def __getattr__(self, name: str):
+            raise AssertionError(f"firewall.{name} used for a doubled RemoteAddress")
+
+    cfg = config.AutobanConfig(path=Path("x"), enabled=True)
+    Autoban(cfg, NoFirewall(), exempt=[]).handle(event)  # type: ignore[arg-type]
+    assert [r.levelname for r in caplog.records] == ["WARNING"]
+    assert "event skipped" in caplog.text
 
 
 def test_non_utf8_bytes_parse_as_from_line():
