@@ -8,6 +8,7 @@ import logging
 from pathlib import Path
 
 import pytest
+from panoramisk.message import Message
 
 from pbxhost import ami
 
@@ -223,3 +224,182 @@ def test_check_login_of_an_unreachable_or_silent_asterisk_is_an_error_within_its
     quiet, took, gone = asyncio.run(main())
     assert quiet is not None and "no reply to Login" in quiet and took < 2
     assert gone is not None and "unreachable" in gone
+
+
+# ---- the fast parse: the same Message as panoramisk's from_line ---------------------
+
+def same_message(fast, slow) -> None:
+    """FAST behaves as SLOW (from_line's) in everything a handler can see."""
+    assert type(fast) is type(slow)
+    if slow is None:
+        return
+    assert vars(fast) == vars(slow)  # _store (cased keys, values, lists) and manager
+    assert list(fast._store.items()) == list(slow._store.items())  # and the order
+    assert list(fast.items()) == list(slow.items()) and len(fast) == len(slow)
+    assert repr(fast) == repr(slow)
+    for key in [*slow, "RemoteAddress", "nothere", "EVENT", "actionid"]:
+        for k in (key, key.lower(), key.upper(), key.swapcase()):
+            assert (k in fast) == (k in slow)
+            assert fast.get(k) == slow.get(k) and getattr(fast, k) == getattr(slow, k)
+    assert (fast.success, fast.id, fast.action_id, fast.content) == (
+        slow.success, slow.id, slow.action_id, slow.content)
+
+
+def blocks_of(name: str) -> list[str]:
+    text = (FIXTURES / name).read_bytes().decode().partition(ami.EOL)[2]
+    return text.split(ami.EOL * 2)
+
+
+@pytest.mark.parametrize("name", sorted(p.name for p in FIXTURES.glob("*.txt")))
+def test_recorded_transcripts_parse_as_from_line(name):
+    blocks = blocks_of(name)
+    assert len(blocks) > 3
+    for block in blocks:
+        same_message(ami.parse_message(block), Message.from_line(block.strip()))
+
+
+HOSTILE = {
+    "without ': ' inside": "Event: X\r\nGarbage\r\nA: 1",
+    "without ': ' last": "Event: X\r\nA: 1\r\nB:",
+    "empty value last": "Event: ChallengeResponseFailed\r\nA: 1\r\nExpectedResponse: ",
+    "two lines without ': ' last": "Event: X\r\nA: 1\r\nB:\r\nC",
+    "doubled key": "Event: ChallengeResponseFailed\r\nRemoteAddress: IPV4/UDP/192.0.2.1/5060"
+                   "\r\nRemoteAddress: IPV4/UDP/192.0.2.2/5060",
+    "tripled key": "Event: X\r\nA: 1\r\nB: 2\r\nA: 3\r\nA: 4",
+    "doubled key in two cases": "Event: X\r\nRemoteAddress: a\r\nremoteaddress: b\r\nC: 1",
+    "doubled Event": "Event: A\r\nEvent: B",
+    "event in lower case": "event: X\r\nA: 1",
+    "Event without ': '": "Event:X\r\nA: 1",
+    "empty": "",
+    "only EOLs": "\r\n",
+    "surrounded by whitespace": " \r\n\tEvent: X\r\nA: 1 \t\r\n",
+    "very long value": "Event: UserEvent\r\nData: " + "x" * 1_000_000 + "\r\nB: 2",
+    "': ' in a value": "Event: X\r\nA: b: c\r\nB: 2",
+    "':' in a key": "Event: X\r\nA:B: c",
+    "empty key": "Event: X\r\n: v",
+    "lone LF and CR": "Event: X\r\nA: 1\nB: 2\rC: 3",
+    "quoted Result": "Event: AGIExecEnd\r\nResult: %20200%20result%3D1%20",
+    "a Content header": "Event: X\r\nContent: y\r\nZ: 1",
+    "ActionID": "Event: CoreShowChannel\r\nActionID: 42\r\nChannel: PJSIP/x",
+    "non-ASCII keys and values": "Event: X\r\nΣΑΣ: ΣΑΣ\r\nİ: ı\r\nBody: h\u00e9llo \U0001F600",
+    "replacement characters": "Event: X\r\nBody: \ufffd\ufffd",
+    "response": "Response: Success\r\nActionID: 1\r\nMessage: Authentication accepted",
+    "command output": "Response: Success\r\nActionID: 2\r\nMessage: Command output follows"
+                      "\r\nOutput: line 1\r\nOutput: line 2",
+    "response follows": "Response: Follows\r\nPrivilege: Command\r\nActionID: 3\r\nbody\r\n"
+                        "--END COMMAND--",
+    "response fail": "Response: Fail\r\nActionID: 4\r\nwhy\r\n",
+    "neither event nor response": "Ping: Pong\r\nA: 1",
+}
+
+
+@pytest.mark.parametrize("block", HOSTILE.values(), ids=HOSTILE.keys())
+def test_hostile_blocks_parse_as_from_line(block):
+    same_message(ami.parse_message(block), Message.from_line(block.strip()))
+
+
+def test_a_doubled_header_stays_a_list_autoban_can_refuse(caplog):
+    from pbxhost.autoban import config
+    from pbxhost.autoban.daemon import Autoban
+
+    event = ami.parse_message(HOSTILE["doubled key"])
+    assert event is not None and event["remoteaddress"] == [
+        "IPV4/UDP/192.0.2.1/5060", "IPV4/UDP/192.0.2.2/5060"]
+    assert ami.parse_message(HOSTILE["tripled key"])["A"] == ["1", "3", "4"]
+
+    class NoFirewall:
+        def __getattr__(self, name: str):
+            raise AssertionError(f"firewall.{name} used for a doubled RemoteAddress")
+
+    cfg = config.AutobanConfig(path=Path("x"), enabled=True)
+    Autoban(cfg, NoFirewall(), exempt=[]).handle(event)  # type: ignore[arg-type]
+    assert [r.levelname for r in caplog.records] == ["WARNING"]
+    assert "event skipped" in caplog.text
+
+
+def test_non_utf8_bytes_parse_as_from_line():
+    raw = b"Asterisk Call Manager/11.0.0\r\nEvent: UserEvent\r\nBody: \xff\xfeok\xc3\r\n\r\n"
+    events: list = []
+    feed(raw, events, 3)
+    text = raw.decode("utf-8", "replace").partition(ami.EOL)[2]
+    same_message(events[0], Message.from_line(text.strip()))
+    assert events[0]["body"] == "\ufffd\ufffdok\ufffd"
+
+
+class Reference(ami._Protocol):
+    """What pbxhost.ami did before the fast path: from_line and panoramisk's
+    handle_message for every message."""
+
+    def data_received(self, data: bytes) -> None:
+        text = self.buffer + self.decoder.decode(data)
+        if self.version is None:
+            banner, _, text = text.partition(ami.EOL)
+            self.version = banner.partition("/")[2].strip()
+        *blocks, self.buffer = text.split(ami.EOL * 2)
+        for block in blocks:
+            if (message := Message.from_line(block.strip())) is not None:
+                self.handle_message(message)
+
+
+class Transport:
+    def __init__(self) -> None:
+        self.written: list[bytes] = []
+        self.closed = False
+
+    def write(self, data: bytes) -> None:
+        self.written.append(data)
+
+    def close(self) -> None:
+        self.closed = True
+
+
+def run_session(cls: type[ami._Protocol], tail: str) -> tuple[list, list, bool]:
+    """Log in with an action pending, then feed the fixtures and TAIL: what was
+    dispatched, what the actions got, whether the link was closed."""
+    from panoramisk import actions
+
+    async def run():
+        events: list = []
+        proto = cls(Sink(events))  # type: ignore[arg-type]
+        proto.connection_made(Transport())
+        listing = actions.Action({"Action": "CoreShowChannels", "ActionID": "list-1"})
+        ping = actions.Action({"Action": "Ping", "ActionID": "tb-3"})
+        login = actions.Action({"Action": "Login", "ActionID": "tb-1"})
+        command = actions.Command({"Action": "Command", "Command": "core show version",
+                                   "ActionID": "tb-2"})
+        futures = [proto.send(a) for a in (login, command, ping)]
+        futures.append(proto.send(listing, as_list=True))  # its events are its answer
+        names = ["login.txt", *sorted({p.name for p in FIXTURES.glob("*.txt")} - {"login.txt"})]
+        data = b"".join((FIXTURES / name).read_bytes() for name in names)
+        data += tail.encode()
+        for i in range(0, len(data), 1000):
+            proto.data_received(data[i:i + 1000])
+        got = [f.result() if f.done() else None for f in futures]
+        return events, got, proto.closed
+    return asyncio.run(run())
+
+
+def test_the_protocol_hands_out_what_panoramisk_did():
+    tail = ("Response: Success\r\nActionID: list-1\r\nEventList: start\r\n"
+            "Message: Channels will follow\r\n\r\n"
+            "Event: CoreShowChannel\r\nActionID: list-1\r\nChannel: PJSIP/jane-1\r\n\r\n"
+            "Event: CoreShowChannel\r\nActionID: other\r\nChannel: PJSIP/joe-2\r\n\r\n"
+            "Event: CoreShowChannelsComplete\r\nActionID: list-1\r\nEventList: Complete\r\n\r\n"
+            + "".join(f"{b.strip()}\r\n\r\n" for b in HOSTILE.values()
+                      if b.strip() and "Event: B" not in b)
+            + "Event: Shutdown\r\nShutdown: Cleanly\r\n\r\n"
+            "Event: FullyBooted\r\nStatus: after the shutdown\r\n\r\n")
+    fast, slow = run_session(ami._Protocol, tail), run_session(Reference, tail)
+    events, got, closed = fast
+    assert len(events) == len(slow[0]) > 20
+    for a, b in zip(events, slow[0], strict=True):
+        same_message(a, b)
+    assert [e.event for e in events][-2:] == ["Shutdown", "FullyBooted"]
+    assert closed and slow[2]
+    login, command, ping, listing = got
+    assert login.success and ping.ping == "Pong" and "Asterisk 22" in command.output
+    assert [m.get("channel") for m in listing] == [None, "PJSIP/jane-1", None]
+    for a, b in zip(got, slow[1], strict=True):
+        for x, y in zip(a if isinstance(a, list) else [a], b if isinstance(b, list) else [b],
+                        strict=True):
+            same_message(x, y)
