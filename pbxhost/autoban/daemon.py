@@ -134,7 +134,8 @@ class Autoban:
         self._flush_timer: asyncio.TimerHandle | None = None
         self._seen: dict[str, dict[str, Element]] = {}  # kernel reads of this window
         self._written: dict[tuple[str, str], Element | None] = {}  # this window's writes
-        self._pending: dict[str, policy.Verdict] = {}  # watch counts not yet written
+        # watch counts not yet written: the verdict and its operations, by element
+        self._pending: dict[str, tuple[policy.Verdict, list[Put | Delete]]] = {}
 
     def _clocks(self) -> state.Clocks:
         # the real clocks (boot time included) unless a test injected one
@@ -396,7 +397,7 @@ class Autoban:
         fields = {"ADDRESS": text, "ELEMENT": element, "EVENT": name, "ACCOUNT": account,
                   "VERDICT": verdict.action.value}
         if verdict.action is policy.Action.WATCH:
-            self._pending[key] = verdict
+            self._pending[key] = (verdict, ops)
             self._write(ops)
         elif verdict.action is policy.Action.JAIL:
             self._pending.pop(key, None)  # the jailing deletes the watch element
@@ -447,8 +448,7 @@ class Autoban:
         return False
 
     def _watch_ops(self) -> list[Put | Delete]:
-        return [op for key, verdict in self._pending.items()
-                for op in ops_for(verdict, key, self.settings)]
+        return [op for _, ops in self._pending.values() for op in ops]
 
     def _settle(self, keys: list[str]) -> None:
         for key in keys:  # counted in the kernel now, no longer in memory
@@ -476,9 +476,9 @@ class Autoban:
     def _flush_each(self) -> None:
         """The pending counts one by one: a full watch set keeps the refused ones
         in memory (overflow), as docs/autoban.md's "Full sets" says."""
-        for key, verdict in self._pending.items():
+        for key, (verdict, ops) in self._pending.items():
             try:
-                self._apply_verdict(verdict, key, ops_for(verdict, key, self.settings))
+                self._apply_verdict(verdict, key, ops)
             except FirewallError as exc:
                 log.error("watch %s not written: %s", key, exc, extra={"ADDRESS": key})
         self._pending = {}

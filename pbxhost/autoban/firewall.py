@@ -43,6 +43,7 @@ What libnftables 1.0.6 (Debian 12) and the kernel taught us, by experiment:
 from __future__ import annotations
 
 import errno
+import functools
 import ipaddress
 import itertools
 import json
@@ -180,7 +181,7 @@ class _Op:
     comment: str | None
     pair: tuple[str, int] | None = None  # proven: protocol and port (Delete: None = all)
 
-    @property
+    @functools.cached_property  # read several times per write of a flood
     def name(self) -> str:
         if self.net:
             return f"{self.base}net6"
@@ -210,6 +211,7 @@ def _address(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
     return ip
 
 
+@functools.lru_cache(maxsize=8192)  # a flood's address: looked up, then written
 def _span(addr: str) -> _Span:
     """Parse an address, a prefix or a first-last range, written as pbxhost.conf
     accepts them ([v6] brackets, host bits in a prefix are cleared, as nft does).
@@ -259,6 +261,11 @@ def family(addr: str) -> str:
 
 def _ip(version: int, value: int) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
     return ipaddress.IPv4Address(value) if version == 4 else ipaddress.IPv6Address(value)
+
+
+def _packed(version: int, value: int) -> bytes:
+    """_ip(version, value).packed without the object: a netlink key."""
+    return value.to_bytes(4 if version == 4 else 16, "big")
 
 
 def _value(version: int, lo: int, hi: int) -> str | Json:
@@ -359,7 +366,7 @@ def _pair_text(version: int, key: bytes) -> str:
 def _pair_key(op: _Op) -> bytes:
     assert op.pair is not None
     proto, port = op.pair
-    return (_ip(op.span.version, op.span.lo).packed + bytes([PROTOS[proto], 0, 0, 0])
+    return (_packed(op.span.version, op.span.lo) + bytes([PROTOS[proto], 0, 0, 0])
             + port.to_bytes(2, "big") + bytes(2))
 
 
@@ -469,6 +476,9 @@ def _timed_elem(op: _Op, key: str) -> str | Json:
     if op.comment is not None:
         attrs["comment"] = op.comment
     return {"elem": attrs} if len(attrs) > 1 else attrs["val"]
+
+
+_SET_NAMES = {(base, version): f"{base}{version}" for base in SETS for version in (4, 6)}
 
 
 # ---- the firewall ------------------------------------------------------------
@@ -678,7 +688,7 @@ class Firewall:
             raise ValueError(f"{addr!r}: lookup takes a single address")
         if not self.exists():
             raise FirewallError(f"table inet {self.table} is missing")
-        key = _ip(span.version, span.lo).packed
+        key = _packed(span.version, span.lo)
         found: dict[str, Element] = {}
         for base in (b for b in SETS if b not in PAIR_SETS):
             element = self._get(base, span.version, key)
@@ -706,11 +716,11 @@ class Firewall:
             plan = []
             for base in bases:
                 plan.append((base, span.version, span.lo, len(queries)))
-                queries.append((f"{base}{span.version}", _ip(span.version, span.lo).packed))
+                queries.append((f"{base}{span.version}", _packed(span.version, span.lo)))
                 if span.version == 6 and base in NET_BASES:
                     first = span.lo & self._mask6
                     plan.append((base, 0, first, len(queries)))
-                    queries.append((f"{base}net6", _ip(6, first).packed))
+                    queries.append((f"{base}net6", _packed(6, first)))
             plans.append(plan)
         try:
             answers = self._netlink.elements(self.table, queries)
@@ -727,7 +737,7 @@ class Firewall:
                     found[base] = Element(base, self._net_text(value), got.timeout,
                                           got.expires, got.comment)
                 elif base in LIST_SETS:  # an interval: its end needs a read of its own
-                    element = self._get(base, version, _ip(version, value).packed)
+                    element = self._get(base, version, _packed(version, value))
                     if element is not None:
                         found[base] = element
                 else:
@@ -744,7 +754,7 @@ class Firewall:
         version, value = span.version, span.lo
         found: dict[str, Element] = {}
         for base in bases:
-            name = f"{base}{version}"
+            name = _SET_NAMES[base, version]
             if base in LIST_SETS:
                 top = (1 << (32 if version == 4 else 128)) - 1
                 if (covering := mirror.interval(name, value, top)) is not None:
@@ -765,7 +775,7 @@ class Firewall:
     def _get_net(self, base: str, value: int) -> Element | None:
         first = value & self._mask6
         try:
-            found = self._netlink.element(self.table, f"{base}net6", _ip(6, first).packed)
+            found = self._netlink.element(self.table, f"{base}net6", _packed(6, first))
         except OSError as exc:
             raise FirewallError(str(exc)) from exc
         if found is None:
@@ -897,7 +907,7 @@ class Firewall:
         autoband, a restore's batches): one netlink batch, taken into the mirror
         as written. A fraction of libnftables' memory and time: 100k elements
         restored at boot through it stay within autoband's 60 MB."""
-        writes = [nfnetlink.Write(added, op.name, _ip(op.span.version, op.span.lo).packed,
+        writes = [nfnetlink.Write(added, op.name, _packed(op.span.version, op.span.lo),
                                   op.timeout, op.comment)
                   for added, op in self._timed_plan(ops, fresh)]
         try:
@@ -940,7 +950,7 @@ class Firewall:
                         present[name, lo] = known
                 wheres = [w for w in wheres if (w[0], w[1]) not in present]
             try:
-                there = self._netlink.present(self.table, [(name, _ip(version, lo).packed)
+                there = self._netlink.present(self.table, [(name, _packed(version, lo))
                                                            for name, lo, version in wheres])
             except OSError as exc:
                 raise FirewallError(str(exc)) from exc

@@ -12,6 +12,7 @@ from linux/netfilter/nf_tables.h and nfnetlink.h."""
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import errno
 import itertools
 import os
@@ -33,6 +34,7 @@ _NFNL_MSG_BATCH_BEGIN, _NFNL_MSG_BATCH_END = 0x10, 0x11
 _NLM_F_CREATE = 0x400
 _NFTA_SET_TABLE, _NFTA_SET_NAME = 1, 2
 _SOL_NETLINK, _NETLINK_ADD_MEMBERSHIP = 270, 1
+_SO_ATTACH_FILTER = 26
 _NLM_F_REQUEST, _NLM_F_ACK = 1, 4
 _NLMSG_ERROR, _NLMSG_DONE = 2, 3
 _NLM_F_DUMP = 0x300
@@ -376,8 +378,9 @@ def _elem_attr(w: Write) -> bytes:
         attrs += _HEAD.pack(12, _NFTA_SET_ELEM_TIMEOUT) + (w.timeout * 1000).to_bytes(8, "big")
     if w.added and w.comment is not None:
         text = w.comment.encode() + b"\0"  # as nft writes it: type, length, NUL-ended text
-        attrs += nla(NFTA_SET_ELEM_USERDATA,
-                     bytes([_NFTNL_UDATA_SET_ELEM_COMMENT, len(text)]) + text)
+        attrs += (_HEAD.pack(6 + len(text), NFTA_SET_ELEM_USERDATA)
+                  + bytes((_NFTNL_UDATA_SET_ELEM_COMMENT, len(text))) + text
+                  + bytes(-(2 + len(text)) % 4))
     return _HEAD.pack(4 + len(attrs), _NFTA_LIST_ELEM | _NLA_F_NESTED) + attrs
 
 
@@ -388,6 +391,29 @@ class Change:
     set: str
     element: Found
     end: bool  # an interval set's end element (one past the interval)
+
+
+def _attach_filter(sock: socket.socket, code: list[tuple[int, int, int, int]]) -> None:
+    """A classic BPF socket filter (the kernel copies it at attach)."""
+    insns = ctypes.create_string_buffer(b"".join(struct.pack("=HBBI", *i) for i in code))
+    prog = struct.pack("HP", len(code), ctypes.addressof(insns))  # struct sock_fprog
+    sock.setsockopt(socket.SOL_SOCKET, _SO_ATTACH_FILTER, prog)
+
+
+def _own_filter(own: int) -> list[tuple[int, int, int, int]]:
+    """Drop, in the kernel, the datagrams OWN's commits notify but their end
+    (NEWGEN, which the Monitor counts): a flood's own writes would otherwise
+    cost one recv each. BPF loads are big-endian; the header is host order."""
+    pid = int.from_bytes(struct.pack("=I", own), "big")
+    newgen = int.from_bytes(struct.pack("=H", _NFNL_SUBSYS_NFTABLES << 8 | _NFT_MSG_NEWGEN),
+                            "big")
+    ld_w, ld_h, jeq, ret = 0x20, 0x28, 0x15, 0x06  # BPF_LD|W|ABS, LD|H|ABS, JMP|JEQ|K, RET|K
+    return [(ld_w, 0, 0, 12),              # nlmsg_pid of the first message
+            (jeq, 0, 2, pid),              # ours? else accept
+            (ld_h, 0, 0, 4),               # nlmsg_type
+            (jeq, 0, 1, newgen),           # our NEWGEN: accept; else drop
+            (ret, 0, 0, 0xFFFFFFFF),
+            (ret, 0, 0, 0)]
 
 
 def _change(added: bool, name: str, fields: dict[int, bytes]) -> Change:
@@ -421,6 +447,8 @@ class Monitor:
         with contextlib.suppress(OSError):  # a flood's own writes: room for a few batches
             self._sock.setsockopt(socket.SOL_SOCKET, 33, _RCVBUF)
         self._sock.setsockopt(_SOL_NETLINK, _NETLINK_ADD_MEMBERSHIP, _NFNLGRP_NFTABLES)
+        if own is not None:
+            _attach_filter(self._sock, _own_filter(own))
 
     def fileno(self) -> int:
         return self._sock.fileno()
