@@ -7,7 +7,9 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import os
 import re
+import threading
 from typing import Any
 
 import pytest
@@ -428,26 +430,10 @@ def test_a_seen_dir_that_cannot_be_written_repeats_no_delivery(bed):
     assert (spool.root / "seen" / sms.id).exists() and spool.faults == {}
 
 
-def test_delivery_never_waits_for_a_disk_on_the_event_loop(tmp_path, monkeypatch):
-    """Every durable write of a delivery round (an SMS parked from the journal
-    into in/, set aside, progress saved, moved to failed/ on expiry, the round's
-    removals synced, a drained journal segment dropped) runs in a thread: the
-    loop that serves the webhook, FastAGI and the watchdog never runs an fsync,
-    fdatasync or syncfs, nor waits for the spool's committer."""
-    import os
-    import threading
-
-    from pbxhost.websms import journal as journal_mod
+def disk_waits_watched(monkeypatch, spool: Spool) -> tuple[list[int], list[str]]:
+    """Every fsync, fdatasync, syncfs and journal commit is recorded by name when
+    it runs on the thread put in the first list (the event loop's): the second."""
     from pbxhost.websms import spool as spool_mod
-    monkeypatch.setattr(journal_mod, "SEGMENT_BYTES", 600)  # segments rotate and drain
-    spool = Spool(tmp_path / "spool")
-    spool.prepare()
-    spool.open_journal()
-    ami, clock = FakeAmi(), Clock()
-    ami.register("jane", "sip:a@192.0.2.30:5060")
-    ami.register("jane", "sip:b@192.0.2.31:5060")
-    delivery = Delivery(Queue(part_bytes=100, expire=60), spool, ami, clock)
-    connect(delivery)
     loop_thread: list[int] = []
     on_loop: list[str] = []
 
@@ -461,6 +447,27 @@ def test_delivery_never_waits_for_a_disk_on_the_event_loop(tmp_path, monkeypatch
     monkeypatch.setattr(os, "fdatasync", watch("fdatasync", os.fdatasync))
     monkeypatch.setattr(spool_mod, "syncfs", watch("syncfs", spool_mod.syncfs))
     monkeypatch.setattr(spool.committer, "commit", watch("commit", spool.committer.commit))
+    return loop_thread, on_loop
+
+
+def test_delivery_never_waits_for_a_disk_on_the_event_loop(tmp_path, monkeypatch):
+    """Every durable write of a delivery round (an SMS parked from the journal
+    into in/, set aside, progress saved, moved to failed/ on expiry, the round's
+    removals synced, a drained journal segment dropped) runs in a thread: the
+    loop that serves the webhook, FastAGI and the watchdog never runs an fsync,
+    fdatasync or syncfs, nor waits for the spool's committer."""
+
+    from pbxhost.websms import journal as journal_mod
+    monkeypatch.setattr(journal_mod, "SEGMENT_BYTES", 600)  # segments rotate and drain
+    spool = Spool(tmp_path / "spool")
+    spool.prepare()
+    spool.open_journal()
+    ami, clock = FakeAmi(), Clock()
+    ami.register("jane", "sip:a@192.0.2.30:5060")
+    ami.register("jane", "sip:b@192.0.2.31:5060")
+    delivery = Delivery(Queue(part_bytes=100, expire=60), spool, ami, clock)
+    connect(delivery)
+    loop_thread, on_loop = disk_waits_watched(monkeypatch, spool)
     real_action = ami.action
     refused_b = {"n": 0}
 
@@ -512,8 +519,6 @@ def test_the_daemons_housekeeping_never_waits_for_a_disk_on_the_event_loop(tmp_p
     """websmsd's housekeeping writes what a storage fault held back (here: a
     move to failed/) and joins multi-part SMS whose time is up; the journal is
     opened and closed: all of it in threads, the loop's thread runs no fsync."""
-    import os
-    import threading
     import time
 
     from pbxhost import service
@@ -533,18 +538,7 @@ def test_the_daemons_housekeeping_never_waits_for_a_disk_on_the_event_loop(tmp_p
     break_dir(d.spool, "failed")
     assert d.spool.fail(doomed, "expired") is False  # held back: the fault
     repair_dir(d.spool, "failed")
-    loop_thread: list[int] = []
-    on_loop: list[str] = []
-
-    def watch(name, real):
-        def call(*args, **kw):
-            if threading.get_ident() in loop_thread:
-                on_loop.append(name)
-            return real(*args, **kw)
-        return call
-    monkeypatch.setattr(os, "fsync", watch("fsync", os.fsync))
-    monkeypatch.setattr(os, "fdatasync", watch("fdatasync", os.fdatasync))
-    monkeypatch.setattr(d.spool.committer, "commit", watch("commit", d.spool.committer.commit))
+    loop_thread, on_loop = disk_waits_watched(monkeypatch, d.spool)
 
     async def go() -> None:
         loop_thread.append(threading.get_ident())
