@@ -78,6 +78,13 @@ def parse_message(block: str) -> Message | None:
     return message
 
 
+def header(message: Message, key: str, default: Any = "") -> Any:
+    """MESSAGE's header KEY, any case: Message.get's answer, read straight from
+    the `_store` panoramisk keeps (and parse_message fills); Message.get takes
+    two Python calls per header, and a flood's events are read several each."""
+    return message._store.get(key.lower(), (None, default))[1]
+
+
 def parse_messages(text: str) -> tuple[list[Message], str]:
     """Split complete AMI messages off TEXT; returns them and the unfinished rest."""
     *blocks, rest = text.split(EOL + EOL)

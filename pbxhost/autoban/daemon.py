@@ -23,9 +23,9 @@ from typing import Any
 from panoramisk.message import Message
 
 from pbxhost import cli, conf, service
-from pbxhost.ami import AmiClient
+from pbxhost.ami import AmiClient, header
 from pbxhost.autoban import config, gateway, legacy, policy, state
-from pbxhost.autoban.events import ATTACK_EVENTS, Address, Remote, parse_remote
+from pbxhost.autoban.events import ATTACK_EVENTS, Address, Remote, address_text, parse_remote
 from pbxhost.autoban.firewall import (
     DEFAULT_SIP_PORTS,
     LIST_SETS,
@@ -134,6 +134,7 @@ class Autoban:
         self._flush_timer: asyncio.TimerHandle | None = None
         self._seen: dict[str, dict[str, Element]] = {}  # kernel reads of this window
         self._written: dict[tuple[str, str], Element | None] = {}  # this window's writes
+        self._written_keys: set[str] = set()  # the elements they touch
         # watch counts not yet written: the verdict and its operations, by element
         self._pending: dict[str, tuple[policy.Verdict, list[Put | Delete]]] = {}
 
@@ -251,16 +252,16 @@ class Autoban:
 
     # -- events ---------------------------------------------------------------
     def handle(self, event: Message) -> None:
-        name = event.get("Event", "")
+        name = header(event, "Event")
         if name in ATTACK_EVENTS:
             self.on_attack(event)
-        elif (name == "SuccessfulAuth" and event.get("UsingPassword") == "1"
+        elif (name == "SuccessfulAuth" and header(event, "UsingPassword") == "1"
               and (self.cfg.trusttime or self.cfg.proventime)):
             self.on_success(event)
 
     def _remote(self, event: Message) -> Remote | None:
         try:
-            return parse_remote(event.get("RemoteAddress", ""))
+            return parse_remote(header(event, "RemoteAddress"))
         except ValueError as exc:
             log.warning("%s event skipped: %s", event.get("Event"), exc)
             return None
@@ -293,7 +294,7 @@ class Autoban:
             return
         if warning := self.gateway.observe(remote.addr):
             log.warning(warning, extra={"ADDRESS": remote.text})
-        name, account = event.get("Event", ""), event.get("AccountID", "")
+        name, account = header(event, "Event"), header(event, "AccountID")
         if self._is_exempt(remote.addr):
             log.info("%s from %s (account %s): exempt, not counted", name, remote.addr, account)
             return
@@ -353,15 +354,13 @@ class Autoban:
     def _found(self, remote: Remote) -> dict[str, Element]:
         """What the kernel held for REMOTE's address at its read in this window,
         with what this window wrote (or will write at the flush) laid over it."""
-        addr, text = remote.addr, remote.text
+        text = remote.text
         if text not in self._seen:  # read again after a failed jailing
             self._seen[text] = self._lookup(text)
+        keys = [text] if (prefix := self._prefix(remote)) is None else [text, prefix]
+        if not any(key in self._written_keys for key in keys):
+            return self._seen[text]
         found = dict(self._seen[text])
-        if not self._written:
-            return found
-        keys = [text]
-        if addr.version == 6 and self.cfg.prefix6 < 128:
-            keys.append(str(ipaddress.ip_network(f"{addr}/{self.cfg.prefix6}", strict=False)))
         for base in policy_sets():
             for key in keys:  # the address's own element before its prefix's
                 if (base, key) in self._written:
@@ -414,6 +413,7 @@ class Autoban:
 
     def _write(self, ops: list[Put | Delete]) -> None:
         for op in ops:
+            self._written_keys.add(op.addr)
             self._written[op.set, op.addr] = (
                 Element(op.set, op.addr, op.timeout, op.timeout, op.comment)
                 if isinstance(op, Put) else None)
@@ -472,6 +472,7 @@ class Autoban:
         self._pending, self._window = {}, None
         self._seen.clear()
         self._written.clear()
+        self._written_keys.clear()
 
     def _flush_each(self) -> None:
         """The pending counts one by one: a full watch set keeps the refused ones
@@ -497,17 +498,24 @@ class Autoban:
         """REMOTE's element in the timed sets: for IPv6 its /prefix6, unless that
         prefix holds an exempt (loopback, own, trunk, websms) or whitelisted
         address, or, when JAILING, a trusted one: then the address alone."""
-        prefix, addr = self.cfg.prefix6, remote.addr
-        if addr.version == 4 or prefix == 128:
+        if (prefix := self._prefix(remote)) is None:
             return remote.text
-        first = int(addr) >> (128 - prefix) << (128 - prefix)
-        last = first | ((1 << (128 - prefix)) - 1)
+        first = int(remote.addr) >> (128 - self.cfg.prefix6) << (128 - self.cfg.prefix6)
+        last = first | ((1 << (128 - self.cfg.prefix6)) - 1)
         protected = [*self._exempt_ranges[6], *self._whitelisted6(fresh=jailing)]
         if jailing and self.cfg.trusttime:
             protected += ranges(n for n in self._networks(["trust"]) if n.version == 6)
         if any(lo <= last and hi >= first for lo, hi in protected):
             return remote.text
-        return f"{ipaddress.IPv6Address(first)}/{prefix}"
+        return prefix
+
+    def _prefix(self, remote: Remote) -> str | None:
+        """REMOTE's /prefix6 as an element of the timed sets; None for IPv4 or
+        when prefix6 is 128."""
+        bits = 128 - self.cfg.prefix6
+        if remote.addr.version == 4 or bits == 0:
+            return None
+        return f"{address_text(6, int(remote.addr) >> bits << bits)}/{self.cfg.prefix6}"
 
     def _whitelisted6(self, fresh: bool) -> list[tuple[int, int]]:
         """The kernel's whitelist6 (CLI entries included) as integer ranges: read
@@ -564,7 +572,7 @@ class Autoban:
         remote = self._remote(event)
         if remote is None or self._is_exempt(remote.addr):
             return
-        addr, account = remote.addr, event.get("AccountID", "")
+        addr, account = remote.addr, header(event, "AccountID")
         fields = {"ADDRESS": str(addr), "EVENT": "SuccessfulAuth", "ACCOUNT": account}
         if self.cfg.proventime and remote.port is not None:
             self._prove(remote, fields)

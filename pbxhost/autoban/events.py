@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 import ipaddress
 import socket
 from dataclasses import dataclass, field
@@ -32,13 +31,12 @@ class Remote:
     addr: Address
     transport: str   # "UDP", "TCP", "TLS", "WS", "WSS"; "" when the event has none
     port: int | None
-    # the address as the event wrote it, when that is str(addr)
-    given: str = field(default="", compare=False, repr=False)
+    # str(addr), made once: a flood's events need it several times each
+    text: str = field(default="", compare=False, repr=False)
 
-    @functools.cached_property
-    def text(self) -> str:
-        """str(addr), made once: a flood's events need it several times each."""
-        return self.given or str(self.addr)
+    def __post_init__(self) -> None:
+        if not self.text:
+            object.__setattr__(self, "text", str(self.addr))
 
     @property
     def proven(self) -> bool:
@@ -52,8 +50,7 @@ class Remote:
 
 def parse_remote(value: str) -> Remote:
     """RemoteAddress → address, transport and port (see parse_remote_address)."""
-    addr, given = _parse_remote_address(value)
-    parts = value.strip().split("/")
+    addr, given, parts = _parse_remote_address(value)
     transport = parts[1].upper() if len(parts) == 4 else ""
     try:
         port: int | None = int(parts[-1])
@@ -72,9 +69,20 @@ def parse_remote_address(value: str) -> Address:
     return _parse_remote_address(value)[0]
 
 
-def _parse_remote_address(value: str) -> tuple[Address, str]:
-    """parse_remote_address, and its text when that is already str(address) (an
-    IPv4 address inet_pton took is: glibc takes dotted quads without zeros)."""
+def address_text(version: int, value: int) -> str:
+    """str() of the address VALUE, 4x faster: inet_ntop writes what ipaddress writes
+    (RFC 5952), except for ::/80 addresses (IPv4-compatible and mapped forms)."""
+    if version == 4:
+        return socket.inet_ntop(socket.AF_INET, value.to_bytes(4, "big"))
+    if value >> 48 == 0:
+        return str(ipaddress.IPv6Address(value))
+    return socket.inet_ntop(socket.AF_INET6, value.to_bytes(16, "big"))
+
+
+def _parse_remote_address(value: str) -> tuple[Address, str, list[str]]:
+    """parse_remote_address, its text when that is already str(address) (an IPv4
+    address inet_pton took is: glibc takes dotted quads without zeros; IPv6 is
+    written again), and the value's parts."""
     if not isinstance(value, str):
         raise ValueError(f"not one AMI address: {value!r}")
     parts = value.strip().split("/")
@@ -85,13 +93,17 @@ def _parse_remote_address(value: str) -> tuple[Address, str]:
         text = text[1:-1]
     if "%" in text:
         raise ValueError(f"an address with a zone id: {value!r}")
+    addr: Address
     try:  # 5x faster than ipaddress: one per event of a flood
-        addr: Address = ipaddress.IPv4Address(
-            int.from_bytes(socket.inet_pton(socket.AF_INET, text), "big"))
+        addr = ipaddress.IPv4Address(int.from_bytes(socket.inet_pton(socket.AF_INET, text), "big"))
     except OSError:
-        addr, text = ipaddress.ip_address(text), ""
+        try:
+            number = int.from_bytes(socket.inet_pton(socket.AF_INET6, text), "big")
+            addr, text = ipaddress.IPv6Address(number), address_text(6, number)
+        except OSError:  # ipaddress says why
+            addr, text = ipaddress.ip_address(text), ""
     if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped:
-        return addr.ipv4_mapped, ""
+        return addr.ipv4_mapped, "", parts
     if (addr.version == 4) != (parts[0] == "IPV4"):
         raise ValueError(f"address family does not match: {value!r}")
-    return addr, text
+    return addr, text, parts

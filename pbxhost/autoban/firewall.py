@@ -58,6 +58,7 @@ from typing import Any
 import nftables
 
 from pbxhost.autoban import nfnetlink
+from pbxhost.autoban.events import address_text
 from pbxhost.autoban.mirror import Mirror
 
 log = logging.getLogger("pbxhost.autoban.firewall")
@@ -280,16 +281,6 @@ def _value(version: int, lo: int, hi: int) -> str | Json:
     return {"range": [str(first), str(last)]}
 
 
-def _key_text(version: int, value: int) -> str:
-    """str(_ip(version, value)), 4x faster: inet_ntop writes what ipaddress writes
-    (RFC 5952), except for ::/80 addresses (IPv4-compatible and mapped forms)."""
-    if version == 4:
-        return socket.inet_ntop(socket.AF_INET, value.to_bytes(4, "big"))
-    if value >> 48 == 0:
-        return str(ipaddress.IPv6Address(value))
-    return socket.inet_ntop(socket.AF_INET6, value.to_bytes(16, "big"))
-
-
 def _text(version: int, lo: int, hi: int) -> str:
     value = _value(version, lo, hi)
     if isinstance(value, str):
@@ -360,7 +351,7 @@ def _pair_text(version: int, key: bytes) -> str:
     size = 4 if version == 4 else 16
     proto = next((name for name, number in PROTOS.items() if number == key[size]), str(key[size]))
     port = int.from_bytes(key[size + 4:size + 6], "big")
-    return f"{_key_text(version, int.from_bytes(key[:size], 'big'))} {proto} {port}"
+    return f"{address_text(version, int.from_bytes(key[:size], 'big'))} {proto} {port}"
 
 
 def _pair_key(op: _Op) -> bytes:
@@ -478,7 +469,17 @@ def _timed_elem(op: _Op, key: str) -> str | Json:
     return {"elem": attrs} if len(attrs) > 1 else attrs["val"]
 
 
-_SET_NAMES = {(base, version): f"{base}{version}" for base in SETS for version in (4, 6)}
+@functools.cache
+def _mirror_names(bases: tuple[str, ...], version: int) -> tuple[dict[str, str], ...]:
+    """BASES' sets a lookup reads for an address of VERSION, as {base: set name}:
+    the exact-key ones, the /prefix6 ones (IPv6) and the interval ones."""
+    exact = {b: f"{b}{version}" for b in bases if b not in LIST_SETS}
+    nets = {b: f"{b}net6" for b in bases if b in NET_BASES and version == 6}
+    return exact, nets, {b: f"{b}{version}" for b in bases if b in LIST_SETS}
+
+
+def _plan_set(write: tuple[bool, _Op]) -> str:
+    return write[1].name
 
 
 # ---- the firewall ------------------------------------------------------------
@@ -704,7 +705,7 @@ class Firewall:
         all exact-key reads pipelined on one socket."""
         if not self.exists():
             raise FirewallError(f"table inet {self.table} is missing")
-        bases = [b for b in bases if b not in PAIR_SETS]
+        bases = tuple(b for b in bases if b not in PAIR_SETS)
         if (mirror := self._refreshed()) is not None:
             return [self._from_mirror(mirror, _span(addr), bases) for addr in addrs]
         queries: list[tuple[str, bytes]] = []
@@ -741,35 +742,37 @@ class Firewall:
                     if element is not None:
                         found[base] = element
                 else:
-                    found[base] = Element(base, _key_text(version, got.key), got.timeout,
+                    found[base] = Element(base, address_text(version, got.key), got.timeout,
                                           got.expires, got.comment)
             out.append(found)
         return out
 
-    def _from_mirror(self, mirror: Mirror, span: _Span, bases: list[str]) -> dict[str, Element]:
+    def _from_mirror(self, mirror: Mirror, span: _Span,
+                     bases: tuple[str, ...]) -> dict[str, Element]:
         """lookup_many's answer for one address from the mirror (no system call)."""
         if not span.single:
             raise ValueError(f"{_text(span.version, span.lo, span.hi)}: lookup takes a "
                              "single address")
         version, value = span.version, span.lo
+        exact, nets, intervals = _mirror_names(bases, version)
         found: dict[str, Element] = {}
-        for base in bases:
-            name = _SET_NAMES[base, version]
-            if base in LIST_SETS:
-                top = (1 << (32 if version == 4 else 128)) - 1
-                if (covering := mirror.interval(name, value, top)) is not None:
-                    start, last = covering
-                    found[base] = Element(base, _text(version, start.key, last), start.timeout,
-                                          start.expires, start.comment)
-                continue
-            if (got := mirror.element(name, value)) is not None:
-                found[base] = Element(base, _key_text(version, value), got.timeout,
-                                      got.expires, got.comment)
-            elif version == 6 and base in NET_BASES:
-                first = value & self._mask6
-                if (got := mirror.element(f"{base}net6", first)) is not None:
+        if held := mirror.holding(exact.values(), value):
+            text = address_text(version, value)
+            for base, name in exact.items():
+                if (got := held.get(name)) is not None:
+                    found[base] = Element(base, text, got.timeout, got.expires, got.comment)
+        if nets:  # IPv6: the /prefix6 element, where the address has none of its own
+            first = value & self._mask6
+            for base, name in nets.items():
+                if base not in found and (got := mirror.holding((name,), first).get(name)):
                     found[base] = Element(base, self._net_text(first), got.timeout,
                                           got.expires, got.comment)
+        for base, name in intervals.items():
+            top = (1 << (32 if version == 4 else 128)) - 1
+            if (covering := mirror.interval(name, value, top)) is not None:
+                start, last = covering
+                found[base] = Element(base, _text(version, start.key, last), start.timeout,
+                                      start.expires, start.comment)
         return found
 
     def _get_net(self, base: str, value: int) -> Element | None:
@@ -783,7 +786,7 @@ class Firewall:
         return Element(base, self._net_text(first), found.timeout, found.expires, found.comment)
 
     def _net_text(self, first: int) -> str:
-        return f"{_key_text(6, first)}/{self.prefix6}"
+        return f"{address_text(6, first)}/{self.prefix6}"
 
     def _get(self, base: str, version: int, key: bytes) -> Element | None:
         name = f"{base}{version}"
@@ -856,7 +859,7 @@ class Firewall:
             dumped = self._netlink.iter_dump(self.table, f"{base}{version}")
         except OSError as exc:
             raise FirewallError(str(exc)) from exc
-        return (Element(base, _key_text(version, e.key), e.timeout, e.expires, e.comment)
+        return (Element(base, address_text(version, e.key), e.timeout, e.expires, e.comment)
                 for e in dumped)
 
     def _list(self, name: str) -> list[str | Json]:
@@ -932,39 +935,36 @@ class Firewall:
         return commands
 
     def _timed_plan(self, ops: list[_Op], fresh: bool) -> list[tuple[bool, _Op]]:
-        """The timed elements' writes, in order, as (add?, op): only an element
-        that is there is deleted (deleting an absent one fails the batch; add and
-        delete of an absent one fails too once the set is full); delete then add
-        resets timeout and comment."""
-        timed = self._with_covering_nets([o for o in ops if o.base in TIMED_SETS])
-        present: dict[tuple[str, int], bool] = {}  # as this batch leaves it
+        """The timed elements' writes as (add?, op): each element the ops touch is
+        deleted once if it is there (deleting an absent one fails the batch; add
+        and delete of an absent one fails too once the set is full), then added
+        once if the last op on it puts it (delete then add resets timeout and
+        comment). Deletions first, then additions, each grouped by set: a flood's
+        batch is a few netlink messages, not one per element."""
+        last: dict[tuple[str, int], _Op] = {}  # each element's final op, first-touch order
+        for op in self._with_covering_nets([o for o in ops if o.base in TIMED_SETS]):
+            last[op.name, op.span.lo] = op
+        present: dict[tuple[str, int], bool] = {}
         # What is there now, every read of the batch in one pipeline. An element that
         # expires between this read and the batch fails the batch (it is gone); the
         # daemon retries once with a fresh read.
         if not fresh:
-            wheres = list(dict.fromkeys((op.name, op.span.lo, op.span.version) for op in timed))
-            mirror = self._refreshed()
-            if mirror is not None:  # the kernel is asked only near a deadline
-                for name, lo, _ in wheres:
-                    if (known := mirror.present(name, lo)) is not None:
-                        present[name, lo] = known
-                wheres = [w for w in wheres if (w[0], w[1]) not in present]
+            wheres = list(last)
+            # the kernel is asked only near a deadline
+            if (mirror := self._refreshed()) is not None:
+                for where in wheres:
+                    if (known := mirror.present(*where)) is not None:
+                        present[where] = known
+                wheres = [w for w in wheres if w not in present]
             try:
-                there = self._netlink.present(self.table, [(name, _packed(version, lo))
-                                                           for name, lo, version in wheres])
+                there = self._netlink.present(self.table, [
+                    (name, _packed(last[name, lo].span.version, lo)) for name, lo in wheres])
             except OSError as exc:
                 raise FirewallError(str(exc)) from exc
-            present.update({(name, lo): got
-                            for (name, lo, _), got in zip(wheres, there, strict=True)})
-        plan: list[tuple[bool, _Op]] = []
-        for op in timed:
-            where = (op.name, op.span.lo)
-            if present.get(where, False):
-                plan.append((False, op))
-            if op.put:
-                plan.append((True, op))
-            present[where] = op.put
-        return plan
+            present.update(zip(wheres, there, strict=True))
+        deletes = [(False, op) for where, op in last.items() if present.get(where)]
+        adds = [(True, op) for op in last.values() if op.put]
+        return sorted(deletes, key=_plan_set) + sorted(adds, key=_plan_set)
 
     def _with_covering_nets(self, ops: list[_Op]) -> list[_Op]:
         """A Delete of one IPv6 address deletes its /prefix6 element too: what frees
@@ -988,7 +988,7 @@ class Firewall:
         for op in (o for o in ops if o.base in PAIR_SETS):
             if op.pair is None:
                 pairs = [e.addr for e in self._set_elements(op.base, str(op.span.version))
-                         if e.addr.split()[0] == _key_text(op.span.version, op.span.lo)]
+                         if e.addr.split()[0] == address_text(op.span.version, op.span.lo)]
                 found = [_Op(False, op.base, op.span, None, None, _parse_pair(p)[1])
                          for p in pairs]
             else:
@@ -1000,7 +1000,7 @@ class Firewall:
                 if where not in present:  # pairs found by the dump are there
                     present[where] = op.pair is None or (not fresh
                                                          and self._has_key(one.name, key))
-                value = {"concat": [_key_text(one.span.version, one.span.lo), *one.pair]}
+                value = {"concat": [address_text(one.span.version, one.span.lo), *one.pair]}
                 if present[where]:
                     commands.append({"delete": {"element": {**self._ref(one.name),
                                                             "elem": [value]}}})

@@ -54,6 +54,8 @@ _NETLINK_TIMEOUT = 5.0  # seconds; the kernel answers in microseconds
 # and the kernel drops what overflows the receive buffer (set to _RCVBUF below).
 PIPELINE = 64
 _RCVBUF = 4 << 20
+_SEND_SLACK = 4096  # a datagram may be the send buffer less a little
+_ELEMENTS_MAX = 0xFFFF - 4  # bytes of elements in one message's list attribute
 
 
 def nla(kind: int, payload: bytes, nested: bool = False) -> bytes:
@@ -146,7 +148,7 @@ class Netlink:
     """Exact-key reads straight from nf_tables. libnftables 1.0.6 answers a
     `get element` from a cache of every element of every set, which it drops
     whenever an element is missing: O(ruleset) per lookup. The kernel's
-    GETSETELEM is O(1). Nothing is written this way."""
+    GETSETELEM is O(1). Writes: elements of the timed sets only (see write)."""
 
     def __init__(self) -> None:
         # Like libnftables' socket, this one stays in the creating thread's netns.
@@ -291,23 +293,37 @@ class Netlink:
         messages: list[bytes] = []
         seqs: list[int] = []
         for (added, name), run in itertools.groupby(writes, lambda w: (w.added, w.set)):
-            seqs.append(next(self._seq))
-            elements = b"".join(map(_elem_attr, run))
-            attrs = (nla(_NFTA_SET_ELEM_LIST_TABLE, table.encode() + b"\0")
-                     + nla(_NFTA_SET_ELEM_LIST_SET, name.encode() + b"\0")
-                     + nla(_NFTA_SET_ELEM_LIST_ELEMENTS, elements, nested=True))
+            head = (nla(_NFTA_SET_ELEM_LIST_TABLE, table.encode() + b"\0")
+                    + nla(_NFTA_SET_ELEM_LIST_SET, name.encode() + b"\0"))
             kind = _NFT_MSG_NEWSETELEM if added else _NFT_MSG_DELSETELEM
             flags = _NLM_F_REQUEST | _NLM_F_ACK | (_NLM_F_CREATE if added else 0)
-            messages.append(self._message(kind, attrs, flags, seqs[-1]))
+            for elements in _packs(map(_elem_attr, run)):
+                seqs.append(next(self._seq))
+                messages.append(self._message(
+                    kind, head + nla(_NFTA_SET_ELEM_LIST_ELEMENTS, elements, nested=True),
+                    flags, seqs[-1]))
         if not messages:
             return
-        batch = [self._batch(_NFNL_MSG_BATCH_BEGIN), *messages, self._batch(_NFNL_MSG_BATCH_END)]
+        batch = b"".join([self._batch(_NFNL_MSG_BATCH_BEGIN), *messages,
+                          self._batch(_NFNL_MSG_BATCH_END)])
         try:
             with self._lock:
-                self._sock.send(b"".join(batch))
+                self._fit(len(batch))
+                self._sock.send(batch)
                 self._acks(set(seqs))
         except OSError as exc:
             raise OSError(exc.errno, f"nf_tables netlink: {exc.strerror or exc}") from exc
+
+    def _fit(self, size: int) -> None:
+        """A transaction is one datagram: the send buffer grows to hold it, as
+        libnftables' does (else EMSGSIZE). Root may exceed wmem_max
+        (SO_SNDBUFFORCE, 32); the kernel keeps twice what is set."""
+        if size + _SEND_SLACK <= self._sock.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF):
+            return
+        for option in (32, socket.SO_SNDBUF):
+            with contextlib.suppress(OSError):
+                self._sock.setsockopt(socket.SOL_SOCKET, option, size + _SEND_SLACK)
+                return
 
     def _batch(self, kind: int) -> bytes:
         # a batch delimiter: its nfgenmsg names the subsystem (res_id, big-endian)
@@ -383,6 +399,21 @@ def _elem_attr(w: Write) -> bytes:
                   + bytes(-(2 + len(text)) % 4))
     return _HEAD.pack(4 + len(attrs), _NFTA_LIST_ELEM | _NLA_F_NESTED) + attrs
 
+
+
+def _packs(attrs: Iterator[bytes]) -> Iterator[bytes]:
+    """ATTRS joined into runs that fit one attribute (its length is 16 bits):
+    one message per set and kind, unless a batch is that large."""
+    run: list[bytes] = []
+    size = 0
+    for attr in attrs:
+        if size + len(attr) > _ELEMENTS_MAX:
+            yield b"".join(run)
+            run, size = [], 0
+        run.append(attr)
+        size += len(attr)
+    if run:
+        yield b"".join(run)
 
 @dataclass(frozen=True, slots=True)
 class Change:

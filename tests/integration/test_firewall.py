@@ -719,6 +719,27 @@ def test_a_following_firewall_rereads_the_sets_after_its_notifications_overflow(
     assert daemon.lookup_many(["10.0.239.250"])[0]["watch"].comment == "x" * 100
 
 
+
+def test_a_following_firewall_writes_a_large_batch_as_one_transaction(netns):
+    """Thousands of counts in one apply: more elements than one netlink attribute
+    holds (64 KiB) and more bytes than the default send buffer; a batch that
+    touches an element several times (put, put, delete, put) writes its end."""
+    daemon = in_netns(netns.name, lambda: Firewall(follow=True))
+    cli = netns.firewall()
+    daemon.ensure()
+    addrs = [f"10.{i // 250}.{i % 250}.1" for i in range(6000)]
+    daemon.apply([Put("watch", a, 600, "events 1795675185 +0 +3") for a in addrs])
+    daemon.apply([Put("watch", a, 600, "events 1795675185 +0 +3 +4") for a in addrs])
+    daemon.apply([Put("watch", "192.0.2.1", 600, "a"), Put("watch", "192.0.2.1", 600, "b"),
+                  Delete("watch", "192.0.2.1"), Put("watch", "192.0.2.1", 600, "c"),
+                  Put("jail", "192.0.2.2", 60), Delete("jail", "192.0.2.2")])
+    assert len(cli.elements(["watch"])) == 6001
+    sample = [addrs[0], addrs[2999], addrs[-1], "192.0.2.1", "192.0.2.2"]
+    _same(daemon.lookup_many(sample), cli.lookup_many(sample))
+    assert cli.lookup(addrs[-1])["watch"].comment == "events 1795675185 +0 +3 +4"
+    assert cli.lookup("192.0.2.1")["watch"].comment == "c"
+    assert cli.lookup("192.0.2.2") == {}
+
 # ---- cost ----------------------------------------------------------------------
 
 def median_ms(call: Callable[[int], object], rounds: int = 200) -> float:

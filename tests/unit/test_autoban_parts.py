@@ -24,9 +24,16 @@ from pbxhost.autoban.firewall import Delete, Element, Put
     ("IPV6/UDP/[2001:db8::9]/5060", "2001:db8::9"),
     ("IPV6/2001:db8::9/5060", "2001:db8::9"),
     ("IPV6/UDP/::ffff:192.0.2.7/5060", "192.0.2.7"),
+    ("IPV6/UDP/2001:0DB8:0000:0000:0000:0000:0000:0009/5060", "2001:db8::9"),
+    ("IPV6/UDP/[2001:db8:0:0:1::1]/5060", "2001:db8:0:0:1::1"),
+    ("IPV6/UDP/::0.0.0.1/5060", "::1"),
 ])
 def test_remote_address_forms(raw, addr):
+    from pbxhost.autoban.events import parse_remote
+
     assert parse_remote_address(raw) == ipaddress.ip_address(addr)
+    # the text every set and log line uses is what ipaddress writes, whatever the form
+    assert parse_remote(raw).text == str(ipaddress.ip_address(addr))
 
 
 @pytest.mark.parametrize("raw", ["", "garbage", "IPV4/UDP/999.1.1.1/5060", "IPV5/UDP/1.2.3.4/1",
@@ -467,16 +474,16 @@ def test_kernel_keys_are_written_as_ipaddress_writes_them():
     from hypothesis import given
     from hypothesis import strategies as st
 
-    from pbxhost.autoban.firewall import _key_text
+    from pbxhost.autoban.events import address_text
 
     @given(st.integers(0, 2**32 - 1), st.integers(0, 2**128 - 1),
            st.lists(st.integers(0, 7), max_size=8))
     def check(v4, v6, zeros):
         for z in zeros:  # runs of zero groups, where :: compression happens
             v6 &= ~(0xFFFF << (16 * z))
-        assert _key_text(4, v4) == str(ipaddress.IPv4Address(v4))
-        assert _key_text(6, v6) == str(ipaddress.IPv6Address(v6))
-        assert _key_text(6, v6 >> 64) == str(ipaddress.IPv6Address(v6 >> 64))
+        assert address_text(4, v4) == str(ipaddress.IPv4Address(v4))
+        assert address_text(6, v6) == str(ipaddress.IPv6Address(v6))
+        assert address_text(6, v6 >> 64) == str(ipaddress.IPv6Address(v6 >> 64))
 
     check()
 
