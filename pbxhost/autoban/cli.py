@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 import sys
 import time
-from dataclasses import asdict
 from typing import NoReturn
 
 from pbxhost import cli, conf
@@ -148,7 +147,7 @@ def main(argv: list[str] | None = None) -> int:
             sets = list(SETS) if verb == "show" else dsets
             elements = fw.elements(sets)
             if args.json:
-                print(json.dumps([asdict(e) for e in elements], indent=1))
+                print(json.dumps([e._asdict() for e in elements], indent=1))
             else:
                 print(show(elements, sets, fw.counters()))
             return 0

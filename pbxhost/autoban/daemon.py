@@ -16,7 +16,7 @@ import ipaddress
 import logging
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -383,7 +383,7 @@ class Autoban:
         key = found["watch"].addr if "watch" in found else self.element_for(remote)
         standing = standing_of(found)
         if "watch" not in found and (counted := self.overflow.get(key)):
-            standing = replace(standing, times=counted)
+            standing = standing._replace(times=counted)
         verdict = policy.on_event(self.settings, standing, int(self.clock()), remote.proven)
         jail_key = None
         if verdict.action is policy.Action.JAIL:
@@ -391,16 +391,19 @@ class Autoban:
                         else self.element_for(remote, jailing=True))
         parole_left = found["parole"].expires if "parole" in found else None
         ops = ops_for(verdict, key, self.settings, jail_key, parole_left)
+        if verdict.action is policy.Action.WATCH:
+            self._pending[key] = (verdict, ops)
+            self._write(ops)
+            if not log.isEnabledFor(logging.INFO):  # a flood's usual case: no line to make
+                return
+        elif verdict.action is policy.Action.JAIL:
+            self._pending.pop(key, None)  # the jailing deletes the watch element
+            self._write(ops)
         element = jail_key or key
         shown = element if element == text else f"{element} ({text})"
         fields = {"ADDRESS": text, "ELEMENT": element, "EVENT": name, "ACCOUNT": account,
                   "VERDICT": verdict.action.value}
-        if verdict.action is policy.Action.WATCH:
-            self._pending[key] = (verdict, ops)
-            self._write(ops)
-        elif verdict.action is policy.Action.JAIL:
-            self._pending.pop(key, None)  # the jailing deletes the watch element
-            self._write(ops)
+        if verdict.action is policy.Action.JAIL:
             scope = ("" if verdict.scope is policy.Scope.ALL else
                      f", SIP only ({remote.transport or 'UDP'}: the source is not proven)")
             jailings.append(Jailing(verdict, key, ops, text, (

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import ipaddress
 import socket
-from dataclasses import dataclass, field
+from typing import NamedTuple
 
 # Each of these is a request that failed authentication or authorisation:
 #   InvalidAccountID          unknown user (scanners probe extensions)
@@ -26,17 +26,11 @@ Address = ipaddress.IPv4Address | ipaddress.IPv6Address
 PROVEN_TRANSPORTS = frozenset({"TCP", "TLS", "WS", "WSS"})
 
 
-@dataclass(frozen=True)
-class Remote:
+class Remote(NamedTuple):
     addr: Address
     transport: str   # "UDP", "TCP", "TLS", "WS", "WSS"; "" when the event has none
     port: int | None
-    # str(addr), made once: a flood's events need it several times each
-    text: str = field(default="", compare=False, repr=False)
-
-    def __post_init__(self) -> None:
-        if not self.text:
-            object.__setattr__(self, "text", str(self.addr))
+    text: str        # str(addr), made once: a flood's events need it several times each
 
     @property
     def proven(self) -> bool:
@@ -58,7 +52,7 @@ def parse_remote(value: str) -> Remote:
             port = None
     except ValueError:
         port = None
-    return Remote(addr, transport, port, given)
+    return Remote(addr, transport, port, given or str(addr))
 
 
 def parse_remote_address(value: str) -> Address:

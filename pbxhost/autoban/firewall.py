@@ -48,12 +48,13 @@ import ipaddress
 import itertools
 import json
 import logging
+import operator
 import re
 import socket
 import threading
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import Any, NamedTuple
 
 import nftables
 
@@ -130,8 +131,7 @@ class SetFullError(FirewallError):
     """A set is at its size: the kernel refused a new element (ENFILE)."""
 
 
-@dataclass(frozen=True, slots=True)
-class Element:
+class Element(NamedTuple):
     set: str             # base name, e.g. "jail"
     addr: str            # "192.0.2.9", "2001:db8::9", "192.0.2.0/24", "192.0.2.1-192.0.2.200"
     timeout: int | None  # the element's full timeout in seconds
@@ -139,8 +139,7 @@ class Element:
     comment: str | None
 
 
-@dataclass(frozen=True, slots=True)
-class Put:
+class Put(NamedTuple):
     """Add or replace an element; replacing resets its timeout and comment."""
     set: str
     addr: str
@@ -148,8 +147,7 @@ class Put:
     comment: str | None = None
 
 
-@dataclass(frozen=True, slots=True)
-class Delete:
+class Delete(NamedTuple):
     """Remove an element; an absent one is not an error."""
     set: str
     addr: str
@@ -172,8 +170,7 @@ class _Piece:
     comment: str | None
 
 
-@dataclass(frozen=True)
-class _Op:
+class _Op(NamedTuple):
     """A validated Put (put=True) or Delete."""
     put: bool
     base: str
@@ -182,11 +179,10 @@ class _Op:
     comment: str | None
     pair: tuple[str, int] | None = None  # proven: protocol and port (Delete: None = all)
 
-    @functools.cached_property  # read several times per write of a flood
+    @property
     def name(self) -> str:
-        if self.net:
-            return f"{self.base}net6"
-        return f"{self.base}{self.span.version}"
+        """The kernel set: BASE4, BASE6, or BASEnet6 for an IPv6 prefix."""
+        return _SET_NAMES[self.base, 0 if self.net else self.span.version]
 
     @property
     def net(self) -> bool:
@@ -195,6 +191,11 @@ class _Op:
 
     def addr_text(self) -> str:
         return _text(self.span.version, self.span.lo, self.span.hi)
+
+
+# (base, version) → the kernel set; version 0: the IPv6 prefixes' set
+_SET_NAMES = {(base, version): f"{base}{version or 'net6'}"
+              for base in SETS for version in (0, 4, 6)}
 
 
 # ---- addresses -------------------------------------------------------------
@@ -476,10 +477,6 @@ def _mirror_names(bases: tuple[str, ...], version: int) -> tuple[dict[str, str],
     exact = {b: f"{b}{version}" for b in bases if b not in LIST_SETS}
     nets = {b: f"{b}net6" for b in bases if b in NET_BASES and version == 6}
     return exact, nets, {b: f"{b}{version}" for b in bases if b in LIST_SETS}
-
-
-def _plan_set(write: tuple[bool, _Op]) -> str:
-    return write[1].name
 
 
 # ---- the firewall ------------------------------------------------------------
@@ -910,9 +907,9 @@ class Firewall:
         autoband, a restore's batches): one netlink batch, taken into the mirror
         as written. A fraction of libnftables' memory and time: 100k elements
         restored at boot through it stay within autoband's 60 MB."""
-        writes = [nfnetlink.Write(added, op.name, _packed(op.span.version, op.span.lo),
+        writes = [nfnetlink.Write(added, name, _packed(op.span.version, op.span.lo),
                                   op.timeout, op.comment)
-                  for added, op in self._timed_plan(ops, fresh)]
+                  for added, name, op in self._timed_plan(ops, fresh)]
         try:
             self._netlink.write(self.table, writes)
         except OSError as exc:
@@ -926,16 +923,16 @@ class Firewall:
 
     def _timed_commands(self, ops: list[_Op], fresh: bool = False) -> list[Json]:
         commands: list[Json] = []
-        for added, op in self._timed_plan(ops, fresh):
+        for added, name, op in self._timed_plan(ops, fresh):
             # net elements are keyed by the prefix's first address
             key = str(_ip(op.span.version, op.span.lo))
             elem = _timed_elem(op, key) if added else key
             commands.append({"add" if added else "delete": {
-                "element": {**self._ref(op.name), "elem": [elem]}}})
+                "element": {**self._ref(name), "elem": [elem]}}})
         return commands
 
-    def _timed_plan(self, ops: list[_Op], fresh: bool) -> list[tuple[bool, _Op]]:
-        """The timed elements' writes as (add?, op): each element the ops touch is
+    def _timed_plan(self, ops: list[_Op], fresh: bool) -> list[tuple[bool, str, _Op]]:
+        """The timed elements' writes as (add?, set, op): each element the ops touch is
         deleted once if it is there (deleting an absent one fails the batch; add
         and delete of an absent one fails too once the set is full), then added
         once if the last op on it puts it (delete then add resets timeout and
@@ -962,9 +959,10 @@ class Firewall:
             except OSError as exc:
                 raise FirewallError(str(exc)) from exc
             present.update(zip(wheres, there, strict=True))
-        deletes = [(False, op) for where, op in last.items() if present.get(where)]
-        adds = [(True, op) for op in last.values() if op.put]
-        return sorted(deletes, key=_plan_set) + sorted(adds, key=_plan_set)
+        deletes = [(False, name, op) for (name, lo), op in last.items() if present.get((name, lo))]
+        adds = [(True, name, op) for (name, _), op in last.items() if op.put]
+        by_set = operator.itemgetter(1)
+        return sorted(deletes, key=by_set) + sorted(adds, key=by_set)
 
     def _with_covering_nets(self, ops: list[_Op]) -> list[_Op]:
         """A Delete of one IPv6 address deletes its /prefix6 element too: what frees

@@ -20,7 +20,7 @@ import socket
 import struct
 import threading
 from collections.abc import Iterator
-from dataclasses import dataclass
+from typing import NamedTuple
 
 _NETLINK_NETFILTER = 12
 _NFNL_SUBSYS_NFTABLES = 10
@@ -362,8 +362,7 @@ def _found(attrs: dict[int, bytes]) -> Found:
                  udata_comment(attrs.get(NFTA_SET_ELEM_USERDATA, b"")))
 
 
-@dataclass(frozen=True)
-class Found:
+class Found(NamedTuple):
     """One set element as the kernel holds it."""
     key: int
     timeout: int | None
@@ -371,8 +370,7 @@ class Found:
     comment: str | None
 
 
-@dataclass(frozen=True, slots=True)
-class Write:
+class Write(NamedTuple):
     """An element to add to (ADDED) or delete from a set of exact keys."""
     added: bool
     set: str
@@ -415,8 +413,7 @@ def _packs(attrs: Iterator[bytes]) -> Iterator[bytes]:
     if run:
         yield b"".join(run)
 
-@dataclass(frozen=True, slots=True)
-class Change:
+class Change(NamedTuple):
     """One element added to or deleted from a set of the monitored table."""
     added: bool
     set: str

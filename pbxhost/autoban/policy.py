@@ -18,10 +18,12 @@ window on every event; here it is "more than maxcount within any watchtime"."""
 
 from __future__ import annotations
 
+import functools
 import itertools
 import re
 from dataclasses import dataclass
 from enum import Enum
+from typing import NamedTuple
 
 COMMENT_MAX = 120   # below nftables' element-comment limit
 MAX_MAXCOUNT = 25   # the window's times must fit in one element comment
@@ -47,8 +49,7 @@ class Settings:
         encode_times(tuple(10**10 + i * step for i in range(self.maxcount)))
 
 
-@dataclass(frozen=True)
-class Standing:
+class Standing(NamedTuple):
     """What the kernel's sets hold for one address."""
     times: tuple[int, ...] = ()      # watch: event times (epoch seconds), oldest first
     jailed: bool = False             # jail: everything dropped
@@ -69,8 +70,7 @@ class Scope(Enum):
     SIP = "sipjail"
 
 
-@dataclass(frozen=True)
-class Verdict:
+class Verdict(NamedTuple):
     action: Action
     reason: str
     times: tuple[int, ...] = ()  # WATCH: the window to store
@@ -99,8 +99,8 @@ def on_event(settings: Settings, standing: Standing, now: int,
         return Verdict(Action.JAIL, "offended on parole", sentence=sentence, scope=scope,
                        record=sentence)
     # a time ahead of now (the clock stepped back since it was stored) counts as now
-    times = (min(t, now) for t in standing.times)
-    window = (*(t for t in times if t > now - settings.watchtime), now)
+    cutoff = now - settings.watchtime
+    window = (*[min(t, now) for t in standing.times if t > cutoff], now)
     if len(window) > settings.maxcount:
         sentence = min(settings.jailtime, settings.max_sentence)
         return Verdict(Action.JAIL, f"{len(window)} events within {settings.watchtime}s",
@@ -111,6 +111,8 @@ def on_event(settings: Settings, standing: Standing, now: int,
 
 # The kernel element comments that carry the policy's data, readable in `nft list ruleset`.
 
+# Cached: a flood's addresses share their event times, so their comments too.
+@functools.lru_cache(maxsize=4096)
 def encode_times(times: tuple[int, ...]) -> str:
     """`events 1795675185 +0 +3 +5`: the first time, then deltas."""
     parts = [str(times[0])] + [f"+{b - a}" for a, b in itertools.pairwise(times)]
@@ -120,6 +122,7 @@ def encode_times(times: tuple[int, ...]) -> str:
     return text
 
 
+@functools.lru_cache(maxsize=4096)
 def decode_times(comment: str | None) -> tuple[int, ...]:
     """The inverse of encode_times; an unreadable comment counts as no events."""
     if not comment or not re.fullmatch(r"events \d+( \+\d+)*", comment):
