@@ -52,11 +52,13 @@ Content-Length: 0
 
 """
 
+# The peer's To from the dialog's own state (its tag, from its responses), not
+# from the last message received: after the peer's re-INVITE that is its ACK.
 _IN_DIALOG = """
 {method} [next_url] SIP/2.0
 Via: SIP/2.0/[transport] [local_ip]:[local_port];branch=[branch]
 From: "{user}" <sip:{user}@[remote_ip]>;tag=[pid]SIPpTag00[call_number]
-[last_To:]
+To: <sip:[service]@[remote_ip]>[peer_tag_param]
 Call-ID: [call_id]
 CSeq: {cseq} {method}
 Contact: <sip:{user}@[local_ip]:[local_port]>
@@ -105,8 +107,45 @@ def call_xml(user: str, password: str | None, expect: int = 200, hold_ms: int = 
                   _play(audio),
                   f'  <pause milliseconds="{hold_ms}"/>\n',
                   _send(_IN_DIALOG.format(method="BYE", user=user, cseq=cseq + 1)),
-                  '  <recv response="200"/>\n']
+                  '  <recv response="200" next="done"/>\n',
+                  *_answer_reinvite(user),
+                  '  <label id="done"/>\n']
     return _scenario("call", steps)
+
+
+_REINVITE_OK = """
+SIP/2.0 200 OK
+[last_Via:]
+[last_From:]
+[last_To:]
+[last_Call-ID:]
+[last_CSeq:]
+Contact: <sip:{user}@[local_ip]:[local_port]>
+Content-Type: application/sdp
+Content-Length: [len]
+
+""" + _SDP
+
+
+def _answer_reinvite(user: str) -> list[str]:
+    """The peer's re-INVITE during the call (Asterisk sends one to update the
+    connected line, e.g. when the callee's identity comes after the answer):
+    answered with our unchanged SDP, and the call goes on where it was, its
+    pause kept. sipp jumps to _unexp.main on any message its scenario does not
+    expect here, saving where it was; anything but an INVITE there is
+    unexpected again and fails the call. A retransmitted 200 of our INVITE (our
+    ACK late or lost) never comes here: sipp answers it with the ACK again
+    itself (it knows the ACK as the message it sent after that 200)."""
+    return ['  <label id="_unexp.main"/>\n',
+            '  <recv request="INVITE"/>\n',
+            _send(_REINVITE_OK.format(user=user), retrans=False),
+            '  <recv request="ACK"/>\n',
+            # back to the saved step with its pause; 0 again: not "inside a jump"
+            '  <nop hide="true">\n    <action>\n'
+            '      <pauserestore variable="_unexp.pausedaddr"/>\n'
+            '      <jump variable="_unexp.retaddr"/>\n'
+            '      <assign assign_to="_unexp.retaddr" value="0"/>\n'
+            '    </action>\n  </nop>\n']
 
 
 _ITSP_REPLY = """
