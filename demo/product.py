@@ -39,29 +39,20 @@ sys.path.insert(0, str(ROOT / "bench"))
 sys.path.insert(0, str(ROOT / "oci"))
 import benchlib  # noqa: E402  (puts tests/ (the test bed) and the repository on sys.path)
 import build as oci  # noqa: E402  (oci/build.py: make oci)
+from tour import JANE, JOHN, Lan, say, show, tour  # noqa: E402  (demo/tour.py: steps 3-6)
 
 from pbxhost.host import seed  # noqa: E402
 from testbed import image  # noqa: E402
-from testbed.itsp import FakeItsp, WebhookClient  # noqa: E402
+from testbed.itsp import FakeItsp  # noqa: E402
 from testbed.netns import Network, sh  # noqa: E402
-from testbed.sip import Baresip, sipp_register  # noqa: E402
+from testbed.sip import Baresip  # noqa: E402
+from testbed.system import BootedSystem  # noqa: E402
 from testbed.wait import poll  # noqa: E402
 
-JOHN, JANE = "+12025550160", "+12025550183"
-OUTSIDE = "+15017122661"
 WEBHOOK_PORT = 80  # the port the image exposes for it
 DEFAULT_WORK = Path("/var/tmp/pbxhost-demo")
 HOST_LINK, HOST_ADDR = "pbxdemo0", "192.0.2.1"
 UNITS = ("pbxhost.target", "asterisk.service", "autoban.service", "websmsd.service")
-
-
-def say(step: str) -> None:
-    print(f"\n== {step}", flush=True)
-
-
-def show(text: str, indent: str = "   ") -> None:
-    for line in text.rstrip().splitlines():
-        print(indent + line, flush=True)
 
 
 def admin_changes(srv: Path, itsp: FakeItsp, itsp_addr: str) -> None:
@@ -76,6 +67,30 @@ def admin_changes(srv: Path, itsp: FakeItsp, itsp_addr: str) -> None:
                                 ("websmsd", "remt_addr", itsp_addr)):
         text = seed.set_option(text, section, key, value)
     path.write_text(text)  # keeps its owner and mode
+
+
+class Machine:
+    """The tour's PBX here: the booted image, asked from inside (its daemons'
+    lines are in its journal, shown at the end)."""
+
+    webhook_port = WEBHOOK_PORT
+
+    def __init__(self, pbx: BootedSystem) -> None:
+        self.pbx = pbx
+
+    def contacts(self) -> str:
+        return self.pbx.run("asterisk", "-C", "/srv/etc/asterisk/asterisk.conf", "-rx",
+                            "pjsip show contacts").stdout
+
+    def autoban_show(self) -> str:
+        return self.pbx.run("autoban", "show").stdout
+
+    def jailed(self, addr: str) -> None:
+        poll(lambda: addr in self.pbx.run("autoban", "list", "jail", "sipjail").stdout
+             or None, 15, "the stranger jailed")
+
+    def log(self, daemon: str, text: str) -> None:
+        return None
 
 
 def host_uses_the_demo_net() -> bool:
@@ -113,9 +128,8 @@ def demo(args: argparse.Namespace) -> int:
         tag = f"{oci.REPO}:base"
     phones: list[Baresip] = []
     with Network() as net:
-        pbx_host, john_host, jane_host = (net.host("pbx", 10), net.host("john", 30),
-                                          net.host("jane", 31))
-        itsp_host, stranger = net.host("itsp", 50), net.host("stranger", 66)
+        lan = Lan.on(net)
+        pbx_host, itsp_host = lan.pbx, lan.itsp
         itsp = FakeItsp(itsp_host, work)
         srv = work / "srv"
         pbx = image.machine(tag, pbx_host, work / "container",
@@ -151,41 +165,7 @@ def demo(args: argparse.Namespace) -> int:
                  "pbxhost status healthy")
             show(pbx.run("pbxhost", "status").stdout)
 
-            say("3. john and jane register their phones (baresip) with the seeded passwords")
-            for user, host, texts_to in (("john.doe", john_host, JANE),
-                                         ("jane.doe", jane_host, OUTSIDE)):
-                phone = Baresip(host, work, user, password[user], pbx_host.v4, trace=True,
-                                contacts=(f"sip:{texts_to}@{pbx_host.v4}",))
-                phones.append(phone)
-                phone.wait_registered()
-            show(pbx.run("asterisk", "-C", "/srv/etc/asterisk/asterisk.conf", "-rx",
-                         "pjsip show contacts").stdout)
-
-            say(f"4. a stranger ({stranger.v4}) guesses jane's password")
-            sipp_register(stranger, pbx_host.v4, "jane.doe", "123456", work, expect=401,
-                          calls=20, rate=20, timeout=8)
-            poll(lambda: stranger.v4 in pbx.run("autoban", "list", "jail", "sipjail").stdout
-                 or None, 15,
-                 "the stranger jailed")
-            show(pbx.run("autoban", "show").stdout)
-            phones[0].send_message("Lunch at 12?")
-            [got] = phones[1].wait_messages(1)
-            show(f"meanwhile john texts jane: her phone got {got.body.decode()!r} "
-                 f"from {got.sender}")
-
-            say(f"5. the ITSP ({itsp_host.v4}) posts an SMS for jane ({JANE})")
-            hook = WebhookClient(itsp_host, pbx_host.v4, WEBHOOK_PORT)
-            text = "Your parcel arrives today 📦, between 10:00 and 12:00."
-            reply = hook.post_form({"To": JANE, "From": OUTSIDE, "Body": text,
-                                    "MessageSid": "SM-demo-1"}, path="/sms/in")
-            show(f"webhook answered {reply.status} (after the SMS was on disk)")
-            got = phones[1].wait_messages(2)[1]
-            show(f"jane's phone got a MESSAGE from {got.sender}: {got.body.decode()!r}")
-
-            say(f"6. jane texts {OUTSIDE} (outside): websms posts it to the ITSP's API")
-            phones[1].send_message("Thanks! I'll be home.")
-            [request] = itsp.wait_requests(1)
-            show(f"the ITSP got {request.method} {request.path}: {request.form()}")
+            tour(Machine(pbx), lan, work, password, itsp, phones)
 
             say("journalctl -u autoban, inside")
             show(pbx.run("journalctl", "--no-pager", "-o", "short", "-u", "autoban").stdout)

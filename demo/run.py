@@ -30,29 +30,19 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "bench"))
 import benchlib  # noqa: E402  (puts tests/ (the test bed) and the repository on sys.path)
+from tour import Lan, say, show, tour  # noqa: E402  (demo/tour.py: steps 3-6)
 
 from pbxhost.host import seed  # noqa: E402
 from testbed import rootfs  # noqa: E402
 from testbed.asterisk import Asterisk  # noqa: E402
 from testbed.daemon import Daemon  # noqa: E402
-from testbed.itsp import FakeItsp, WebhookClient  # noqa: E402
-from testbed.netns import Network  # noqa: E402
-from testbed.sip import Baresip, sipp_register  # noqa: E402
+from testbed.itsp import FakeItsp  # noqa: E402
+from testbed.netns import Host, Network  # noqa: E402
+from testbed.sip import Baresip  # noqa: E402
 
-JOHN, JANE = "+12025550160", "+12025550183"   # the suite's example users' numbers
-OUTSIDE = "+15017122661"
 WEBHOOK_PORT = 8088
 # SYSLOG_LEVEL 7 (info): the demo shows AMI logins and each SMS taken, too
 ENV = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "PYTHONPATH": str(ROOT), "SYSLOG_LEVEL": "7"}
-
-
-def say(step: str) -> None:
-    print(f"\n== {step}", flush=True)
-
-
-def show(text: str, indent: str = "   ") -> None:
-    for line in text.rstrip().splitlines():
-        print(indent + line, flush=True)
 
 
 def command(module: str, *args: str) -> list[str]:
@@ -93,6 +83,31 @@ def listening(host) -> str:
     return "\n".join(sorted(out))
 
 
+class SourceTree:
+    """The tour's PBX here: Asterisk in the PBX's namespace, autoband and websmsd
+    of this tree beside it, their logs in the work directory."""
+
+    webhook_port = WEBHOOK_PORT
+
+    def __init__(self, asterisk: Asterisk, host: Host, autoban_conf: Path,
+                 daemons: dict[str, Daemon]) -> None:
+        self.asterisk, self.host, self.autoban_conf = asterisk, host, autoban_conf
+        self.daemons = daemons
+
+    def contacts(self) -> str:
+        return self.asterisk.ami.command("pjsip show contacts")
+
+    def autoban_show(self) -> str:
+        return self.host.run(*command("pbxhost.autoban.cli", "-c", str(self.autoban_conf),
+                                      "show"), env=ENV).stdout
+
+    def jailed(self, addr: str) -> str:
+        return self.log("autoban", f"jailed {addr}", timeout=10)
+
+    def log(self, daemon: str, text: str, timeout: float = 15) -> str:
+        return self.daemons[daemon].wait_log(text, timeout=timeout).split(" ", 2)[-1]
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--workdir", type=Path, help="keep configs and logs here")
@@ -110,9 +125,8 @@ def main() -> int:
     daemons: list[Daemon] = []
     phones: list[Baresip] = []
     with Network() as net:
-        pbx_host, john_host, jane_host = (net.host("pbx", 10), net.host("john", 30),
-                                          net.host("jane", 31))
-        itsp_host, stranger = net.host("itsp", 50), net.host("stranger", 66)
+        lan = Lan.on(net)
+        pbx_host, itsp_host = lan.pbx, lan.itsp
         itsp = FakeItsp(itsp_host, work)
         pbx = None
         try:
@@ -142,45 +156,9 @@ def main() -> int:
                 daemon.wait_log("AMI connected", timeout=45)
             show(listening(pbx_host))
 
-            say("3. john and jane register their phones (baresip) with the seeded passwords")
-            for user, host, texts_to in (("john.doe", john_host, JANE),
-                                         ("jane.doe", jane_host, OUTSIDE)):
-                phone = Baresip(host, work, user, password[user], pbx_host.v4, trace=True,
-                                contacts=(f"sip:{texts_to}@{pbx_host.v4}",))
-                phones.append(phone)
-                phone.wait_registered()
-            show(pbx.ami.command("pjsip show contacts"))
-
-            say(f"4. a stranger ({stranger.v4}) guesses jane's password")
-            guesses = sipp_register(stranger, pbx_host.v4, "jane.doe", "123456", work,
-                                    calls=20, rate=20, timeout=8)
-            show("sipp: " + ("every attempt answered" if guesses.returncode == 0
-                             else "no answer any more: its packets are dropped"))
-            show(autoband.wait_log(f"jailed {stranger.v4}", timeout=10).split(" ", 2)[-1])
-            show(pbx_host.run(*command("pbxhost.autoban.cli", "-c", str(etc / "autoban.conf"),
-                                       "show"), env=ENV).stdout)
-            phones[0].send_message("Lunch at 12?")
-            [got] = phones[1].wait_messages(1)
-            show(f"meanwhile john texts jane: her phone got {got.body.decode()!r} "
-                 f"from {got.sender}")
-
-            say(f"5. the ITSP ({itsp_host.v4}) posts an SMS for jane ({JANE})")
-            hook = WebhookClient(itsp_host, pbx_host.v4, WEBHOOK_PORT)
-            text = "Your parcel arrives today 📦, between 10:00 and 12:00."
-            reply = hook.post_form({"To": JANE, "From": OUTSIDE, "Body": text,
-                                    "MessageSid": "SM-demo-1"}, path="/sms/in")
-            show(f"webhook answered {reply.status} (after the SMS was on disk)")
-            got = phones[1].wait_messages(2)[1]
-            show(f"jane's phone got a MESSAGE from {got.sender}: {got.body.decode()!r}")
-            show(websmsd.wait_log("delivered").split(" ", 2)[-1])
-
-            say(f"6. jane texts {OUTSIDE} (outside): websms posts it to the ITSP's API")
-            phones[1].send_message("Thanks! I'll be home.")
-            [request] = itsp.wait_requests(1)
-            show(f"the ITSP got {request.method} {request.path} "
-                 f"(Authorization: {request.headers.get('Authorization', '-')[:10]}…): "
-                 f"{request.form()}")
-            show(websmsd.wait_log("sent via").split(" ", 2)[-1])
+            tour(SourceTree(pbx, pbx_host, etc / "autoban.conf",
+                            {"autoban": autoband, "websmsd": websmsd}),
+                 lan, work, password, itsp, phones)
 
             print(f"\nconfigs and logs: {work}", flush=True)
             if args.stay:

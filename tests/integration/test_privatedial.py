@@ -502,6 +502,71 @@ def test_call_from_the_trunk_to_a_did_rings_the_users_phone(bed):
         "PJSIP/trunk_example-")  # identified by its address as the trunk
 
 
+# The first ACK to reach the PBX from an address is lost (then every ACK passes):
+# dropped on the PBX's way in, where the sender sees no error (a drop on its way
+# out would fail its sendto). A named counter says it happened.
+DROP_FIRST_ACK = """
+table inet lose_ack {
+    counter dropped {}
+    set acked { type ipv4_addr; flags dynamic; }
+    chain in {
+        type filter hook input priority 0; policy accept;
+        udp dport 5060 @th,64,32 0x41434b20 ip saddr != @acked add @acked { ip saddr } \\
+            counter name "dropped" drop
+    }
+}
+"""
+
+
+def sip_messages(trace: str, way: str, start: str) -> list[str]:
+    """The messages of a sipp trace that were WAY ("sent", "received") and begin with START."""
+    return [m for m in trace.split("-----") if f"message {way}" in m
+            and m.split("\n\n", 1)[-1].startswith(start)]
+
+
+def trunk_call_answered(bed) -> tuple[Sipp, str]:
+    """The ITSP calls john's DID (auto-answered) and holds for 5 s: its sipp and,
+    once Asterisk has answered it, the trunk's channel."""
+    bed.start(suite(itsp=bed.itsp.v4))
+    john = bed.phone(bed.john_host, "john.doe", account_params=";answermode=auto")
+    john.wait_registered()
+    call = bed.sipp(bed.itsp, itsp_call_xml(hold_ms=5000), bed.pbx_host.v4, service=JOHN[1:])
+    up = bed.pbx.ami.wait_event(lambda e: e["Event"] == "Newstate"
+                                and e.get("ChannelStateDesc") == "Up"
+                                and e.get("Channel", "").startswith("PJSIP/trunk_example-"),
+                                timeout=20, what="the trunk's call answered")
+    return call, up["Channel"]
+
+
+def test_a_call_goes_on_when_its_first_ack_is_lost(bed):
+    """Asterisk retransmits its 200 until the ACK comes; sipp ACKs the
+    retransmission again and the call ends normally."""
+    bed.pbx_host.run("nft", "-f", "-", input=DROP_FIRST_ACK)
+    call, _ = trunk_call_answered(bed)
+    result = call.wait()
+    assert result.ok, result.output
+    dropped = bed.pbx_host.run("nft", "list", "counter", "inet", "lose_ack", "dropped").stdout
+    assert re.search(r"packets 1 bytes", dropped), dropped
+    assert len(sip_messages(result.trace, "received", "SIP/2.0 200 OK")) >= 3  # 2 + the BYE's
+    assert len(sip_messages(result.trace, "sent", "ACK sip:")) >= 2
+
+
+def test_a_call_goes_on_through_the_pbxs_reinvite(bed):
+    """Asterisk re-INVITEs a caller when the connected line changes after the
+    answer (CI saw one in the hold of an ITSP's call, when the callee's identity
+    came late under load): the scenario answers it, the call ends normally."""
+    call, channel = trunk_call_answered(bed)
+    reply = bed.pbx.ami.action("Setvar", Channel=channel, Variable="CONNECTEDLINE(num)",
+                               Value=DOMESTIC)
+    assert reply["Response"] == "Success", reply
+    result = call.wait()
+    assert result.ok, result.output
+    reinvites = sip_messages(result.trace, "received", "INVITE sip:")  # (and its retransmissions)
+    assert reinvites and re.search(rf"^P-Asserted-Identity: .*<sip:{re.escape(DOMESTIC)}@",
+                                   reinvites[0], re.M), reinvites
+    assert sip_messages(result.trace, "received", "ACK sip:")
+
+
 def test_outgoing_call_leaves_through_the_trunk_with_its_credentials_and_the_callers_id(bed):
     itsp = bed.itsp_server(caller=re.escape(JOHN))
     bed.start(suite(itsp=bed.itsp.v4))

@@ -4,6 +4,7 @@ the attacker; a phone registers; all of it over IPv4 and IPv6."""
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 from pathlib import Path
 
@@ -89,3 +90,115 @@ def test_teardown_leaves_no_process_namespace_or_table(tree, tmp_path):
     assert proc.wait(5) is not None  # killed with its namespace (reaped here)
     assert "leftover" not in subprocess.run(["nft", "list", "tables"], capture_output=True,
                                             text=True).stdout
+
+
+# A callee that, once the call is up, sends what a PBX may send in a dialog: an
+# INFO, then a re-INVITE, then waits for the caller's BYE. Its own tag and the
+# caller's are read from the ACK (the last message received is then the ACK).
+CALLEE_IN_DIALOG = """<?xml version="1.0" encoding="UTF-8" ?>
+<scenario name="callee in dialog">
+  <recv request="INVITE"/>
+  <send><![CDATA[
+SIP/2.0 200 OK
+[last_Via:]
+[last_From:]
+[last_To:];tag=[pid]SIPpTag01[call_number]
+[last_Call-ID:]
+[last_CSeq:]
+Contact: <sip:callee@[local_ip]:[local_port]>
+Content-Type: application/sdp
+Content-Length: [len]
+
+v=0
+o=- 2 2 IN IP[local_ip_type] [local_ip]
+s=-
+c=IN IP[media_ip_type] [media_ip]
+t=0 0
+m=audio [media_port] RTP/AVP 0
+a=sendrecv
+]]></send>
+  <recv request="ACK">
+    <action>
+      <ereg regexp=".*" search_in="hdr" header="From:" assign_to="caller"/>
+      <ereg regexp=".*" search_in="hdr" header="To:" assign_to="me"/>
+      <ereg regexp="sip:[^>]*" search_in="hdr" header="Contact:" assign_to="target"/>
+    </action>
+  </recv>
+  {requests}
+  <recv request="BYE"/>
+  <send><![CDATA[
+SIP/2.0 200 OK
+[last_Via:]
+[last_From:]
+[last_To:]
+[last_Call-ID:]
+[last_CSeq:]
+Content-Length: 0
+
+]]></send>
+</scenario>
+"""
+
+IN_DIALOG_REQUEST = """<send retrans="500"><![CDATA[
+{method} [$target] SIP/2.0
+Via: SIP/2.0/[transport] [local_ip]:[local_port];branch=[branch]
+From: [$me]
+To: [$caller]
+Call-ID: [call_id]
+CSeq: {cseq} {method}
+Contact: <sip:callee@[local_ip]:[local_port]>
+Max-Forwards: 70
+{body}]]></send>
+  <recv response="200"/>
+"""
+
+REINVITE_BODY = """Content-Type: application/sdp
+Content-Length: [len]
+
+v=0
+o=- 2 3 IN IP[local_ip_type] [local_ip]
+s=-
+c=IN IP[media_ip_type] [media_ip]
+t=0 0
+m=audio [media_port] RTP/AVP 0
+a=sendrecv
+"""
+
+REINVITE_ACK = """<send><![CDATA[
+ACK [$target] SIP/2.0
+Via: SIP/2.0/[transport] [local_ip]:[local_port];branch=[branch]
+From: [$me]
+To: [$caller]
+Call-ID: [call_id]
+CSeq: {cseq} ACK
+Max-Forwards: 70
+Content-Length: 0
+
+]]></send>
+"""
+
+
+def test_a_sipp_call_answers_the_callees_info_and_reinvite_and_ends_with_its_bye(net, tmp_path):
+    """call_xml (tests/testbed/sipp.py) while it holds the call: a 200 to an INFO
+    (sipp's -aa), a 200 with its SDP to each re-INVITE, then its own BYE."""
+    from testbed.sipp import Sipp, call_xml
+    caller_host, callee_host = net.host("caller", 30), net.host("callee", 10)
+    # the second re-INVITE right after the first one's ACK, as PJSIP sends a queued one
+    requests = IN_DIALOG_REQUEST.format(method="INFO", cseq=2, body="Content-Length: 0\n\n")
+    for cseq in (3, 4):
+        requests += (IN_DIALOG_REQUEST.format(method="INVITE", cseq=cseq, body=REINVITE_BODY)
+                     + REINVITE_ACK.format(cseq=cseq))
+    callee = Sipp(callee_host, tmp_path, CALLEE_IN_DIALOG.format(requests=requests),
+                  local_port=5060, timeout=20)
+    callee.wait_listening()
+    caller = Sipp(caller_host, tmp_path, call_xml("caller", None, hold_ms=3000), callee_host.v4,
+                  service="callee", timeout=20).wait()
+    called = callee.wait()
+    assert caller.ok, caller.output
+    assert called.ok, called.output + called.trace[-3000:]
+    answered = [m for m in caller.trace.split("-----") if "message sent" in m
+                and m.split("\n\n", 1)[-1].startswith("SIP/2.0 200 OK")]
+    # (a retransmission of the callee's re-INVITE would be answered again: counted once)
+    assert sorted({re.search(r"^CSeq: (.*)$", m, re.M)[1] for m in answered}) == [
+        "2 INFO", "3 INVITE", "4 INVITE"]
+    assert "application/sdp" not in answered[0] and "application/sdp" in answered[-1]

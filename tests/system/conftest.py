@@ -13,6 +13,7 @@ from testbed import system
 from testbed.netns import Network, sweep_stale
 
 ROOT = Path(__file__).resolve().parents[2]
+JANE = "+12025550183"  # jane.doe's number in the seeded suite
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -100,3 +101,18 @@ def module_boot() -> Iterator[Machines]:
     yield machines
     machines.close()
 
+
+
+@pytest.fixture
+def phone(site, start_phone):
+    """phone(user, texting=NUMBER): a baresip phone of USER on the module's
+    `site` (its john_host, jane_host and pbx_host, the seeded passwords()),
+    registered, tracing the MESSAGEs it gets, able to text NUMBER."""
+    hosts = {"john.doe": site.john_host, "jane.doe": site.jane_host}
+
+    def start(user: str, texting: str = JANE):
+        p = start_phone(hosts[user], user, site.passwords()[user], site.pbx_host.v4,
+                        trace=True, contacts=(f"sip:{texting}@{site.pbx_host.v4}",))
+        p.wait_registered()
+        return p
+    return start

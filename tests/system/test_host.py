@@ -21,7 +21,7 @@ from testbed.media import tone, write_ulaw
 from testbed.sip import sipp_register
 from testbed.sipp import Sipp, call_xml
 from testbed.smtp import SmtpServer
-from testbed.system import BootedSystem, jailed, passwords
+from testbed.system import BootedSystem, dropped, jailed, passwords, set_conf, unit_entries
 from testbed.wait import poll
 
 JOHN, JANE = "+12025550160", "+12025550183"
@@ -31,30 +31,10 @@ CONF = "/srv/etc/asterisk"
 OURS = ("pbxhost-seed.service", "asterisk.service", "autoban.service", "websmsd.service")
 
 
-def set_conf(pbx: BootedSystem, name: str, section: str, **values: str) -> None:
-    """Edit a seeded file as its admin would (keeping its owner and mode)."""
-    path = pbx.root / CONF.lstrip("/") / name
-    text = path.read_text()
-    for key, value in values.items():
-        text = seed.set_option(text, section, key, value)
-    path.write_text(text)
-
-
 def guess(pbx_host, attacker, workdir, attempts: int = 12):
     """A guesser: REGISTERs for jane.doe with a wrong password."""
     return sipp_register(attacker, pbx_host.v4, "jane.doe", "not-her-password", workdir,
                          expect=401, calls=attempts, rate=20, timeout=20)
-
-
-def dropped(pbx: BootedSystem) -> int:
-    """Packets dropped from jailed addresses, as `autoban show` counts them."""
-    heads = [line for line in pbx.run("autoban", "show").stdout.splitlines()
-             if line.startswith(("jail (", "sipjail ("))]
-    return sum(int(re.search(r"(\d+) packets dropped", head)[1]) for head in heads)
-
-
-def daemon_entries(pbx: BootedSystem, unit: str, identifier: str) -> list[dict[str, str]]:
-    return [e for e in pbx.journal("-u", unit) if e.get("SYSLOG_IDENTIFIER") == identifier]
 
 
 class Site:
@@ -74,12 +54,13 @@ class Site:
         self.pbx.prepare("/srv/etc/pbxhost.env", env)
         boot(self.pbx)
         self.pbx.wait_active(*OURS)
-        set_conf(self.pbx, "websms.conf", "websms", url_host=self.itsp.url,
+        etc = self.pbx.root / CONF.lstrip("/")
+        set_conf(etc, "websms.conf", "websms", url_host=self.itsp.url,
                  url_path="/api/sms/send", auth_user="acct-17", auth_secret="s3cr3t")
-        set_conf(self.pbx, "websms.conf", "websmsd", remt_addr=self.itsp_host.v4)
-        set_conf(self.pbx, "minivm.conf", "general",
+        set_conf(etc, "websms.conf", "websmsd", remt_addr=self.itsp_host.v4)
+        set_conf(etc, "minivm.conf", "general",
                  mailcmd=f"minivm-send -H {self.smtp.address} -P smtp -f vm@pbx.test")
-        set_conf(self.pbx, "extensions_local.conf", "globals", DIAL_TIMEOUT="2")
+        set_conf(etc, "extensions_local.conf", "globals", DIAL_TIMEOUT="2")
         # the webhook on only now: websmsd refuses an interface open to anyone
         self.pbx.write("/srv/etc/pbxhost.env", env + f"WEBSMSD_PORT={WEBHOOK_PORT}\n")
         restart = self.pbx.run("systemctl", "restart", "websmsd", check=False)
@@ -89,23 +70,13 @@ class Site:
         self.pbx.wait_active("websmsd.service")
         self.hook = WebhookClient(self.itsp_host, self.pbx_host.v4, WEBHOOK_PORT)
 
+    def passwords(self) -> dict[str, str]:
+        """The seeded SIP passwords (the `phone` fixture's, tests/system/conftest.py)."""
+        return passwords(self.pbx)
+
     def close(self) -> None:
         self.smtp.stop()
         self.itsp.close()
-
-
-@pytest.fixture
-def phone(site, start_phone):
-    """phone(user, texting=NUMBER): a baresip phone of USER, registered, tracing
-    the MESSAGEs it gets, able to text NUMBER."""
-    hosts = {"john.doe": site.john_host, "jane.doe": site.jane_host}
-
-    def start(user: str, texting: str = JANE):
-        p = start_phone(hosts[user], user, passwords(site.pbx)[user], site.pbx_host.v4,
-                        trace=True, contacts=(f"sip:{texting}@{site.pbx_host.v4}",))
-        p.wait_registered()
-        return p
-    return start
 
 
 @pytest.fixture(scope="module")
@@ -166,7 +137,7 @@ def test_a_phone_registers_and_a_guesser_is_jailed_with_journal_fields(site, pho
     guess(site.pbx_host, site.guesser, site.tmp, attempts=3)  # now dropped, unanswered
     assert dropped(pbx) > before
     # the jail line, with its fields, at SYSLOG_LEVEL 6 (notice); nothing above it
-    entries = daemon_entries(pbx, "autoban", "autoban")
+    entries = unit_entries(pbx, "autoban", "autoban")
     jail = [e for e in entries if e.get("VERDICT") == "jail"]
     assert jail and jail[0]["ADDRESS"] == site.guesser.v4
     assert jail[0]["ACCOUNT"] == "jane.doe" and jail[0]["EVENT"]

@@ -25,7 +25,7 @@ from pbxhost.host import seed
 from testbed import image
 from testbed.itsp import FakeItsp, WebhookClient
 from testbed.sip import sipp_register
-from testbed.system import BootedSystem
+from testbed.system import BootedSystem, dropped, set_conf, unit_entries
 from testbed.wait import poll
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -58,15 +58,6 @@ def secrets(srv: Path) -> dict[str, str]:
     return seed.parse_secrets((srv / "etc" / seed.SECRETS).read_text())
 
 
-def set_conf(srv: Path, name: str, section: str, **values: str) -> None:
-    """Edit a seeded file on the volume as its admin would (owner and mode kept)."""
-    path = srv / "etc/asterisk" / name
-    text = path.read_text()
-    for key, value in values.items():
-        text = seed.set_option(text, section, key, value)
-    path.write_text(text)
-
-
 def healthy(pbx: BootedSystem) -> bool | None:
     return pbx.run("pbxhost", "status", check=False).returncode == 0 or None
 
@@ -75,17 +66,6 @@ def jail_left(pbx: BootedSystem, addr: str) -> int | None:
     # a guesser over UDP (its address unproven) goes to sipjail: SIP ports only
     found = json.loads(pbx.run("autoban", "--json", "list", "jail", "sipjail").stdout)
     return next((e["expires"] for e in found if e["addr"] == addr), None)
-
-
-def dropped(pbx: BootedSystem) -> int:
-    heads = [line for line in pbx.run("autoban", "show").stdout.splitlines()
-             if line.startswith(("jail (", "sipjail ("))]
-    return sum(int(re.search(r"(\d+) packets dropped", head)[1]) for head in heads)
-
-
-def messages(pbx: BootedSystem, unit: str) -> list[dict[str, str]]:
-    return [e for e in pbx.journal("-u", unit) if e.get("_COMM") != "systemd"
-            and e.get("SYSLOG_IDENTIFIER") != "systemd"]
 
 
 # ---------------------------------------------------------------- the images
@@ -146,7 +126,7 @@ def test_each_variant_boots_on_an_empty_volume_seeded_with_its_units(images, var
         return
     poll(lambda: healthy(pbx), 60, "pbxhost status healthy")
     # SYSLOG_LEVEL unset: the default (6) lets autoban's notice through
-    assert any("autoban started" in e.get("MESSAGE", "") for e in messages(pbx, "autoban"))
+    assert any("autoban started" in e.get("MESSAGE", "") for e in unit_entries(pbx, "autoban"))
 
 
 # ---------------------------------------------------------------- base, as a user runs it
@@ -167,9 +147,10 @@ class Site:
         # may post to it: websmsd refuses to start until the admin has said so
         self.pbx = self.start({"SYSLOG_LEVEL": "4", "WEBSMSD_PORT": str(WEBHOOK_PORT)},
                               units=OURS[:-1])
-        set_conf(self.srv, "websms.conf", "websms", url_host=self.itsp.url,
+        etc = self.srv / "etc/asterisk"  # the volume
+        set_conf(etc, "websms.conf", "websms", url_host=self.itsp.url,
                  url_path="/api/sms/send", auth_user="acct-17", auth_secret="s3cr3t")
-        set_conf(self.srv, "websms.conf", "websmsd", remt_addr=self.itsp_host.v4)
+        set_conf(etc, "websms.conf", "websmsd", remt_addr=self.itsp_host.v4)
         self.pbx.run("systemctl", "restart", "websmsd")
         self.pbx.wait_active("websmsd.service")
         self.hook = WebhookClient(self.itsp_host, self.pbx_host.v4, WEBHOOK_PORT)
@@ -193,24 +174,16 @@ class Site:
         self.pbx = self.start(env)
         return self.pbx
 
+    def passwords(self) -> dict[str, str]:
+        """The seeded SIP passwords (the `phone` fixture's, tests/system/conftest.py)."""
+        return secrets(self.srv)
+
 
 @pytest.fixture(scope="module")
 def site(images, module_net, module_boot, tmp_path_factory):
     s = Site(images["base"], module_net, module_boot, tmp_path_factory.mktemp("oci-base"))
     yield s
     s.itsp.close()
-
-
-@pytest.fixture
-def phone(site, start_phone):
-    hosts = {"john.doe": site.john_host, "jane.doe": site.jane_host}
-
-    def start(user: str, texting: str = JANE):
-        p = start_phone(hosts[user], user, secrets(site.srv)[user], site.pbx_host.v4,
-                        trace=True, contacts=(f"sip:{texting}@{site.pbx_host.v4}",))
-        p.wait_registered()
-        return p
-    return start
 
 
 def test_syslog_level_given_as_a_container_variable_takes_effect(site):
@@ -222,7 +195,7 @@ def test_syslog_level_given_as_a_container_variable_takes_effect(site):
         assert "SYSLOG_LEVEL=4" in environ, unit
     # errors only: autoban's start notice (priority 5) is not in the journal
     assert poll(lambda: healthy(site.pbx), 60, "pbxhost status healthy")
-    entries = messages(pbx, "autoban")
+    entries = unit_entries(pbx, "autoban")
     assert all(int(e["PRIORITY"]) <= 4 for e in entries), [e["MESSAGE"] for e in entries]
     assert not any("autoban started" in e.get("MESSAGE", "") for e in entries)
 
@@ -263,7 +236,7 @@ def test_a_new_container_on_the_same_volume_keeps_config_secrets_and_the_jail(si
     now_left = poll(lambda: jail_left(pbx, site.guesser.v4), 15, "the jail restored")
     assert 0 < now_left <= left
     assert not any("seeded" in e.get("MESSAGE", "") and "already" not in e.get("MESSAGE", "")
-                   for e in messages(pbx, "pbxhost-seed"))
+                   for e in unit_entries(pbx, "pbxhost-seed"))
     poll(lambda: healthy(pbx), 60, "pbxhost status healthy")
 
 
@@ -280,7 +253,7 @@ def test_a_volume_of_a_seed_era_installation_is_taken_over_with_a_log_line(site)
     os.chown(old, 0, websms_gid)
     os.chmod(old, 0o640)
     pbx = site.replace({})  # default SYSLOG_LEVEL: the takeover's warning is kept
-    migrated = [e["MESSAGE"] for e in messages(pbx, "websmsd")
+    migrated = [e["MESSAGE"] for e in unit_entries(pbx, "websmsd")
                 if "migrated" in e.get("MESSAGE", "")]
     assert migrated and "sms.conf" in migrated[0] and "websms.conf" in migrated[0]
     websms = conf.load(site.srv / "etc/asterisk/websms.conf")
@@ -303,7 +276,7 @@ def test_autoban_warns_when_every_attack_comes_from_its_own_gateway(images, net,
                                             "StatusText").stdout or None, 30, "autoban on AMI")
     sipp_register(gateway, host.v4, "jane.doe", "not-her-password", tmp_path, expect=401,
                   calls=4, rate=20, timeout=20)
-    warned = poll(lambda: [e for e in messages(pbx, "autoban")
+    warned = poll(lambda: [e for e in unit_entries(pbx, "autoban")
                            if "default gateway" in e.get("MESSAGE", "")] or None, 15,
                   "autoban's warning")
     assert len(warned) == 1 and int(warned[0]["PRIORITY"]) == 4

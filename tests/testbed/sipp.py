@@ -52,11 +52,13 @@ Content-Length: 0
 
 """
 
+# The peer's To from the dialog's own state (its tag, from its responses), not
+# from the last message received: after the peer's re-INVITE that is its ACK.
 _IN_DIALOG = """
 {method} [next_url] SIP/2.0
 Via: SIP/2.0/[transport] [local_ip]:[local_port];branch=[branch]
 From: "{user}" <sip:{user}@[remote_ip]>;tag=[pid]SIPpTag00[call_number]
-[last_To:]
+To: <sip:[service]@[remote_ip]>[peer_tag_param]
 Call-ID: [call_id]
 CSeq: {cseq} {method}
 Contact: <sip:{user}@[local_ip]:[local_port]>
@@ -103,10 +105,41 @@ def call_xml(user: str, password: str | None, expect: int = 200, hold_ms: int = 
         steps += ['  <recv response="200" rrs="true"/>\n',
                   _send(_IN_DIALOG.format(method="ACK", user=user, cseq=cseq), retrans=False),
                   _play(audio),
-                  f'  <pause milliseconds="{hold_ms}"/>\n',
+                  *_hold(user, hold_ms),
                   _send(_IN_DIALOG.format(method="BYE", user=user, cseq=cseq + 1)),
                   '  <recv response="200"/>\n']
     return _scenario("call", steps)
+
+
+_REINVITE_OK = """
+SIP/2.0 200 OK
+[last_Via:]
+[last_From:]
+[last_To:]
+[last_Call-ID:]
+[last_CSeq:]
+Contact: <sip:{user}@[local_ip]:[local_port]>
+Content-Type: application/sdp
+Content-Length: [len]
+
+""" + _SDP
+
+
+def _hold(user: str, hold_ms: int) -> list[str]:
+    """The call held HOLD_MS, answering the peer's re-INVITEs meanwhile: Asterisk
+    sends one to update the connected line (e.g. when the callee's identity
+    comes after the answer, as under load). Answered with our unchanged SDP,
+    then the hold starts again. A wait for an INVITE that times out rather than
+    a pause: sipp takes a message its scenario does not expect where it is as
+    unexpected and fails the call. What else comes needs nothing here: sipp's
+    -aa answers INFO, NOTIFY, OPTIONS and UPDATE, and a retransmitted 200 of
+    our INVITE (our ACK late or lost) is ACKed again by sipp itself (the ACK is
+    what it sent after that 200)."""
+    return ['  <label id="hold"/>\n',
+            f'  <recv request="INVITE" timeout="{hold_ms}" ontimeout="bye"/>\n',
+            _send(_REINVITE_OK.format(user=user)),  # a 2xx to an INVITE: again until the ACK
+            '  <recv request="ACK" next="hold"/>\n',
+            '  <label id="bye"/>\n']
 
 
 _ITSP_REPLY = """

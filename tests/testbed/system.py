@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import signal
 import subprocess
 from pathlib import Path
@@ -295,3 +296,32 @@ def passwords(machine: BootedSystem) -> dict[str, str]:
     """The SIP passwords the seeding inside MACHINE generated (its root-only file)."""
     from pbxhost.host import seed
     return seed.parse_secrets(machine.read(f"/srv/etc/{seed.SECRETS}"))
+
+
+def dropped(machine: BootedSystem) -> int:
+    """Packets dropped from jailed addresses inside MACHINE, as `autoban show` counts them."""
+    heads = [line for line in machine.run("autoban", "show").stdout.splitlines()
+             if line.startswith(("jail (", "sipjail ("))]
+    return sum(int(re.search(r"(\d+) packets dropped", head)[1]) for head in heads)
+
+
+def unit_entries(machine: BootedSystem, unit: str,
+                 identifier: str | None = None) -> list[dict[str, str]]:
+    """The journal entries UNIT's processes wrote inside MACHINE (systemd's own
+    lines about the unit left out); with IDENTIFIER, only that SYSLOG_IDENTIFIER's
+    (the daemon's own, not a helper's)."""
+    return [e for e in machine.journal("-u", unit) if e.get("_COMM") != "systemd"
+            and e.get("SYSLOG_IDENTIFIER") != "systemd"
+            and (identifier is None or e.get("SYSLOG_IDENTIFIER") == identifier)]
+
+
+def set_conf(conf_dir: Path, name: str, section: str, **values: str) -> None:
+    """Edit the seeded file NAME in CONF_DIR (a machine's /srv/etc/asterisk, seen
+    from outside) as its admin would: only these options of SECTION, written in
+    place (owner and mode kept)."""
+    from pbxhost.host import seed
+    path = conf_dir / name
+    text = path.read_text()
+    for key, value in values.items():
+        text = seed.set_option(text, section, key, value)
+    path.write_text(text)
