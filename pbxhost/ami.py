@@ -11,7 +11,6 @@ import codecs
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
-from itertools import repeat
 from typing import Any
 
 from panoramisk import actions
@@ -49,28 +48,29 @@ _new = object.__new__
 def parse_message(block: str) -> Message | None:
     """The Message `Message.from_line(block.strip())` gives, built faster for an event.
 
-    A flood is events (autoban's hot path): an event's headers are split with
-    C-level calls and its case-insensitive dict filled in one go, instead of
-    from_line's loop per line and panoramisk's __setitem__ per header. The
-    result is the same Message (the same `_store`, the same attributes). What
-    from_line treats specially goes through from_line itself: responses (a
-    body, Output lines), a repeated header (it becomes a list), a quoted key
-    (`Result`, unquoted), a line without ': ' anywhere but last."""
+    A flood is events (autoban's hot path): an event's headers fill its
+    case-insensitive dict in one loop, instead of from_line's and panoramisk's
+    __setitem__ per header. The result is the same Message (the same `_store`,
+    the same attributes). What from_line treats specially goes through
+    from_line itself: responses (a body, Output lines), a repeated header (it
+    becomes a list), a quoted key (`Result`, unquoted), a line without ': '
+    anywhere but last."""
     block = block.strip()
     if not block.startswith("Event: "):
         return Message.from_line(block)
-    # zip without strict= (B905): the lengths match by construction, and a
-    # keyword argument takes zip off its fast call path (a tenth of the parse)
-    keys, seps, values = zip(*map(str.partition, block.split(EOL), repeat(SEP)))  # noqa: B905
-    if "" in seps:
+    lines = block.split(EOL)
+    if SEP not in lines[-1]:
         # from_line skips a line without ': '; the usual one is the last, a
         # header with an empty value ("ExpectedResponse: ") that strip() cut
-        if seps.index("") != len(seps) - 1:
+        lines.pop()
+    store: dict[str, tuple[str, str]] = {}
+    for line in lines:
+        key, sep, value = line.partition(SEP)
+        lower = key.lower()
+        if not sep or lower in store:
             return Message.from_line(block)
-        keys, values = keys[:-1], values[:-1]
-    # what CaseInsensitiveDict.__setitem__ stores, header by header
-    store = dict(zip(map(str.lower, keys), zip(keys, values)))  # noqa: B905
-    if len(store) != len(keys) or not store.keys().isdisjoint(Message.quoted_keys):
+        store[lower] = (key, value)  # what CaseInsensitiveDict.__setitem__ stores
+    if not store.keys().isdisjoint(Message.quoted_keys):
         return Message.from_line(block)
     store["content"] = ("content", "")  # Message.__init__'s content=''
     message = _new(Message)

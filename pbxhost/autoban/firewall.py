@@ -760,10 +760,11 @@ class Firewall:
                     found[base] = Element(base, text, got.timeout, got.expires, got.comment)
         if nets:  # IPv6: the /prefix6 element, where the address has none of its own
             first = value & self._mask6
-            for base, name in nets.items():
-                if base not in found and (got := mirror.holding((name,), first).get(name)):
-                    found[base] = Element(base, self._net_text(first), got.timeout,
-                                          got.expires, got.comment)
+            if held := mirror.holding(nets.values(), first):
+                for base, name in nets.items():
+                    if base not in found and (got := held.get(name)) is not None:
+                        found[base] = Element(base, self._net_text(first), got.timeout,
+                                              got.expires, got.comment)
         for base, name in intervals.items():
             top = (1 << (32 if version == 4 else 128)) - 1
             if (covering := mirror.interval(name, value, top)) is not None:

@@ -54,6 +54,8 @@ class _Intervals:
 
     def covering(self, key: int, top: int) -> tuple[Found, int] | None:
         """The start element of the interval holding KEY and the interval's last key."""
+        if not self.starts:  # the usual whitelist and blacklist: empty
+            return None
         if self._sorted is None:
             self._sorted = (sorted(self.starts), sorted(self.ends))
         starts, ends = self._sorted
