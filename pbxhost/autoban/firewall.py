@@ -699,12 +699,13 @@ class Firewall:
     def lookup_many(self, addrs: list[str],
                     bases: Iterable[str] = STANDING_SETS) -> list[dict[str, Element]]:
         """lookup() of each of ADDRS in BASES (default: the sets a verdict reads),
-        all exact-key reads pipelined on one socket."""
-        if not self.exists():
-            raise FirewallError(f"table inet {self.table} is missing")
+        all exact-key reads pipelined on one socket, or from the copy when
+        following (a table gone is a notification: the copy's reload fails)."""
         bases = tuple(b for b in bases if b not in PAIR_SETS)
         if (mirror := self._refreshed()) is not None:
             return [self._from_mirror(mirror, _span(addr), bases) for addr in addrs]
+        if not self.exists():
+            raise FirewallError(f"table inet {self.table} is missing")
         queries: list[tuple[str, bytes]] = []
         plans: list[list[tuple[str, int, int, int]]] = []  # (base, version, value, query index)
         for addr in addrs:

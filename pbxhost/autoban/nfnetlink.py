@@ -481,9 +481,6 @@ class Monitor:
     def fileno(self) -> int:
         return self._sock.fileno()
 
-    def close(self) -> None:
-        self._sock.close()
-
     def wrote(self) -> None:
         """One commit of OWN's was taken in by the reader."""
         self._ahead += 1
