@@ -265,7 +265,7 @@ class Autoban:
         try:
             return parse_remote(header(event, "RemoteAddress"))
         except ValueError as exc:
-            log.warning("%s event skipped: %s", event.get("Event"), exc)
+            log.warning("%s event skipped: %s", header(event, "Event"), exc)
             return None
 
     def _address(self, event: Message) -> Address | None:

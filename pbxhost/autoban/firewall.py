@@ -474,9 +474,9 @@ def _timed_elem(op: _Op, key: str) -> str | Json:
 def _mirror_names(bases: tuple[str, ...], version: int) -> tuple[dict[str, str], ...]:
     """BASES' sets a lookup reads for an address of VERSION, as {base: set name}:
     the exact-key ones, the /prefix6 ones (IPv6) and the interval ones."""
-    exact = {b: f"{b}{version}" for b in bases if b not in LIST_SETS}
-    nets = {b: f"{b}net6" for b in bases if b in NET_BASES and version == 6}
-    return exact, nets, {b: f"{b}{version}" for b in bases if b in LIST_SETS}
+    exact = {b: _SET_NAMES[b, version] for b in bases if b not in LIST_SETS}
+    nets = {b: _SET_NAMES[b, 0] for b in bases if b in NET_BASES and version == 6}
+    return exact, nets, {b: _SET_NAMES[b, version] for b in bases if b in LIST_SETS}
 
 
 # ---- the firewall ------------------------------------------------------------

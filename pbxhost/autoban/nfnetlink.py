@@ -35,6 +35,7 @@ _NLM_F_CREATE = 0x400
 _NFTA_SET_TABLE, _NFTA_SET_NAME = 1, 2
 _SOL_NETLINK, _NETLINK_ADD_MEMBERSHIP = 270, 1
 _SO_ATTACH_FILTER = 26
+_SO_SNDBUFFORCE, _SO_RCVBUFFORCE = 32, 33  # root may exceed wmem_max, rmem_max
 _NLM_F_REQUEST, _NLM_F_ACK = 1, 4
 _NLMSG_ERROR, _NLMSG_DONE = 2, 3
 _NLM_F_DUMP = 0x300
@@ -154,9 +155,9 @@ class Netlink:
         # Like libnftables' socket, this one stays in the creating thread's netns.
         self._sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, _NETLINK_NETFILTER)
         self._sock.bind((0, 0))
-        # root may exceed rmem_max (SO_RCVBUFFORCE, 33); else the default buffer
+        # root may exceed rmem_max; else the default buffer
         with contextlib.suppress(OSError):
-            self._sock.setsockopt(socket.SOL_SOCKET, 33, _RCVBUF)
+            self._sock.setsockopt(socket.SOL_SOCKET, _SO_RCVBUFFORCE, _RCVBUF)
         self._sock.settimeout(_NETLINK_TIMEOUT)
         self._seq = itertools.count(1)
         self._lock = threading.Lock()
@@ -316,11 +317,10 @@ class Netlink:
 
     def _fit(self, size: int) -> None:
         """A transaction is one datagram: the send buffer grows to hold it, as
-        libnftables' does (else EMSGSIZE). Root may exceed wmem_max
-        (SO_SNDBUFFORCE, 32); the kernel keeps twice what is set."""
+        libnftables' does (else EMSGSIZE); the kernel keeps twice what is set."""
         if size + _SEND_SLACK <= self._sock.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF):
             return
-        for option in (32, socket.SO_SNDBUF):
+        for option in (_SO_SNDBUFFORCE, socket.SO_SNDBUF):
             with contextlib.suppress(OSError):
                 self._sock.setsockopt(socket.SOL_SOCKET, option, size + _SEND_SLACK)
                 return
@@ -413,6 +413,7 @@ def _packs(attrs: Iterator[bytes]) -> Iterator[bytes]:
     if run:
         yield b"".join(run)
 
+
 class Change(NamedTuple):
     """One element added to or deleted from a set of the monitored table."""
     added: bool
@@ -473,7 +474,7 @@ class Monitor:
                                    _NETLINK_NETFILTER)
         self._sock.bind((0, 0))
         with contextlib.suppress(OSError):  # a flood's own writes: room for a few batches
-            self._sock.setsockopt(socket.SOL_SOCKET, 33, _RCVBUF)
+            self._sock.setsockopt(socket.SOL_SOCKET, _SO_RCVBUFFORCE, _RCVBUF)
         self._sock.setsockopt(_SOL_NETLINK, _NETLINK_ADD_MEMBERSHIP, _NFNLGRP_NFTABLES)
         if own is not None:
             _attach_filter(self._sock, _own_filter(own))
