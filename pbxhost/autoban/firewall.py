@@ -182,7 +182,7 @@ class _Op(NamedTuple):
     @property
     def name(self) -> str:
         """The kernel set: BASE4, BASE6, or BASEnet6 for an IPv6 prefix."""
-        return _SET_NAMES[self.base, 0 if self.net else self.span.version]
+        return _set_name(self.base, NET if self.net else self.span.version)
 
     @property
     def net(self) -> bool:
@@ -193,9 +193,13 @@ class _Op(NamedTuple):
         return _text(self.span.version, self.span.lo, self.span.hi)
 
 
-# (base, version) → the kernel set; version 0: the IPv6 prefixes' set
-_SET_NAMES = {(base, version): f"{base}{version or 'net6'}"
-              for base in SETS for version in (0, 4, 6)}
+NET = 0  # the family of a base's IPv6 /prefix6 set (BASEnet6) in _set_name
+_SET_NAMES = {(base, fam): f"{base}{fam or 'net6'}" for base in SETS for fam in (NET, 4, 6)}
+
+
+def _set_name(base: str, fam: int | str) -> str:
+    """The kernel set of BASE for a family (4 or 6, as number or text) or NET."""
+    return _SET_NAMES[base, int(fam)]
 
 
 # ---- addresses -------------------------------------------------------------
@@ -474,9 +478,9 @@ def _timed_elem(op: _Op, key: str) -> str | Json:
 def _mirror_names(bases: tuple[str, ...], version: int) -> tuple[dict[str, str], ...]:
     """BASES' sets a lookup reads for an address of VERSION, as {base: set name}:
     the exact-key ones, the /prefix6 ones (IPv6) and the interval ones."""
-    exact = {b: _SET_NAMES[b, version] for b in bases if b not in LIST_SETS}
-    nets = {b: _SET_NAMES[b, 0] for b in bases if b in NET_BASES and version == 6}
-    return exact, nets, {b: _SET_NAMES[b, version] for b in bases if b in LIST_SETS}
+    exact = {b: _set_name(b, version) for b in bases if b not in LIST_SETS}
+    nets = {b: _set_name(b, NET) for b in bases if b in NET_BASES and version == 6}
+    return exact, nets, {b: _set_name(b, version) for b in bases if b in LIST_SETS}
 
 
 # ---- the firewall ------------------------------------------------------------
@@ -509,10 +513,10 @@ class Firewall:
         if follow:
             # lookups and a write's presence reads from a copy of the sets kept by
             # the kernel's notifications (mirror.py): autoband's flood path
-            names = [f"{base}{fam}" for base in TIMED_SETS for fam in FAMILIES]
-            names += [f"{base}net6" for base in NET_BASES]
+            names = [_set_name(base, fam) for base in TIMED_SETS for fam in FAMILIES]
+            names += [_set_name(base, NET) for base in NET_BASES]
             self._mirror = Mirror(nfnetlink.Monitor(table, own=self._netlink.portid), names,
-                                  [f"{base}{fam}" for base in LIST_SETS for fam in FAMILIES],
+                                  [_set_name(base, fam) for base in LIST_SETS for fam in FAMILIES],
                                   lambda name: self._netlink.load(table, name))
 
     def notifications(self) -> int | None:
@@ -612,9 +616,11 @@ class Firewall:
         return found
 
     def _expected(self) -> tuple[dict[str, tuple[Any, ...]], tuple[str, ...]]:
-        sizes: dict[str, tuple[Any, ...]] = {f"{base}{fam}": (self.sizes[base], _flags(base, fam))
-                                              for base in SETS for fam in FAMILIES}
-        sizes.update({f"{base}net6": (self.sizes[base], ("timeout",)) for base in NET_BASES})
+        sizes: dict[str, tuple[Any, ...]] = {
+            _set_name(base, fam): (self.sizes[base], _flags(base, fam))
+            for base in SETS for fam in FAMILIES}
+        sizes.update({_set_name(base, NET): (self.sizes[base], ("timeout",))
+                      for base in NET_BASES})
         sizes[SIP_PORTS] = (None, ("interval",))
         return sizes, tuple(note for _, note in self._rules())
 
@@ -658,10 +664,10 @@ class Firewall:
                 flags = ", ".join(_flags(base, fam)) + ("; auto-merge" if base in LIST_SETS else "")
                 kind = (f"ipv{fam}_addr . inet_proto . inet_service" if base in PAIR_SETS
                         else f"ipv{fam}_addr")
-                sets.append(f'  set {base}{fam} {{ type {kind}; flags {flags}; '
+                sets.append(f'  set {_set_name(base, fam)} {{ type {kind}; flags {flags}; '
                             f'size {int(self.sizes[base])}; comment "{_SET_NOTES[base]}"; }}')
             if base in NET_BASES:
-                sets.append(f'  set {base}net6 {{ type ipv6_addr; flags timeout; '
+                sets.append(f'  set {_set_name(base, NET)} {{ type ipv6_addr; flags timeout; '
                             f'size {int(self.sizes[base])}; comment "IPv6 prefixes: '
                             f'{_SET_NOTES[base]}"; }}')
         rules = [f'    {rule} comment "{note}"' for rule, note in self._rules()]
@@ -715,11 +721,11 @@ class Firewall:
             plan = []
             for base in bases:
                 plan.append((base, span.version, span.lo, len(queries)))
-                queries.append((f"{base}{span.version}", _packed(span.version, span.lo)))
+                queries.append((_set_name(base, span.version), _packed(span.version, span.lo)))
                 if span.version == 6 and base in NET_BASES:
                     first = span.lo & self._mask6
                     plan.append((base, 0, first, len(queries)))
-                    queries.append((f"{base}net6", _packed(6, first)))
+                    queries.append((_set_name(base, NET), _packed(6, first)))
             plans.append(plan)
         try:
             answers = self._netlink.elements(self.table, queries)
@@ -777,7 +783,7 @@ class Firewall:
     def _get_net(self, base: str, value: int) -> Element | None:
         first = value & self._mask6
         try:
-            found = self._netlink.element(self.table, f"{base}net6", _packed(6, first))
+            found = self._netlink.element(self.table, _set_name(base, NET), _packed(6, first))
         except OSError as exc:
             raise FirewallError(str(exc)) from exc
         if found is None:
@@ -788,7 +794,7 @@ class Firewall:
         return f"{address_text(6, first)}/{self.prefix6}"
 
     def _get(self, base: str, version: int, key: bytes) -> Element | None:
-        name = f"{base}{version}"
+        name = _set_name(base, version)
         try:
             found = self._netlink.element(self.table, name, key)
             if found is None:
@@ -821,7 +827,7 @@ class Firewall:
         if base in NET_BASES and fam == "6":
             singles = self._dump(base, 6)
             try:
-                nets = list(self._netlink.iter_dump(self.table, f"{base}net6"))
+                nets = list(self._netlink.iter_dump(self.table, _set_name(base, NET)))
             except OSError as exc:
                 raise FirewallError(str(exc)) from exc
             return itertools.chain(singles, (
@@ -830,7 +836,7 @@ class Firewall:
         if base in TIMED_SETS:
             return self._dump(base, int(fam))
         # intervals come as start/end pairs: libnftables joins them
-        return iter([_element(base, item) for item in self._list(f"{base}{fam}")])
+        return iter([_element(base, item) for item in self._list(_set_name(base, fam))])
 
     def salvage(self) -> list[Element]:
         """Every element of those of our sets that exist (a table of an older
@@ -846,7 +852,7 @@ class Firewall:
 
     def _dump_pairs(self, base: str, version: int) -> Iterator[Element]:
         try:
-            dumped = self._netlink.iter_dump(self.table, f"{base}{version}")
+            dumped = self._netlink.iter_dump(self.table, _set_name(base, version))
         except OSError as exc:
             raise FirewallError(str(exc)) from exc
         size = 12 if version == 4 else 24
@@ -855,7 +861,7 @@ class Firewall:
 
     def _dump(self, base: str, version: int) -> Iterator[Element]:
         try:
-            dumped = self._netlink.iter_dump(self.table, f"{base}{version}")
+            dumped = self._netlink.iter_dump(self.table, _set_name(base, version))
         except OSError as exc:
             raise FirewallError(str(exc)) from exc
         return (Element(base, address_text(version, e.key), e.timeout, e.expires, e.comment)
