@@ -12,6 +12,7 @@ import pytest
 
 from testbed.configs import TRANSPORTS, pjsip_user
 from testbed.sip import sipp_register
+from testbed.sipp import sdp
 
 PASSWORD = "s3cret-Jane-42"
 PJSIP = TRANSPORTS + pjsip_user("jane", PASSWORD, max_contacts=5, qualify=10)
@@ -109,14 +110,7 @@ Contact: <sip:callee@[local_ip]:[local_port]>
 Content-Type: application/sdp
 Content-Length: [len]
 
-v=0
-o=- 2 2 IN IP[local_ip_type] [local_ip]
-s=-
-c=IN IP[media_ip_type] [media_ip]
-t=0 0
-m=audio [media_port] RTP/AVP 0
-a=sendrecv
-]]></send>
+""" + sdp(1) + """]]></send>
   <recv request="ACK">
     <action>
       <ereg regexp=".*" search_in="hdr" header="From:" assign_to="caller"/>
@@ -155,14 +149,7 @@ Max-Forwards: 70
 REINVITE_BODY = """Content-Type: application/sdp
 Content-Length: [len]
 
-v=0
-o=- 2 3 IN IP[local_ip_type] [local_ip]
-s=-
-c=IN IP[media_ip_type] [media_ip]
-t=0 0
-m=audio [media_port] RTP/AVP 0
-a=sendrecv
-"""
+""" + sdp(2)  # the callee's new offer: a higher session version
 
 REINVITE_ACK = """<send><![CDATA[
 ACK [$target] SIP/2.0

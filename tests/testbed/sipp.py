@@ -15,8 +15,12 @@ from pathlib import Path
 from .netns import Host
 from .sip import bracket
 
-_SDP = """v=0
-o=- 1 1 IN IP[local_ip_type] [local_ip]
+
+def sdp(version: int = 1) -> str:
+    """Our offer or answer: one PCMU stream. VERSION is the o= line's session
+    version, which a re-INVITE's new offer raises."""
+    return f"""v=0
+o=- 1 {version} IN IP[local_ip_type] [local_ip]
 s=-
 c=IN IP[media_ip_type] [media_ip]
 t=0 0
@@ -24,6 +28,9 @@ m=audio [media_port] RTP/AVP 0
 a=rtpmap:0 PCMU/8000
 a=sendrecv
 """
+
+
+_SDP = sdp()
 
 _INVITE = """
 INVITE sip:[service]@[remote_ip]:[remote_port] SIP/2.0
@@ -105,27 +112,13 @@ def call_xml(user: str, password: str | None, expect: int = 200, hold_ms: int = 
         steps += ['  <recv response="200" rrs="true"/>\n',
                   _send(_IN_DIALOG.format(method="ACK", user=user, cseq=cseq), retrans=False),
                   _play(audio),
-                  *_hold(user, hold_ms),
+                  *_hold(hold_ms),
                   _send(_IN_DIALOG.format(method="BYE", user=user, cseq=cseq + 1)),
                   '  <recv response="200"/>\n']
     return _scenario("call", steps)
 
 
-_REINVITE_OK = """
-SIP/2.0 200 OK
-[last_Via:]
-[last_From:]
-[last_To:]
-[last_Call-ID:]
-[last_CSeq:]
-Contact: <sip:{user}@[local_ip]:[local_port]>
-Content-Type: application/sdp
-Content-Length: [len]
-
-""" + _SDP
-
-
-def _hold(user: str, hold_ms: int) -> list[str]:
+def _hold(hold_ms: int) -> list[str]:
     """The call held HOLD_MS, answering the peer's re-INVITEs meanwhile: Asterisk
     sends one to update the connected line (e.g. when the callee's identity
     comes after the answer, as under load). Answered with our unchanged SDP,
@@ -137,16 +130,18 @@ def _hold(user: str, hold_ms: int) -> list[str]:
     what it sent after that 200)."""
     return ['  <label id="hold"/>\n',
             f'  <recv request="INVITE" timeout="{hold_ms}" ontimeout="bye"/>\n',
-            _send(_REINVITE_OK.format(user=user)),  # a 2xx to an INVITE: again until the ACK
+            # a 2xx to an INVITE: sent again until the ACK comes
+            _reply("200 OK", "Content-Type: application/sdp\n", sdp=True, in_dialog=True,
+                   retrans=True),
             '  <recv request="ACK" next="hold"/>\n',
             '  <label id="bye"/>\n']
 
 
-_ITSP_REPLY = """
+_REPLY = """
 SIP/2.0 {status}
 [last_Via:]
 [last_From:]
-[last_To:];tag=[pid]SIPpTag01[call_number]
+[last_To:]{tag}
 [last_Call-ID:]
 [last_CSeq:]
 Contact: <sip:[local_ip]:[local_port];transport=[transport]>
@@ -155,9 +150,12 @@ Contact: <sip:[local_ip]:[local_port];transport=[transport]>
 """
 
 
-def _reply(status: str, extra: str = "", sdp: bool = False) -> str:
-    text = _ITSP_REPLY.format(status=status, extra=extra, length="[len]" if sdp else "0")
-    return _send(text + (_SDP if sdp else ""), retrans=False)
+def _reply(status: str, extra: str = "", sdp: bool = False, in_dialog: bool = False,
+           retrans: bool = False) -> str:
+    """A response to the last request; IN_DIALOG: its To has our tag already."""
+    tag = "" if in_dialog else ";tag=[pid]SIPpTag01[call_number]"
+    text = _REPLY.format(status=status, tag=tag, extra=extra, length="[len]" if sdp else "0")
+    return _send(text + (_SDP if sdp else ""), retrans=retrans)
 
 
 def _challenge_and_verify(request: str, user: str, password: str,
